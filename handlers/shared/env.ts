@@ -1,0 +1,38 @@
+import { chatError } from "./errors";
+
+/**
+ * Reads the handler settings that the program passes through `environment.variables`.
+ * Called once per container, in each factory, so a misconfigured function fails at cold start
+ * with a message naming the variable instead of misbehaving on every message.
+ */
+export function requireEnv(name: string, env: NodeJS.ProcessEnv = process.env): string {
+  const value = env[name];
+  if (value === undefined || value === "") {
+    throw chatError("config", `environment variable ${name} is required but not set`, 500);
+  }
+  return value;
+}
+
+export function requireIntEnv(name: string, min: number, max: number, env: NodeJS.ProcessEnv = process.env): number {
+  const raw = requireEnv(name, env);
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw chatError("config", `environment variable ${name} must be an integer from ${min} to ${max}, got "${raw}"`, 500);
+  }
+  return value;
+}
+
+/** The environment variable names, declared once for the program and the handlers. */
+export const ENV = {
+  tableName: "CONNECTIONS_TABLE",
+  roomIndexName: "ROOM_INDEX",
+  managementEndpoint: "MANAGEMENT_ENDPOINT",
+  maxMessageBytes: "MAX_MESSAGE_BYTES",
+  fanoutConcurrency: "FANOUT_CONCURRENCY",
+} as const;
+
+/** Ranges of the numeric settings the handlers read; the stack settings enforce the same ones. */
+export const RANGES = {
+  maxMessageBytes: { min: 1, max: 65_536 },
+  fanoutConcurrency: { min: 1, max: 512 },
+} as const;

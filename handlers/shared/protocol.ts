@@ -1,0 +1,147 @@
+/**
+ * The chat protocol: what clients may send, how it is validated, and every frame the server sends.
+ * Pure functions only; the README's protocol reference is written from this file.
+ */
+import { randomBytes } from "crypto";
+import { chatError, ClientErrorCode } from "./errors";
+
+export const DEFAULT_ROOM = "general";
+/** Rooms: 1–64 ASCII letters, digits, `_` or `-`. Keeps ids safe in logs, URLs and index keys. */
+export const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+/** Names: 1–32 Unicode letters or digits, `_`, `.` or `-`. No spaces, markup or control characters. */
+export const NAME_PATTERN = /^[\p{L}\p{N}_.-]{1,32}$/u;
+/** API Gateway's limit on one PostToConnection payload (and on an incoming message). */
+export const MAX_FRAME_BYTES = 131_072;
+
+export type Query = Record<string, string | undefined>;
+export type MultiQuery = Record<string, string[] | undefined>;
+
+export interface Identity {
+  room: string;
+  name: string;
+}
+
+/**
+ * Reads `room` and `name` from the `$connect` query string. A parameter given twice is refused
+ * rather than guessed at (API Gateway keeps the last one in `queryStringParameters`).
+ */
+export function parseIdentity(query: Query | undefined, multi: MultiQuery | undefined, guestSuffix = randomGuestSuffix()): Identity {
+  const room = singleParam("room", query, multi);
+  const name = singleParam("name", query, multi);
+  if (room !== undefined && !ROOM_PATTERN.test(room)) {
+    throw chatError("invalid_room", "room must be 1-64 characters of A-Z, a-z, 0-9, _ or -", 400);
+  }
+  if (name !== undefined && !NAME_PATTERN.test(name)) {
+    throw chatError("invalid_name", "name must be 1-32 letters, digits, _, . or -", 400);
+  }
+  return { room: room ?? DEFAULT_ROOM, name: name ?? `guest-${guestSuffix}` };
+}
+
+function singleParam(key: "room" | "name", query: Query | undefined, multi: MultiQuery | undefined): string | undefined {
+  const values = multi?.[key];
+  if (values && values.length > 1) {
+    throw chatError(key === "room" ? "invalid_room" : "invalid_name", `${key} must be given at most once`, 400);
+  }
+  return values?.[0] ?? query?.[key];
+}
+
+export function randomGuestSuffix(): string {
+  return randomBytes(2).toString("hex");
+}
+
+/** The parsed body of a MESSAGE event: a JSON object, or the reason it is not one. */
+export type ParsedBody = { ok: true; value: Record<string, unknown> } | { ok: false; reason: "not_json" | "not_object" };
+
+export function parseBody(body: string | undefined): ParsedBody {
+  let value: unknown;
+  try {
+    value = JSON.parse(body ?? "");
+  } catch {
+    // Includes RangeError from absurdly deep nesting: still just "not JSON we accept".
+    return { ok: false, reason: "not_json" };
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return { ok: false, reason: "not_object" };
+  }
+  return { ok: true, value: value as Record<string, unknown> };
+}
+
+export function utf8Bytes(text: string): number {
+  return Buffer.byteLength(text, "utf8");
+}
+
+/**
+ * Validates a `sendmessage` text. Returns it unchanged; throws a ChatError with the code the
+ * sender will see. Lone surrogates are refused because they cannot be encoded as UTF-8 and would
+ * reach recipients as U+FFFD, silently altering the message.
+ */
+export function validateMessage(message: unknown, maxBytes: number): string {
+  if (typeof message !== "string") {
+    throw chatError("invalid_message", "message must be a string", 400);
+  }
+  if (message.trim() === "") {
+    throw chatError("invalid_message", "message must not be empty", 400);
+  }
+  if (!message.isWellFormed()) {
+    throw chatError("invalid_message", "message must be valid Unicode text", 400);
+  }
+  const bytes = utf8Bytes(message);
+  if (bytes > maxBytes) {
+    throw chatError("message_too_large", `message is ${bytes} bytes; the limit is ${maxBytes}`, 413);
+  }
+  return message;
+}
+
+/** The frame every other member of a room receives. */
+export interface MessageFrame {
+  type: "message";
+  room: string;
+  from: { name: string };
+  message: string;
+  /** Server receive time, epoch milliseconds. */
+  ts: number;
+  /** Server-assigned id, unique per accepted message: clients deduplicate on it. */
+  id: string;
+}
+
+export interface ErrorFrame {
+  type: "error";
+  code: ClientErrorCode;
+  message: string;
+}
+
+export function errorFrame(code: ClientErrorCode, message: string): string {
+  const frame: ErrorFrame = { type: "error", code, message };
+  return JSON.stringify(frame);
+}
+
+/** The actions a client can send, with their shapes, as the usage frame lists them. */
+export const ACTIONS = {
+  sendmessage: { action: "sendmessage", message: "<text>" },
+  echo: { action: "echo", data: "<text>" },
+} as const;
+
+export type UsageReason = "not_json" | "not_object" | "missing_action" | "unknown_action";
+
+export interface UsageFrame {
+  type: "usage";
+  reason: UsageReason;
+  message: string;
+  actions: typeof ACTIONS;
+  connection: Record<string, unknown>;
+}
+
+export function usageFrame(reason: UsageReason, connection: Record<string, unknown>): string {
+  const frame: UsageFrame = {
+    type: "usage",
+    reason,
+    message: "Use the sendmessage route to send a message.",
+    actions: ACTIONS,
+    connection,
+  };
+  return JSON.stringify(frame);
+}
+
+export function echoText(data: string): string {
+  return `Echo: ${data}`;
+}

@@ -1,0 +1,92 @@
+/**
+ * One route handler as deployed: its own log group, its own role holding exactly the statements
+ * it is given (plus writing to that log group), and a CallbackFunction built from a handler
+ * factory. CallbackFunction's defaults are all overridden here:
+ * - `role` is ours, so none of its nine *FullAccess managed policies is attached;
+ * - `runtime` is explicit, so no `ignoreChanges: ["runtime"]` is added;
+ * - the AWS SDK v3 packages are excluded from the archive, which is `__index.js` alone.
+ *
+ * Why relying on the runtime's SDK is safe (and never mixed with a bundled one): Lambda's
+ * nodejs22.x runtime ships the complete AWS SDK v3 (every client and lib-dynamodb) under
+ * /var/runtime/node_modules, and the serialized code requires exactly those packages by their
+ * `main` file (`@aws-sdk/<pkg>/dist-cjs/index.js`, a path every v3 release has had). The handlers
+ * use only long-stable commands and the `requestHandler` options object (SDK ≥ 3.521).
+ * Source: https://docs.aws.amazon.com/lambda/latest/dg/lambda-nodejs.html (SDK versions included
+ * in the runtime).
+ */
+import * as aws from "@pulumi/aws";
+import * as pulumi from "@pulumi/pulumi";
+import type { WebSocketEvent, WebSocketHandler, WebSocketResult } from "../handlers/shared/events";
+import type { StackSettings } from "../stacks";
+
+/** Every package that the runtime provides: none of them is packed into an archive. */
+export const RUNTIME_PROVIDED_PACKAGES = [
+  "@aws-sdk/client-apigatewaymanagementapi",
+  "@aws-sdk/client-dynamodb",
+  "@aws-sdk/lib-dynamodb",
+];
+
+export interface Statement {
+  Sid: string;
+  Effect: "Allow";
+  Action: string[];
+  Resource: pulumi.Input<string>[];
+}
+
+export interface RouteFunctionArgs<E extends WebSocketEvent> {
+  factory: () => WebSocketHandler<E>;
+  settings: StackSettings;
+  environment: Record<string, pulumi.Input<string>>;
+  /** What the function's own code calls, beyond writing its logs. */
+  statements: Statement[];
+}
+
+export interface RouteFunction {
+  fn: aws.lambda.Function;
+  role: aws.iam.Role;
+  logGroup: aws.cloudwatch.LogGroup;
+}
+
+export function routeFunction<E extends WebSocketEvent>(name: string, args: RouteFunctionArgs<E>): RouteFunction {
+  const logGroup = new aws.cloudwatch.LogGroup(name, {
+    name: `/aws/lambda/${name}-${pulumi.getStack()}`,
+    retentionInDays: args.settings.logRetentionDays,
+  });
+
+  const role = new aws.iam.Role(name, {
+    assumeRolePolicy: JSON.stringify({
+      Version: "2012-10-17",
+      Statement: [{ Effect: "Allow", Principal: { Service: "lambda.amazonaws.com" }, Action: "sts:AssumeRole" }],
+    }),
+  });
+
+  const logStatement: Statement = {
+    Sid: "WriteOwnLogs",
+    Effect: "Allow",
+    Action: ["logs:CreateLogStream", "logs:PutLogEvents"],
+    // Log streams live under the group: arn:…:log-group:NAME:log-stream:STREAM.
+    Resource: [pulumi.interpolate`${logGroup.arn}:*`],
+  };
+  const policy = new aws.iam.RolePolicy(name, {
+    role: role.id,
+    policy: pulumi.jsonStringify({ Version: "2012-10-17", Statement: [...args.statements, logStatement] }),
+  });
+
+  const fn = new aws.lambda.CallbackFunction<E, WebSocketResult>(
+    name,
+    {
+      callbackFactory: args.factory,
+      role,
+      runtime: aws.lambda.Runtime.NodeJS22dX,
+      memorySize: args.settings.lambdaMemoryMb,
+      timeout: args.settings.lambdaTimeoutSeconds,
+      environment: { variables: args.environment },
+      loggingConfig: { logFormat: "Text", logGroup: logGroup.name },
+      codePathOptions: { extraExcludePackages: [...RUNTIME_PROVIDED_PACKAGES] },
+    },
+    // The role's permissions and the log group must exist before the first invocation.
+    { dependsOn: [policy, logGroup] },
+  );
+
+  return { fn, role, logGroup };
+}

@@ -1,0 +1,242 @@
+/**
+ * Runs the Pulumi program (index.ts) under Pulumi's mocks, exactly as `pulumi up` would evaluate
+ * it but with no engine and no cloud: the config comes from Pulumi.yaml's defaults overlaid with
+ * Pulumi.<stack>.yaml, every resource registration is recorded with its inputs and mocked
+ * outputs, and each function's archive is read back as the files Lambda would receive.
+ *
+ * Used by the unit tests (assertions on resources) and by the local stack (which serves what the
+ * program declared). One program is loaded per process at a time.
+ */
+import * as pulumi from "@pulumi/pulumi";
+import { createHash } from "crypto";
+import * as fs from "fs";
+import * as path from "path";
+import { parse as parseYaml } from "yaml";
+
+export const PROJECT_DIR = path.resolve(__dirname, "..");
+export const FAKE_ACCOUNT_ID = "123456789012";
+
+export interface RecordedResource {
+  type: string;
+  /** The Pulumi resource name (not the physical name). */
+  name: string;
+  id: string;
+  inputs: Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- resource inputs are untyped JSON
+  /** Inputs merged with the mocked provider outputs: what `resource.<prop>` resolves to. */
+  state: Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+
+/** A function's deployment package, file by file, as Lambda would unzip it. */
+export type Archive = Map<string, Buffer>;
+
+export interface LoadedProgram {
+  project: string;
+  stack: string;
+  region: string;
+  config: Record<string, string>;
+  resources: RecordedResource[];
+  outputs: Record<string, unknown>;
+  /** Keyed by the Function's Pulumi resource name. */
+  archives: Map<string, Archive>;
+}
+
+export interface LoadOptions {
+  stack: string;
+  /** What the mocked API reports as its `apiEndpoint`; the local stack passes its own ws:// URL. */
+  apiEndpoint?: (apiId: string, region: string) => string;
+  /** Extra or replacement config, as `<namespace>:<key>` → string. */
+  configOverrides?: Record<string, string>;
+  projectDir?: string;
+}
+
+export class ProgramError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "ProgramError";
+  }
+}
+
+interface ProjectFile {
+  name: string;
+  config?: Record<string, { type?: string; default?: unknown; description?: string }>;
+}
+
+export function readProjectFile(projectDir = PROJECT_DIR): ProjectFile {
+  const file = path.join(projectDir, "Pulumi.yaml");
+  const project = parseYaml(fs.readFileSync(file, "utf8")) as ProjectFile;
+  if (!project?.name) throw new ProgramError(`${file} has no project name`);
+  return project;
+}
+
+export function availableStacks(projectDir = PROJECT_DIR): string[] {
+  return fs
+    .readdirSync(projectDir)
+    .map((f) => /^Pulumi\.(.+)\.yaml$/.exec(f)?.[1])
+    .filter((s): s is string => s !== undefined)
+    .sort();
+}
+
+/** The config the Pulumi CLI would hand the program: project defaults, then the stack file. */
+export function stackConfig(stack: string, projectDir = PROJECT_DIR): Record<string, string> {
+  const project = readProjectFile(projectDir);
+  const file = path.join(projectDir, `Pulumi.${stack}.yaml`);
+  if (!fs.existsSync(file)) {
+    throw new ProgramError(`no stack "${stack}": ${file} does not exist (stacks: ${availableStacks(projectDir).join(", ")})`);
+  }
+  const config: Record<string, string> = {};
+  for (const [key, spec] of Object.entries(project.config ?? {})) {
+    if (spec.default !== undefined) config[key.includes(":") ? key : `${project.name}:${key}`] = stringify(spec.default);
+  }
+  const stackFile = (parseYaml(fs.readFileSync(file, "utf8")) ?? {}) as { config?: Record<string, unknown> };
+  for (const [key, value] of Object.entries(stackFile.config ?? {})) {
+    if (value && typeof value === "object" && "secure" in value) {
+      throw new ProgramError(`${file}: ${key} is an encrypted secret, which only the Pulumi CLI can decrypt; pass it as an override`);
+    }
+    config[key] = stringify(value);
+  }
+  return config;
+}
+
+function stringify(value: unknown): string {
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+/** A stable, realistic-looking id: the same program gives the same ids on every load. */
+function fakeId(seed: string, length: number): string {
+  return createHash("sha256").update(seed).digest("hex").replace(/[^a-z0-9]/g, "").slice(0, length);
+}
+
+function mockedOutputs(type: string, name: string, inputs: Record<string, any>, id: string, region: string, options: LoadOptions): Record<string, unknown> {
+  const physical = (inputs.name as string | undefined) ?? `${name}-${fakeId(name, 7)}`;
+  const arnPrefix = (service: string) => `arn:aws:${service}:${region}:${FAKE_ACCOUNT_ID}`;
+  switch (type) {
+    case "aws:dynamodb/table:Table":
+      return { name: physical, arn: `${arnPrefix("dynamodb")}:table/${physical}` };
+    case "aws:apigatewayv2/api:Api":
+      return {
+        apiEndpoint: options.apiEndpoint?.(id, region) ?? `wss://${id}.execute-api.${region}.amazonaws.com`,
+        executionArn: `${arnPrefix("execute-api")}:${id}`,
+        arn: `arn:aws:apigateway:${region}::/apis/${id}`,
+      };
+    case "aws:lambda/function:Function": {
+      const arn = `${arnPrefix("lambda")}:function:${physical}`;
+      return { name: physical, arn, invokeArn: `arn:aws:apigateway:${region}:lambda:path/2015-03-31/functions/${arn}/invocations` };
+    }
+    case "aws:iam/role:Role":
+      return { name: physical, arn: `arn:aws:iam::${FAKE_ACCOUNT_ID}:role/${physical}` };
+    case "aws:cloudwatch/logGroup:LogGroup":
+      return { name: physical, arn: `${arnPrefix("logs")}:log-group:${physical}` };
+    default:
+      return inputs.name === undefined ? {} : { name: physical };
+  }
+}
+
+function idFor(type: string, name: string): string {
+  switch (type) {
+    case "aws:apigatewayv2/api:Api":
+      return fakeId(`api/${name}`, 10);
+    case "aws:apigatewayv2/integration:Integration":
+    case "aws:apigatewayv2/route:Route":
+    case "aws:apigatewayv2/deployment:Deployment":
+      return fakeId(`${type}/${name}`, 7);
+    default:
+      return `${name}-id`;
+  }
+}
+
+async function readArchive(code: unknown): Promise<Archive> {
+  const files: Archive = new Map();
+  if (!(code instanceof pulumi.asset.AssetArchive)) return files;
+  const assets = await code.assets;
+  for (const [file, entry] of Object.entries(assets)) {
+    const asset = await entry;
+    if (asset instanceof pulumi.asset.StringAsset) files.set(file, Buffer.from(await asset.text, "utf8"));
+    else if (asset instanceof pulumi.asset.FileAsset) files.set(file, fs.readFileSync(await asset.path));
+    else if (asset instanceof pulumi.asset.FileArchive) files.set(file, Buffer.from(`<archive ${await asset.path}>`));
+  }
+  return files;
+}
+
+function outputValue<T>(value: pulumi.Input<T>, label: string, timeoutMs: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new ProgramError(`stack output "${label}" did not resolve within ${timeoutMs} ms`)), timeoutMs);
+    pulumi.output(value).apply((v) => {
+      clearTimeout(timer);
+      resolve(v as T);
+      return v;
+    });
+  });
+}
+
+/** Forgets the project's own modules, so the next `require` evaluates the program afresh. */
+function forgetProjectModules(projectDir: string): void {
+  const modules = path.join(projectDir, "node_modules") + path.sep;
+  for (const file of Object.keys(require.cache)) {
+    if (file.startsWith(projectDir + path.sep) && !file.startsWith(modules)) delete require.cache[file];
+  }
+}
+
+export async function loadProgram(options: LoadOptions): Promise<LoadedProgram> {
+  const projectDir = options.projectDir ?? PROJECT_DIR;
+  const project = readProjectFile(projectDir).name;
+  const config = { ...stackConfig(options.stack, projectDir), ...options.configOverrides };
+  const region = config["aws:region"];
+  if (!region) throw new ProgramError(`Pulumi.${options.stack}.yaml must set aws:region`);
+
+  const resources: RecordedResource[] = [];
+  const mocks: pulumi.runtime.Mocks = {
+    newResource({ type, name, inputs }) {
+      const id = idFor(type, name);
+      const state = { ...inputs, ...mockedOutputs(type, name, inputs, id, region, options) };
+      resources.push({ type, name, id, inputs, state });
+      return { id, state };
+    },
+    call({ token, inputs }) {
+      switch (token) {
+        case "aws:index/getRegion:getRegion":
+          return { region, name: region, id: region, endpoint: `ec2.${region}.amazonaws.com`, description: region };
+        case "aws:index/getCallerIdentity:getCallerIdentity":
+          return { accountId: FAKE_ACCOUNT_ID, arn: `arn:aws:iam::${FAKE_ACCOUNT_ID}:user/local`, userId: "LOCAL", id: FAKE_ACCOUNT_ID };
+        case "aws:index/getPartition:getPartition":
+          return { partition: "aws", dnsSuffix: "amazonaws.com", id: "aws" };
+        default:
+          return inputs;
+      }
+    },
+  };
+
+  // Serialization failures surface as unhandled rejections, not as thrown errors.
+  const failures: unknown[] = [];
+  const onRejection = (reason: unknown) => failures.push(reason);
+  process.on("unhandledRejection", onRejection);
+  const cwd = process.cwd();
+  try {
+    process.chdir(projectDir); // closure serialization resolves package.json from here
+    pulumi.runtime.setAllConfig(config);
+    await pulumi.runtime.setMocks(mocks, project, options.stack, false);
+    forgetProjectModules(projectDir);
+    let program: Record<string, unknown>;
+    try {
+      program = require(path.join(projectDir, "index.ts"));
+    } catch (err) {
+      throw new ProgramError(`the program failed under mocks: ${(err as Error).message}`, { cause: err });
+    }
+    const outputs: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(program)) outputs[key] = await outputValue(value as pulumi.Input<unknown>, key, 60_000);
+    await pulumi.runtime.awaitStackRegistrations?.();
+
+    const archives = new Map<string, Archive>();
+    for (const r of resources.filter((r) => r.type === "aws:lambda/function:Function")) {
+      archives.set(r.name, await readArchive(r.inputs.code));
+    }
+    // Let any pending serialization rejection land before judging the load.
+    await new Promise((resolve) => setImmediate(resolve));
+    if (failures.length > 0) {
+      throw new ProgramError(`the program failed under mocks: ${(failures[0] as Error)?.message ?? String(failures[0])}`, { cause: failures[0] });
+    }
+    return { project, stack: options.stack, region, config, resources, outputs, archives };
+  } finally {
+    process.chdir(cwd);
+    process.off("unhandledRejection", onRejection);
+  }
+}

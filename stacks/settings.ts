@@ -1,0 +1,122 @@
+/**
+ * The per-environment settings: declared once here (type, range, description), validated in one
+ * pass, and reported with the key and the allowed values when wrong. Defaults live in Pulumi.yaml,
+ * where the Pulumi CLI applies them; a test keeps that file and this schema in step.
+ *
+ * Pure: no Pulumi import, so the schema can be checked without an engine. `index.ts` beside this
+ * file is the only reader of `pulumi.Config`.
+ */
+import { RANGES } from "../handlers/shared/env";
+
+/** CloudWatch Logs accepts only these retention periods (PutRetentionPolicy). 0 ("never") is not offered. */
+export const LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653] as const;
+export const API_LOGGING_LEVELS = ["OFF", "ERROR", "INFO"] as const;
+
+interface IntegerSpec { type: "integer"; min: number; max: number; oneOf?: readonly number[]; description: string }
+interface BooleanSpec { type: "boolean"; description: string }
+interface StringSpec { type: "string"; pattern?: RegExp; oneOf?: readonly string[]; rule: string; description: string }
+type Spec = IntegerSpec | BooleanSpec | StringSpec;
+
+type ValueOf<S> = S extends IntegerSpec ? number : S extends BooleanSpec ? boolean : string;
+
+export const SETTINGS_SCHEMA = {
+  stageName: {
+    type: "string",
+    pattern: /^[A-Za-z0-9_-]{1,128}$/,
+    rule: "1-128 characters of A-Z, a-z, 0-9, _ or -",
+    description: "API Gateway stage name; the last path segment of the WebSocket URL.",
+  },
+  throttlingBurstLimit: {
+    type: "integer", min: 0, max: 5000,
+    description: "Stage-wide burst limit for messages, in requests (the account default is 5000).",
+  },
+  throttlingRateLimit: {
+    type: "integer", min: 0, max: 10000,
+    description: "Stage-wide steady message rate limit, in requests per second (the account default is 10000).",
+  },
+  logRetentionDays: {
+    type: "integer", min: 1, max: 3653, oneOf: LOG_RETENTION_DAYS,
+    description: "Retention of every function's log group and of the API access log group, in days.",
+  },
+  lambdaMemoryMb: {
+    type: "integer", min: 128, max: 10240,
+    description: "Memory of each function, in MB; Lambda gives CPU in proportion.",
+  },
+  lambdaTimeoutSeconds: {
+    type: "integer", min: 1, max: 29,
+    description: "Timeout of each function, in seconds; API Gateway's integration timeout is 29 s.",
+  },
+  tableProtection: {
+    type: "boolean",
+    description: "Point-in-time recovery and deletion protection on the connections table.",
+  },
+  maxMessageBytes: {
+    type: "integer", min: RANGES.maxMessageBytes.min, max: RANGES.maxMessageBytes.max,
+    description: "Largest accepted sendmessage text, in UTF-8 bytes.",
+  },
+  fanoutConcurrency: {
+    type: "integer", min: RANGES.fanoutConcurrency.min, max: RANGES.fanoutConcurrency.max,
+    description: "Posts in flight at once during one sendmessage fan-out (and the size of its keep-alive socket pool).",
+  },
+  apiLoggingLevel: {
+    type: "string", oneOf: API_LOGGING_LEVELS, rule: "one of OFF, ERROR, INFO",
+    description: "API Gateway execution logging level for the stage.",
+  },
+  manageApiGatewayAccount: {
+    type: "boolean",
+    description: "Create the account-level CloudWatch role that API Gateway logging requires. Set false where the account already has one.",
+  },
+} as const satisfies Record<string, Spec>;
+
+export type SettingKey = keyof typeof SETTINGS_SCHEMA;
+export type StackSettings = { readonly [K in SettingKey]: ValueOf<(typeof SETTINGS_SCHEMA)[K]> } & {
+  readonly apiLoggingLevel: (typeof API_LOGGING_LEVELS)[number];
+};
+
+/** Reads one raw (string) value, as `pulumi.Config.get` does. */
+export type ConfigSource = (key: SettingKey) => string | undefined;
+
+export class SettingsError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid stack settings:\n  - ${problems.join("\n  - ")}`);
+    this.name = "SettingsError";
+  }
+}
+
+function parseOne(namespace: string, key: SettingKey, spec: Spec, raw: string | undefined): { value?: unknown; problem?: string } {
+  const name = `${namespace}:${key}`;
+  if (raw === undefined) {
+    return { problem: `${name} is not set (Pulumi.yaml declares its default; set it with \`pulumi config set ${key} <value>\`)` };
+  }
+  switch (spec.type) {
+    case "integer": {
+      const value = Number(raw.trim());
+      const range = spec.oneOf ? `one of ${spec.oneOf.join(", ")}` : `an integer from ${spec.min} to ${spec.max}`;
+      if (raw.trim() === "" || !Number.isInteger(value) || value < spec.min || value > spec.max || (spec.oneOf && !spec.oneOf.includes(value))) {
+        return { problem: `${name} must be ${range}; got ${JSON.stringify(raw)}` };
+      }
+      return { value };
+    }
+    case "boolean":
+      if (raw !== "true" && raw !== "false") return { problem: `${name} must be true or false; got ${JSON.stringify(raw)}` };
+      return { value: raw === "true" };
+    case "string":
+      if ((spec.pattern && !spec.pattern.test(raw)) || (spec.oneOf && !spec.oneOf.includes(raw))) {
+        return { problem: `${name} must be ${spec.rule}; got ${JSON.stringify(raw)}` };
+      }
+      return { value: raw };
+  }
+}
+
+/** Parses and validates every setting, reporting all problems at once. */
+export function parseSettings(namespace: string, source: ConfigSource): StackSettings {
+  const settings: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const [key, spec] of Object.entries(SETTINGS_SCHEMA) as [SettingKey, Spec][]) {
+    const { value, problem } = parseOne(namespace, key, spec, source(key));
+    if (problem) problems.push(problem);
+    else settings[key] = value;
+  }
+  if (problems.length > 0) throw new SettingsError(problems);
+  return settings as StackSettings;
+}
