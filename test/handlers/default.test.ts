@@ -1,0 +1,92 @@
+import {
+  ApiGatewayManagementApiClient,
+  GetConnectionCommand,
+  PostToConnectionCommand,
+} from "@aws-sdk/client-apigatewaymanagementapi";
+import { mockClient } from "aws-sdk-client-mock";
+import assert from "node:assert/strict";
+import { defaultHandlerFactory } from "../../handlers/default";
+import { captureLogs, lambdaContext, messageEvent, useEnv } from "./fixtures";
+
+const CALLER = "BFaT_fALIAMCKug=";
+
+describe("$default", () => {
+  const mgmt = mockClient(ApiGatewayManagementApiClient);
+  let restoreEnv: () => void;
+  let logs: ReturnType<typeof captureLogs>;
+  before(() => (restoreEnv = useEnv({ MANAGEMENT_ENDPOINT: "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/dev" })));
+  after(() => restoreEnv());
+  beforeEach(() => {
+    mgmt.reset();
+    mgmt.on(PostToConnectionCommand).resolves({});
+    mgmt.on(GetConnectionCommand).resolves({
+      ConnectedAt: new Date("2024-11-11T11:35:19Z"),
+      LastActiveAt: new Date("2024-11-11T11:35:24Z"),
+      Identity: { SourceIp: "203.0.113.7", UserAgent: "wscat/6.1.0" },
+    });
+    logs = captureLogs();
+  });
+  afterEach(() => logs.restore());
+
+  function posts() {
+    return mgmt.commandCalls(PostToConnectionCommand).map((c) => ({ to: c.args[0].input.ConnectionId, data: String(c.args[0].input.Data) }));
+  }
+
+  async function send(body: string) {
+    const result = await defaultHandlerFactory()(messageEvent(CALLER, body, "$default"), lambdaContext);
+    assert.equal(result.statusCode, 200);
+    return posts();
+  }
+
+  it("answers the second seed's echo action with the text frame 'Echo: <data>'", async () => {
+    assert.deepEqual(await send(JSON.stringify({ action: "echo", data: "hi" })), [{ to: CALLER, data: "Echo: hi" }]);
+    assert.equal(mgmt.commandCalls(GetConnectionCommand).length, 0);
+  });
+
+  it("answers echo without string data with an invalid_data error frame", async () => {
+    const [reply] = await send(JSON.stringify({ action: "echo", data: { nested: true } }));
+    assert.deepEqual(JSON.parse(reply.data), { type: "error", code: "invalid_data", message: "echo needs a string in data" });
+  });
+
+  const usageCases: [string, string, string][] = [
+    ["non-JSON text", "hello there", "not_json"],
+    ["a JSON array", "[1,2,3]", "not_object"],
+    ["a JSON string", '"sendmessage"', "not_object"],
+    ["an object without action", '{"message":"hi"}', "missing_action"],
+    ["an unknown action", '{"action":"shout","message":"hi"}', "unknown_action"],
+    ["a non-string action", '{"action":42}', "unknown_action"],
+    ["a __proto__ key", '{"__proto__":{"action":"echo"},"data":"x"}', "missing_action"],
+  ];
+  for (const [what, body, reason] of usageCases) {
+    it(`answers ${what} with a usage frame that carries the caller's connection info`, async () => {
+      const replies = await send(body);
+      assert.equal(replies.length, 1);
+      assert.equal(replies[0].to, CALLER);
+      const frame = JSON.parse(replies[0].data);
+      assert.equal(frame.type, "usage");
+      assert.equal(frame.reason, reason);
+      assert.match(frame.message, /sendmessage/);
+      assert.deepEqual(frame.actions.sendmessage, { action: "sendmessage", message: "<text>" });
+      assert.deepEqual(frame.actions.echo, { action: "echo", data: "<text>" });
+      assert.deepEqual(frame.connection, {
+        connectionId: CALLER,
+        connectedAt: "2024-11-11T11:35:19.000Z",
+        lastActiveAt: "2024-11-11T11:35:24.000Z",
+        identity: { sourceIp: "203.0.113.7", userAgent: "wscat/6.1.0" },
+      });
+      assert.deepEqual(mgmt.commandCalls(GetConnectionCommand)[0].args[0].input, { ConnectionId: CALLER });
+    });
+  }
+
+  it("still answers with usage when GetConnection fails (unlike the tutorial, which crashed)", async () => {
+    mgmt.on(GetConnectionCommand).rejects(Object.assign(new Error("denied"), { name: "ForbiddenException", $metadata: { httpStatusCode: 403 } }));
+    const [reply] = await send("not json");
+    assert.deepEqual(JSON.parse(reply.data).connection, { connectionId: CALLER });
+  });
+
+  it("does not throw when the caller is already gone", async () => {
+    mgmt.on(PostToConnectionCommand).rejects(Object.assign(new Error("Gone"), { name: "GoneException", $metadata: { httpStatusCode: 410 } }));
+    await send('{"action":"echo","data":"x"}');
+    assert.ok(logs.lines.some((l) => l.msg === "default route" && l.outcome === "gone"));
+  });
+});

@@ -1,0 +1,203 @@
+import {
+  ApiGatewayManagementApiClient,
+  GoneException,
+  LimitExceededException,
+  PostToConnectionCommand,
+} from "@aws-sdk/client-apigatewaymanagementapi";
+import { DeleteCommand, DynamoDBDocumentClient, GetCommand, QueryCommand, ScanCommand } from "@aws-sdk/lib-dynamodb";
+import { mockClient } from "aws-sdk-client-mock";
+import assert from "node:assert/strict";
+import { sendMessageHandlerFactory } from "../../handlers/sendmessage";
+import { captureLogs, connId, lambdaContext, messageEvent, useEnv } from "./fixtures";
+
+const SENDER = connId(0);
+const ENV = {
+  CONNECTIONS_TABLE: "connections-test",
+  ROOM_INDEX: "byRoom",
+  MANAGEMENT_ENDPOINT: "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/dev",
+  MAX_MESSAGE_BYTES: "64",
+  FANOUT_CONCURRENCY: "4",
+};
+
+const gone = () => new GoneException({ message: "Gone", $metadata: { httpStatusCode: 410 } });
+const throttled = () => new LimitExceededException({ message: "Limit exceeded", $metadata: { httpStatusCode: 429 } });
+const serverError = () => Object.assign(new Error("Internal"), { name: "InternalServerErrorException", $metadata: { httpStatusCode: 500 } });
+const forbidden = () => Object.assign(new Error("Forbidden"), { name: "ForbiddenException", $metadata: { httpStatusCode: 403 } });
+
+describe("sendmessage", () => {
+  const ddb = mockClient(DynamoDBDocumentClient);
+  const mgmt = mockClient(ApiGatewayManagementApiClient);
+  let restoreEnv: () => void;
+  let logs: ReturnType<typeof captureLogs>;
+  before(() => (restoreEnv = useEnv(ENV)));
+  after(() => restoreEnv());
+  beforeEach(() => {
+    ddb.reset();
+    mgmt.reset();
+    ddb.on(GetCommand).resolves({ Item: { connectionId: SENDER, room: "general", name: "alice", connectedAt: 1, expiresAt: 2 } });
+    ddb.on(DeleteCommand).resolves({});
+    mgmt.on(PostToConnectionCommand).resolves({});
+    logs = captureLogs();
+  });
+  afterEach(() => logs.restore());
+
+  /** The room's members, served in pages of `pageSize` through LastEvaluatedKey. */
+  function roomOf(members: string[], pageSize = 100) {
+    ddb.on(QueryCommand).callsFake((input) => {
+      const start = input.ExclusiveStartKey ? members.indexOf(input.ExclusiveStartKey.connectionId) + 1 : 0;
+      const page = members.slice(start, start + pageSize);
+      const more = start + pageSize < members.length;
+      return { Items: page.map((connectionId) => ({ connectionId })), LastEvaluatedKey: more ? { connectionId: page[page.length - 1], room: "general" } : undefined };
+    });
+  }
+
+  function posts() {
+    return mgmt.commandCalls(PostToConnectionCommand).map((c) => ({ to: c.args[0].input.ConnectionId!, data: String(c.args[0].input.Data) }));
+  }
+
+  async function send(body: unknown) {
+    const result = await sendMessageHandlerFactory()(messageEvent(SENDER, typeof body === "string" ? body : JSON.stringify(body)), lambdaContext);
+    assert.equal(result.statusCode, 200);
+    return posts();
+  }
+
+  function fanoutLog() {
+    const line = logs.lines.find((l) => l.msg === "message");
+    assert.ok(line, "one structured 'message' log line");
+    return line;
+  }
+
+  it("delivers the message frame to every other member of the sender's room, and nothing to the sender", async () => {
+    roomOf([SENDER, connId(1), connId(2)]);
+    const sent = await send({ action: "sendmessage", message: "hello, everyone!" });
+    assert.deepEqual(sent.map((p) => p.to).sort(), [connId(1), connId(2)].sort());
+    const frame = JSON.parse(sent[0].data);
+    assert.deepEqual(frame, {
+      type: "message",
+      room: "general",
+      from: { name: "alice" },
+      message: "hello, everyone!",
+      ts: messageEvent(SENDER, "").requestContext.requestTimeEpoch,
+      id: "BFaUBdv1IAMCJxQ=",
+    });
+    const query = ddb.commandCalls(QueryCommand)[0].args[0].input;
+    assert.equal(query.IndexName, "byRoom");
+    assert.deepEqual(query.ExpressionAttributeValues, { ":room": "general" });
+    assert.deepEqual(fanoutLog(), { ...fanoutLog(), recipients: 2, delivered: 2, stale: 0, failed: 0, room: "general" });
+    assert.equal(typeof fanoutLog().ms, "number");
+  });
+
+  it("reads members with a paginated Query across several pages, never a Scan", async () => {
+    const members = [SENDER, ...Array.from({ length: 11 }, (_, i) => connId(i + 1))];
+    roomOf(members, 3);
+    const sent = await send({ action: "sendmessage", message: "paged" });
+    assert.equal(ddb.commandCalls(QueryCommand).length, 4);
+    assert.equal(ddb.commandCalls(ScanCommand).length, 0);
+    assert.deepEqual(sent.map((p) => p.to).sort(), members.slice(1).sort());
+    assert.equal(new Set(sent.map((p) => p.to)).size, 11, "each member exactly once");
+  });
+
+  it("removes exactly the record of a recipient that answers 410, and still delivers to the rest", async () => {
+    roomOf([SENDER, connId(1), connId(2), connId(3)]);
+    mgmt.on(PostToConnectionCommand, { ConnectionId: connId(2) }).rejects(gone());
+    await send({ action: "sendmessage", message: "hi" });
+    const deleted = ddb.commandCalls(DeleteCommand).map((c) => c.args[0].input.Key);
+    assert.deepEqual(deleted, [{ connectionId: connId(2) }]);
+    assert.equal(fanoutLog().delivered, 2);
+    assert.equal(fanoutLog().stale, 1);
+  });
+
+  it("retries 429 and 5xx with backoff until delivered", async () => {
+    roomOf([SENDER, connId(1), connId(2)]);
+    mgmt
+      .on(PostToConnectionCommand, { ConnectionId: connId(1) })
+      .rejectsOnce(throttled())
+      .rejectsOnce(throttled())
+      .resolves({});
+    mgmt.on(PostToConnectionCommand, { ConnectionId: connId(2) }).rejectsOnce(serverError()).resolves({});
+    const sent = await send({ action: "sendmessage", message: "hi" });
+    assert.equal(sent.filter((p) => p.to === connId(1)).length, 3);
+    assert.equal(sent.filter((p) => p.to === connId(2)).length, 2);
+    assert.equal(fanoutLog().delivered, 2);
+    assert.equal(fanoutLog().failed, 0);
+  });
+
+  it("gives up after 4 attempts on a recipient that keeps answering 429, without deleting it", async () => {
+    roomOf([SENDER, connId(1)]);
+    mgmt.on(PostToConnectionCommand, { ConnectionId: connId(1) }).rejects(throttled());
+    const sent = await send({ action: "sendmessage", message: "hi" });
+    assert.equal(sent.length, 4);
+    assert.equal(fanoutLog().failed, 1);
+    assert.equal(ddb.commandCalls(DeleteCommand).length, 0);
+  });
+
+  it("must not let one failing recipient stop delivery to the others", async () => {
+    const members = [SENDER, ...Array.from({ length: 9 }, (_, i) => connId(i + 1))];
+    roomOf(members, 4);
+    mgmt.on(PostToConnectionCommand, { ConnectionId: connId(1) }).rejects(forbidden());
+    const sent = await send({ action: "sendmessage", message: "hi" });
+    assert.deepEqual(new Set(sent.map((p) => p.to)), new Set(members.slice(1)));
+    assert.equal(fanoutLog().delivered, 8);
+    assert.equal(fanoutLog().failed, 1);
+    assert.ok(logs.lines.some((l) => l.msg === "delivery failed" && l.connectionId === connId(1)));
+  });
+
+  it("keeps at most FANOUT_CONCURRENCY posts in flight", async () => {
+    roomOf([SENDER, ...Array.from({ length: 30 }, (_, i) => connId(i + 1))], 7);
+    let inFlight = 0;
+    let peak = 0;
+    mgmt.on(PostToConnectionCommand).callsFake(async () => {
+      peak = Math.max(peak, ++inFlight);
+      await new Promise((r) => setTimeout(r, 5));
+      inFlight--;
+      return {};
+    });
+    await send({ action: "sendmessage", message: "hi" });
+    assert.equal(peak, 4);
+    assert.equal(fanoutLog().delivered, 30);
+  });
+
+  const invalid: [string, unknown, string][] = [
+    ["a missing message", { action: "sendmessage" }, "invalid_message"],
+    ["an empty message", { action: "sendmessage", message: "" }, "invalid_message"],
+    ["a whitespace-only message", { action: "sendmessage", message: " \n\t" }, "invalid_message"],
+    ["a numeric message", { action: "sendmessage", message: 42 }, "invalid_message"],
+    ["an object message", { action: "sendmessage", message: { text: "hi" } }, "invalid_message"],
+    ["a message with a lone surrogate", '{"action":"sendmessage","message":"a\\ud800b"}', "invalid_message"],
+    ["a message over MAX_MESSAGE_BYTES", { action: "sendmessage", message: "x".repeat(65) }, "message_too_large"],
+    ["a message over the limit in UTF-8 bytes only", { action: "sendmessage", message: "가".repeat(22) }, "message_too_large"],
+    ["a body that is not JSON", "sendmessage: hi", "invalid_json"],
+  ];
+  for (const [what, body, code] of invalid) {
+    it(`answers ${what} with a '${code}' error frame to the sender alone`, async () => {
+      roomOf([SENDER, connId(1)]);
+      const sent = await send(body);
+      assert.equal(sent.length, 1);
+      assert.equal(sent[0].to, SENDER);
+      const frame = JSON.parse(sent[0].data);
+      assert.equal(frame.type, "error");
+      assert.equal(frame.code, code);
+      assert.equal(typeof frame.message, "string");
+      assert.equal(ddb.commandCalls(QueryCommand).length, 0);
+    });
+  }
+
+  it("accepts a message of exactly MAX_MESSAGE_BYTES", async () => {
+    roomOf([SENDER, connId(1)]);
+    const sent = await send({ action: "sendmessage", message: "x".repeat(64) });
+    assert.equal(JSON.parse(sent[0].data).type, "message");
+  });
+
+  it("answers unknown_connection when the sender has no record", async () => {
+    ddb.on(GetCommand).resolves({});
+    const sent = await send({ action: "sendmessage", message: "hi" });
+    assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code]), [[SENDER, "unknown_connection"]]);
+  });
+
+  it("answers 'unavailable' instead of failing the invocation when the room cannot be read", async () => {
+    ddb.on(QueryCommand).rejects(new Error("socket hang up"));
+    const sent = await send({ action: "sendmessage", message: "hi" });
+    assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code]), [[SENDER, "unavailable"]]);
+    assert.ok(logs.lines.some((l) => l.msg === "fan-out aborted" && l.level === "error"));
+  });
+});

@@ -1,0 +1,70 @@
+import assert from "node:assert/strict";
+import { readProjectFile, stackConfig } from "../../local/program";
+import { parseSettings, SETTINGS_SCHEMA, SettingKey, SettingsError } from "../../stacks/settings";
+
+const NS = "ws-chat";
+
+/** A ConfigSource over the config the CLI would give a stack, with some keys replaced. */
+function sourceFor(stack: string, replace: Partial<Record<SettingKey, string | undefined>> = {}) {
+  const config = stackConfig(stack);
+  return (key: SettingKey) => (key in replace ? replace[key] : config[`${NS}:${key}`]);
+}
+
+describe("stack settings", () => {
+  it("parses dev and prod with the values their files set", () => {
+    const dev = parseSettings(NS, sourceFor("dev"));
+    const prod = parseSettings(NS, sourceFor("prod"));
+    assert.equal(dev.stageName, "dev");
+    assert.equal(prod.stageName, "prod");
+    assert.equal(dev.tableProtection, false);
+    assert.equal(prod.tableProtection, true);
+    assert.equal(prod.logRetentionDays, 90);
+    assert.equal(typeof prod.lambdaMemoryMb, "number");
+  });
+
+  it("declares every setting in Pulumi.yaml with the same type and description, and a valid default", () => {
+    const declared = readProjectFile().config ?? {};
+    assert.deepEqual(Object.keys(declared).sort(), Object.keys(SETTINGS_SCHEMA).sort());
+    for (const [key, spec] of Object.entries(SETTINGS_SCHEMA)) {
+      assert.equal(declared[key].type, spec.type, `${key}: type`);
+      assert.equal(declared[key].description, spec.description, `${key}: description`);
+      assert.notEqual(declared[key].default, undefined, `${key}: default`);
+    }
+    // The defaults alone make a valid stack.
+    const defaults = (key: SettingKey) => String(declared[key].default);
+    assert.doesNotThrow(() => parseSettings(NS, defaults));
+  });
+
+  const bad: [SettingKey, string | undefined, RegExp][] = [
+    ["throttlingBurstLimit", "-1", /ws-chat:throttlingBurstLimit must be an integer from 0 to 5000; got "-1"/],
+    ["throttlingBurstLimit", "lots", /ws-chat:throttlingBurstLimit must be an integer from 0 to 5000; got "lots"/],
+    ["throttlingRateLimit", "10001", /ws-chat:throttlingRateLimit must be an integer from 0 to 10000/],
+    ["logRetentionDays", "10", /ws-chat:logRetentionDays must be one of 1, 3, 5, 7, 14, 30/],
+    ["lambdaMemoryMb", "64", /ws-chat:lambdaMemoryMb must be an integer from 128 to 10240/],
+    ["lambdaMemoryMb", "256.5", /ws-chat:lambdaMemoryMb must be an integer from 128 to 10240; got "256.5"/],
+    ["lambdaTimeoutSeconds", "30", /ws-chat:lambdaTimeoutSeconds must be an integer from 1 to 29/],
+    ["tableProtection", "yes", /ws-chat:tableProtection must be true or false; got "yes"/],
+    ["maxMessageBytes", "0", /ws-chat:maxMessageBytes must be an integer from 1 to 65536/],
+    ["maxMessageBytes", "", /ws-chat:maxMessageBytes must be an integer from 1 to 65536; got ""/],
+    ["fanoutConcurrency", "1000", /ws-chat:fanoutConcurrency must be an integer from 1 to 512/],
+    ["stageName", "my stage", /ws-chat:stageName must be 1-128 characters of A-Z, a-z, 0-9, _ or -; got "my stage"/],
+    ["apiLoggingLevel", "DEBUG", /ws-chat:apiLoggingLevel must be one of OFF, ERROR, INFO; got "DEBUG"/],
+    ["stageName", undefined, /ws-chat:stageName is not set/],
+  ];
+  for (const [key, value, message] of bad) {
+    it(`must reject ${key}=${JSON.stringify(value)} with a message naming the key and the allowed values`, () => {
+      assert.throws(() => parseSettings(NS, sourceFor("dev", { [key]: value })), (err: unknown) => {
+        assert.ok(err instanceof SettingsError);
+        assert.match(err.message, message);
+        return true;
+      });
+    });
+  }
+
+  it("reports every invalid setting at once", () => {
+    assert.throws(
+      () => parseSettings(NS, sourceFor("prod", { lambdaMemoryMb: "1", tableProtection: "maybe" })),
+      (err: unknown) => err instanceof SettingsError && err.problems.length === 2,
+    );
+  });
+});
