@@ -1,0 +1,156 @@
+/**
+ * The embedded DynamoDB: a dynalite server (in memory, or in LevelDB files under --data-dir),
+ * with every `aws.dynamodb.Table` the program declared created in it, and a sweeper that honours
+ * each table's TTL (dynalite stores the setting but never expires items).
+ */
+import { CreateTableCommand, CreateTableCommandInput, DescribeTableCommand, DynamoDBClient, ResourceNotFoundException } from "@aws-sdk/client-dynamodb";
+import { DeleteCommand, DynamoDBDocumentClient, ScanCommand } from "@aws-sdk/lib-dynamodb";
+import dynalite = require("dynalite");
+import * as fs from "fs";
+import type { AddressInfo } from "net";
+import type { RecordedResource } from "./program";
+
+export interface TableSpec {
+  name: string;
+  create: CreateTableCommandInput;
+  ttlAttribute?: string;
+}
+
+interface TableInputs {
+  hashKey?: string;
+  rangeKey?: string;
+  attributes?: { name: string; type: string }[];
+  globalSecondaryIndexes?: {
+    name: string;
+    hashKey?: string;
+    rangeKey?: string;
+    keySchemas?: { attributeName: string; keyType: string }[];
+    projectionType: string;
+    nonKeyAttributes?: string[];
+  }[];
+  localSecondaryIndexes?: { name: string; rangeKey: string; projectionType: string; nonKeyAttributes?: string[] }[];
+  ttl?: { attributeName?: string; enabled?: boolean };
+}
+
+/** Translates a Table resource's Pulumi inputs into the CreateTable call AWS would receive. */
+export function tableSpec(resource: RecordedResource): TableSpec {
+  const inputs = resource.inputs as TableInputs;
+  const name = resource.state.name as string;
+  const keys = (hash?: string, range?: string) => [
+    ...(hash ? [{ AttributeName: hash, KeyType: "HASH" as const }] : []),
+    ...(range ? [{ AttributeName: range, KeyType: "RANGE" as const }] : []),
+  ];
+  const projection = (type: string, nonKey?: string[]) => ({
+    ProjectionType: type as "ALL" | "KEYS_ONLY" | "INCLUDE",
+    ...(nonKey?.length ? { NonKeyAttributes: nonKey } : {}),
+  });
+  const gsis = (inputs.globalSecondaryIndexes ?? []).map((g) => ({
+    IndexName: g.name,
+    KeySchema: g.keySchemas?.length
+      ? g.keySchemas.map((k) => ({ AttributeName: k.attributeName, KeyType: k.keyType as "HASH" | "RANGE" }))
+      : keys(g.hashKey, g.rangeKey),
+    Projection: projection(g.projectionType, g.nonKeyAttributes),
+  }));
+  const lsis = (inputs.localSecondaryIndexes ?? []).map((l) => ({
+    IndexName: l.name,
+    KeySchema: keys(inputs.hashKey, l.rangeKey),
+    Projection: projection(l.projectionType, l.nonKeyAttributes),
+  }));
+  return {
+    name,
+    ttlAttribute: inputs.ttl?.enabled ? inputs.ttl.attributeName : undefined,
+    create: {
+      TableName: name,
+      BillingMode: "PAY_PER_REQUEST",
+      AttributeDefinitions: (inputs.attributes ?? []).map((a) => ({ AttributeName: a.name, AttributeType: a.type as "S" | "N" | "B" })),
+      KeySchema: keys(inputs.hashKey, inputs.rangeKey),
+      ...(gsis.length ? { GlobalSecondaryIndexes: gsis } : {}),
+      ...(lsis.length ? { LocalSecondaryIndexes: lsis } : {}),
+    },
+  };
+}
+
+export interface LocalDynamoDB {
+  endpoint: string;
+  client: DynamoDBDocumentClient;
+  /** Deletes every item whose TTL attribute is in the past; returns how many it removed. */
+  sweepExpired(nowSeconds?: number): Promise<number>;
+  close(): Promise<void>;
+}
+
+export interface DynamoOptions {
+  tables: TableSpec[];
+  /** LevelDB directory that keeps data across restarts; in memory when absent. */
+  dataDir?: string;
+  /** How often expired items are removed. AWS takes up to days; here it is well within a minute. */
+  sweepIntervalMs?: number;
+  region: string;
+}
+
+export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamoDB> {
+  if (options.dataDir) fs.mkdirSync(options.dataDir, { recursive: true });
+  const server = dynalite({ createTableMs: 0, deleteTableMs: 0, updateTableMs: 0, ...(options.dataDir ? { path: options.dataDir } : {}) });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => resolve());
+  });
+  const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const raw = new DynamoDBClient({ endpoint, region: options.region, credentials: { accessKeyId: "local", secretAccessKey: "local" } });
+  const client = DynamoDBDocumentClient.from(raw);
+
+  for (const table of options.tables) {
+    try {
+      await raw.send(new DescribeTableCommand({ TableName: table.name })); // kept from an earlier run (--data-dir)
+    } catch (err) {
+      if (!(err instanceof ResourceNotFoundException)) throw err;
+      await raw.send(new CreateTableCommand(table.create));
+    }
+  }
+
+  async function sweepExpired(nowSeconds = Math.floor(Date.now() / 1000)): Promise<number> {
+    let removed = 0;
+    for (const table of options.tables.filter((t) => t.ttlAttribute)) {
+      const keyNames = (table.create.KeySchema ?? []).map((k) => k.AttributeName!);
+      let startKey: Record<string, unknown> | undefined;
+      do {
+        const page = await client.send(
+          new ScanCommand({
+            TableName: table.name,
+            FilterExpression: "#ttl < :now",
+            ExpressionAttributeNames: { "#ttl": table.ttlAttribute! },
+            ExpressionAttributeValues: { ":now": nowSeconds },
+            ExclusiveStartKey: startKey,
+          }),
+        );
+        for (const item of page.Items ?? []) {
+          const Key = Object.fromEntries(keyNames.map((k) => [k, item[k]]));
+          await client.send(new DeleteCommand({ TableName: table.name, Key }));
+          removed++;
+        }
+        startKey = page.LastEvaluatedKey;
+      } while (startKey);
+    }
+    return removed;
+  }
+
+  const sweeping = { running: false };
+  const timer = setInterval(() => {
+    if (sweeping.running) return;
+    sweeping.running = true;
+    sweepExpired()
+      .catch((err) => console.error(`[dynamodb] TTL sweep failed: ${(err as Error).message}`))
+      .finally(() => (sweeping.running = false));
+  }, options.sweepIntervalMs ?? 15_000);
+  timer.unref();
+
+  return {
+    endpoint,
+    client,
+    sweepExpired,
+    async close() {
+      clearInterval(timer);
+      raw.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}

@@ -1,0 +1,253 @@
+/**
+ * The WebSocket API emulator: API Gateway's WebSocket behaviour on a local `ws` server, following
+ * ../shared/docs/apigw-websocket.md. Choices where AWS's behaviour is unconfirmed are marked (?).
+ */
+import type { IncomingMessage, Server, ServerResponse } from "http";
+import type { Duplex } from "stream";
+import { WebSocket, WebSocketServer } from "ws";
+import { ApiFacts, awsId, ConnectionFacts, connectEvent, disconnectEvent, messageEvent, selectRouteValue } from "./events";
+import type { InvokeOutcome } from "./lambda";
+
+/** API Gateway's message payload quota. */
+export const MAX_MESSAGE_BYTES = 131_072;
+
+export interface RouteTarget {
+  routeKey: string;
+  functionName: string;
+  /** True when the route has a `$default` route response: the Lambda's body goes back to the client. */
+  twoWay: boolean;
+  invoke(event: unknown): Promise<InvokeOutcome>;
+}
+
+export interface GatewayOptions {
+  api: ApiFacts;
+  routeSelectionExpression: string;
+  routes: RouteTarget[];
+  idleTimeoutMs?: number;
+  maxDurationMs?: number;
+  /**
+   * Fault injection: when a client vanishes without a close frame (1006), do not run $disconnect,
+   * as happens on AWS when the network drops. Leaves a stale record for the next broadcast to find.
+   */
+  loseAbnormalDisconnects?: boolean;
+  log?: (line: string) => void;
+}
+
+export interface Connection extends ConnectionFacts {
+  state: "connecting" | "open" | "closed";
+  socket?: WebSocket;
+  lastActiveAt: number;
+  /** The status and reason that $disconnect will report, when the gateway itself closed the socket. */
+  closing?: { code: number; reason: string };
+}
+
+export interface Gateway {
+  connections: Map<string, Connection>;
+  /** Closes one connection from the server side (DeleteConnection, timeouts). */
+  disconnect(connectionId: string, code: number, reason: string): void;
+  /** Sends data to an open connection; refreshes its idle timer. */
+  send(connectionId: string, data: string | Buffer): boolean;
+  close(): Promise<void>;
+}
+
+const DEFAULT_IDLE_MS = 10 * 60 * 1000;
+const DEFAULT_MAX_DURATION_MS = 2 * 60 * 60 * 1000;
+
+export function createGateway(server: Server, options: GatewayOptions): Gateway {
+  const log = options.log ?? ((line: string) => console.log(line));
+  const routes = new Map(options.routes.map((r) => [r.routeKey, r]));
+  const connections = new Map<string, Connection>();
+  const timers = new Map<string, { idle?: NodeJS.Timeout; max?: NodeJS.Timeout }>();
+  const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_MESSAGE_BYTES });
+  const idleMs = options.idleTimeoutMs ?? DEFAULT_IDLE_MS;
+  const stagePath = `/${options.api.stage}`;
+  const pendingDisconnects = new Set<Promise<unknown>>();
+
+  async function run(route: RouteTarget, conn: Connection, event: unknown): Promise<InvokeOutcome> {
+    const outcome = await route.invoke(event);
+    const status = outcome.error
+      ? `error ${outcome.error.errorType}`
+      : String((outcome.result as { statusCode?: number } | null)?.statusCode ?? "-");
+    log(`[gateway] ${route.routeKey} ${conn.connectionId} ${route.functionName} ${outcome.durationMs}ms ${status}${outcome.coldStart ? " (cold)" : ""}`);
+    return outcome;
+  }
+
+  function touch(conn: Connection) {
+    conn.lastActiveAt = Date.now();
+    const t = timers.get(conn.connectionId);
+    if (!t) return;
+    clearTimeout(t.idle);
+    t.idle = setTimeout(() => disconnect(conn.connectionId, 1001, "Going away"), idleMs);
+  }
+
+  function disconnect(connectionId: string, code: number, reason: string) {
+    const conn = connections.get(connectionId);
+    if (!conn?.socket || conn.state !== "open") return;
+    conn.closing = { code, reason };
+    conn.socket.close(code, reason);
+  }
+
+  function send(connectionId: string, data: string | Buffer): boolean {
+    const conn = connections.get(connectionId);
+    if (!conn?.socket || conn.state !== "open" || conn.socket.readyState !== WebSocket.OPEN) return false;
+    conn.socket.send(data);
+    touch(conn);
+    return true;
+  }
+
+  function refuse(socket: Duplex, status: number, body = "", headers: Record<string, string> = {}) {
+    const reason = { 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway" }[status] ?? "Error";
+    const lines = [`HTTP/1.1 ${status} ${reason}`, "Connection: close", `Content-Length: ${Buffer.byteLength(body)}`];
+    for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
+    socket.end(`${lines.join("\r\n")}\r\n\r\n${body}`);
+  }
+
+  function onMessage(conn: Connection, data: Buffer, isBinary: boolean) {
+    touch(conn);
+    if (isBinary) {
+      // API Gateway does not accept binary frames on a Lambda-proxied API: close 1003, no Lambda runs.
+      disconnect(conn.connectionId, 1003, "Binary frames are not supported"); // reason text (?)
+      return;
+    }
+    const body = data.toString("utf8");
+    const selected = selectRouteValue(options.routeSelectionExpression, body);
+    const route =
+      (selected !== undefined && !selected.startsWith("$") ? routes.get(selected) : undefined) ?? routes.get("$default");
+    if (!route) {
+      send(conn.connectionId, JSON.stringify({ message: "Forbidden", connectionId: conn.connectionId, requestId: awsId() }));
+      return;
+    }
+    const event = messageEvent(options.api, conn, route.routeKey, body);
+    run(route, conn, event).then((outcome) => {
+      if (outcome.error) {
+        send(conn.connectionId, JSON.stringify({ message: "Internal server error", connectionId: conn.connectionId, requestId: event.requestContext.requestId }));
+      } else if (route.twoWay) {
+        const body = (outcome.result as { body?: unknown } | null)?.body;
+        if (typeof body === "string") send(conn.connectionId, body);
+      }
+    });
+  }
+
+  function onOpen(conn: Connection, socket: WebSocket) {
+    conn.socket = socket;
+    conn.state = "open";
+    let tooLarge = false;
+    timers.set(conn.connectionId, {
+      max: setTimeout(() => disconnect(conn.connectionId, 1001, "Going away"), options.maxDurationMs ?? DEFAULT_MAX_DURATION_MS), // code (?)
+    });
+    touch(conn);
+    socket.on("message", (data: Buffer, isBinary) => onMessage(conn, data, isBinary));
+    socket.on("ping", () => touch(conn));
+    socket.on("error", (err: Error & { code?: string }) => {
+      // ws closes an oversized message with 1009 but reports 1006 on this side; record 1009 ourselves.
+      if (err.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH") tooLarge = true;
+    });
+    socket.on("close", (code, reasonBuffer) => {
+      conn.state = "closed";
+      const t = timers.get(conn.connectionId);
+      clearTimeout(t?.idle);
+      clearTimeout(t?.max);
+      timers.delete(conn.connectionId);
+      connections.delete(conn.connectionId);
+      let status = conn.closing ?? { code, reason: reasonBuffer.toString("utf8") };
+      if (tooLarge) status = { code: 1009, reason: "Message too big" };
+      else if (!conn.closing && code === 1005) status = { code: 1005, reason: "Client-side close frame status not set" };
+      else if (!conn.closing && code === 1006 && options.loseAbnormalDisconnects) {
+        log(`[gateway] $disconnect ${conn.connectionId} lost (abnormal close, --lose-abnormal-disconnects)`);
+        return;
+      }
+      const route = routes.get("$disconnect");
+      if (!route) return;
+      const pending = run(route, conn, disconnectEvent(options.api, conn, status.code, status.reason));
+      pendingDisconnects.add(pending);
+      void pending.finally(() => pendingDisconnects.delete(pending));
+    });
+  }
+
+  async function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
+    const url = new URL(req.url ?? "/", "http://local");
+    if (url.pathname !== stagePath && url.pathname !== `${stagePath}/`) {
+      return refuse(socket, 403, JSON.stringify({ message: "Forbidden" }), { "Content-Type": "application/json" });
+    }
+    const conn: Connection = {
+      connectionId: awsId(),
+      connectedAt: Date.now(),
+      sourceIp: req.socket.remoteAddress?.replace(/^::ffff:/, "") ?? "127.0.0.1",
+      userAgent: req.headers["user-agent"],
+      state: "connecting",
+      lastActiveAt: Date.now(),
+    };
+    connections.set(conn.connectionId, conn); // @connections answers 410 while $connect runs
+    let responseHeaders: Record<string, string> = {};
+    const route = routes.get("$connect");
+    if (route) {
+      const event = connectEvent(options.api, conn, {
+        rawHeaders: req.rawHeaders,
+        query: url.searchParams,
+        hasQuery: url.search.length > 1,
+        remotePort: req.socket.remotePort ?? 0,
+      });
+      const outcome = await run(route, conn, event);
+      const result = outcome.result as { statusCode?: unknown; headers?: Record<string, string>; body?: string } | null;
+      const status = typeof result?.statusCode === "number" ? result.statusCode : undefined;
+      if (outcome.error || status === undefined) {
+        // A Lambda error, or a result with no status code (?), refuses the handshake with 502.
+        connections.delete(conn.connectionId);
+        return refuse(socket, 502, JSON.stringify({ message: "Internal server error" }), { "Content-Type": "application/json" });
+      }
+      if (status < 200 || status > 299) {
+        connections.delete(conn.connectionId);
+        // The Lambda's body is passed back with the refusal (?); wscat shows only the status.
+        return refuse(socket, status, result?.body ?? "", result?.headers ?? {});
+      }
+      responseHeaders = result?.headers ?? {};
+    }
+    if (socket.destroyed) {
+      connections.delete(conn.connectionId);
+      return;
+    }
+    wss.once("headers", (headers) => {
+      for (const [k, v] of Object.entries(responseHeaders)) headers.push(`${k}: ${v}`);
+    });
+    wss.handleUpgrade(req, socket, head, (ws) => onOpen(conn, ws));
+  }
+
+  server.on("upgrade", (req, socket, head) => {
+    onUpgrade(req, socket, head).catch((err) => {
+      log(`[gateway] upgrade failed: ${(err as Error).stack}`);
+      refuse(socket, 500);
+    });
+  });
+
+  return {
+    connections,
+    disconnect,
+    send,
+    /** Closes every connection with 1001 and waits (up to 5 s) for their $disconnect to run. */
+    async close() {
+      for (const conn of connections.values()) disconnect(conn.connectionId, 1001, "Going away");
+      const deadline = Date.now() + 5_000;
+      while ((connections.size > 0 || pendingDisconnects.size > 0) && Date.now() < deadline) {
+        await Promise.race([Promise.allSettled([...pendingDisconnects]), new Promise((r) => setTimeout(r, 50))]);
+      }
+      for (const conn of connections.values()) conn.socket?.terminate();
+      for (const t of timers.values()) {
+        clearTimeout(t.idle);
+        clearTimeout(t.max);
+      }
+      await new Promise<void>((resolve) => wss.close(() => resolve()));
+    },
+  };
+}
+
+/** Answers plain HTTP requests to the WebSocket URL: 426 on the stage path, 403 elsewhere. */
+export function answerPlainRequest(stage: string, req: IncomingMessage, res: ServerResponse): void {
+  const { pathname } = new URL(req.url ?? "/", "http://local");
+  if (pathname === `/${stage}` || pathname === `/${stage}/`) {
+    res.writeHead(426, { "Content-Type": "text/plain", Upgrade: "websocket", Connection: "Upgrade" });
+    res.end("Upgrade Required");
+    return;
+  }
+  res.writeHead(403, { "Content-Type": "application/json", "x-amzn-ErrorType": "ForbiddenException" });
+  res.end(JSON.stringify({ message: "Forbidden" }));
+}

@@ -1,0 +1,73 @@
+/**
+ * The @connections management API: POST, GET and DELETE on /{stage}/@connections/{id}, with
+ * API Gateway's status codes, the `x-amzn-ErrorType` header and JSON bodies, so the unmodified
+ * AWS SDK v3 client raises a real GoneException, PayloadTooLargeException, and so on.
+ * Signatures are not checked (SigV4 is accepted as sent).
+ */
+import type { IncomingMessage, ServerResponse } from "http";
+import { Gateway, MAX_MESSAGE_BYTES } from "./gateway";
+
+export interface ManagementOptions {
+  stage: string;
+  gateway: Gateway;
+  /** Added before every answer, standing in for the network between Lambda and API Gateway. */
+  latencyMs?: number;
+  log?: (line: string) => void;
+}
+
+const CONNECTION_ID = /^[A-Za-z0-9_=-]{1,128}$/;
+
+/** Returns true when the request was for the management API (and has been answered). */
+export function handleManagementRequest(options: ManagementOptions, req: IncomingMessage, res: ServerResponse): boolean {
+  const url = new URL(req.url ?? "/", "http://local");
+  const prefix = `/${options.stage}/@connections/`;
+  const pathname = decodeURIComponent(url.pathname);
+  if (!pathname.startsWith(prefix)) return false;
+  const connectionId = pathname.slice(prefix.length);
+
+  const chunks: Buffer[] = [];
+  let size = 0;
+  req.on("data", (chunk: Buffer) => {
+    size += chunk.length;
+    if (size <= MAX_MESSAGE_BYTES + 1) chunks.push(chunk);
+  });
+  req.on("end", () => {
+    const answer = () => respond(options, req.method ?? "GET", connectionId, Buffer.concat(chunks), size, res);
+    if (options.latencyMs) setTimeout(answer, options.latencyMs);
+    else answer();
+  });
+  return true;
+}
+
+function error(res: ServerResponse, status: number, type: string, message: string) {
+  res.writeHead(status, { "Content-Type": "application/json", "x-amzn-ErrorType": type, "x-amzn-RequestId": crypto.randomUUID() });
+  res.end(JSON.stringify({ message }));
+}
+
+function respond(options: ManagementOptions, method: string, connectionId: string, body: Buffer, size: number, res: ServerResponse) {
+  if (!CONNECTION_ID.test(connectionId)) return error(res, 400, "BadRequestException", "Invalid connectionId");
+  const conn = options.gateway.connections.get(connectionId);
+  if (!conn || conn.state !== "open") return error(res, 410, "GoneException", "");
+  switch (method) {
+    case "POST":
+      if (size > MAX_MESSAGE_BYTES) return error(res, 413, "PayloadTooLargeException", "Message too long");
+      if (!options.gateway.send(connectionId, body.toString("utf8"))) return error(res, 410, "GoneException", "");
+      res.writeHead(200, { "Content-Length": "0" });
+      return res.end();
+    case "GET":
+      res.writeHead(200, { "Content-Type": "application/json" });
+      return res.end(
+        JSON.stringify({
+          connectedAt: new Date(conn.connectedAt).toISOString(),
+          identity: { sourceIp: conn.sourceIp, ...(conn.userAgent ? { userAgent: conn.userAgent } : {}) },
+          lastActiveAt: new Date(conn.lastActiveAt).toISOString(),
+        }),
+      );
+    case "DELETE":
+      options.gateway.disconnect(connectionId, 1000, "Connection Closed Normally");
+      res.writeHead(204);
+      return res.end();
+    default:
+      return error(res, 403, "ForbiddenException", `Method ${method} is not allowed`);
+  }
+}

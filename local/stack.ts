@@ -1,0 +1,210 @@
+/**
+ * The local stack: everything the Pulumi program declared, brought up on this machine. The
+ * program is evaluated under mocks with the API's endpoint pointing here; then its tables go into
+ * the embedded DynamoDB, its functions' archives into the Lambda runtime, and its routes into the
+ * WebSocket gateway and management API, all on one port. Nothing about the chat is hard-coded:
+ * a route or function added to index.ts is served here too.
+ */
+import * as fs from "fs";
+import { createServer, Server } from "http";
+import type { AddressInfo } from "net";
+import * as path from "path";
+import { LocalDynamoDB, startDynamoDB, tableSpec } from "./dynamodb";
+import { answerPlainRequest, createGateway, Gateway, RouteTarget } from "./gateway";
+import { createLambdaRuntime, FunctionSpec, LambdaRuntime } from "./lambda";
+import { handleManagementRequest } from "./management";
+import { loadProgram, LoadedProgram, PROJECT_DIR, RecordedResource } from "./program";
+
+export interface LocalStackOptions {
+  stack: string;
+  /** 0 picks a free port. */
+  port: number;
+  host?: string;
+  dataDir?: string;
+  idleTimeoutMs?: number;
+  maxDurationMs?: number;
+  loseAbnormalDisconnects?: boolean;
+  managementLatencyMs?: number;
+  maxInstances?: number;
+  /** Where the outputs JSON goes; default .local/<stack>/outputs.json. */
+  outputsFile?: string;
+  configOverrides?: Record<string, string>;
+  log?: (line: string) => void;
+}
+
+export interface StackOutputs {
+  url: string;
+  connectionsUrl: string;
+  tableName: string;
+  stage: string;
+  region: string;
+  [name: string]: unknown;
+}
+
+export interface LocalStack {
+  port: number;
+  outputs: StackOutputs;
+  outputsFile: string;
+  program: LoadedProgram;
+  dynamodb: LocalDynamoDB;
+  lambdas: LambdaRuntime;
+  gateway: Gateway;
+  stop(): Promise<void>;
+}
+
+export class StartupError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "StartupError";
+  }
+}
+
+function listen(server: Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once("error", (err: NodeJS.ErrnoException) => {
+      if (err.code === "EADDRINUSE") reject(new StartupError(`port ${port} on ${host} is already in use; stop what holds it, or pass --port <n> (--port 0 picks a free one)`));
+      else if (err.code === "EACCES") reject(new StartupError(`no permission to listen on port ${port}; use a port above 1023`));
+      else reject(err);
+    });
+    server.listen(port, host, () => resolve((server.address() as AddressInfo).port));
+  });
+}
+
+/** Does an IAM-style ARN pattern (with `*` wildcards) match this ARN? */
+function arnMatches(pattern: string, arn: string): boolean {
+  const regex = new RegExp(`^${pattern.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")}$`);
+  return regex.test(arn);
+}
+
+function writeArchive(program: LoadedProgram, fn: RecordedResource, root: string): string {
+  const dir = path.join(root, fn.name);
+  fs.rmSync(dir, { recursive: true, force: true });
+  for (const [file, content] of program.archives.get(fn.name) ?? []) {
+    fs.mkdirSync(path.dirname(path.join(dir, file)), { recursive: true });
+    fs.writeFileSync(path.join(dir, file), content);
+  }
+  return dir;
+}
+
+export async function startLocalStack(options: LocalStackOptions): Promise<LocalStack> {
+  const log = options.log ?? ((line: string) => console.log(line));
+  const host = options.host ?? "127.0.0.1";
+  const stateDir = path.join(PROJECT_DIR, ".local", options.stack);
+  const cleanups: (() => Promise<void>)[] = [];
+  const server = createServer();
+  cleanups.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  server.keepAliveTimeout = 65_000;
+
+  try {
+    const port = await listen(server, options.port, host);
+    const program = await loadProgram({
+      stack: options.stack,
+      apiEndpoint: () => `ws://${host}:${port}`,
+      configOverrides: options.configOverrides,
+    });
+    const of = (type: string) => program.resources.filter((r) => r.type === type);
+
+    const apis = of("aws:apigatewayv2/api:Api").filter((a) => a.inputs.protocolType === "WEBSOCKET");
+    if (apis.length !== 1) throw new StartupError(`the program declares ${apis.length} WebSocket APIs; the local stack serves exactly one`);
+    const api = apis[0];
+    const stageResource = of("aws:apigatewayv2/stage:Stage").find((s) => s.inputs.apiId === api.id);
+    if (!stageResource) throw new StartupError("the program declares no Stage for its WebSocket API");
+    const stage = stageResource.inputs.name as string;
+
+    const dynamodb = await startDynamoDB({
+      tables: of("aws:dynamodb/table:Table").map(tableSpec),
+      dataDir: options.dataDir,
+      region: program.region,
+    });
+    cleanups.unshift(() => dynamodb.close());
+
+    const functionsDir = path.join(stateDir, "functions");
+    const functions = of("aws:lambda/function:Function");
+    const specs: FunctionSpec[] = functions.map((fn) => ({
+      name: fn.state.name,
+      arn: fn.state.arn,
+      archiveDir: writeArchive(program, fn, functionsDir),
+      handler: fn.inputs.handler ?? "index.handler",
+      environment: fn.inputs.environment?.variables ?? {},
+      timeoutSeconds: fn.inputs.timeout ?? 3,
+      memoryMb: fn.inputs.memorySize ?? 128,
+    }));
+    const lambdas = createLambdaRuntime({
+      functions: specs,
+      maxInstances: options.maxInstances,
+      baseEnv: {
+        AWS_REGION: program.region,
+        AWS_DEFAULT_REGION: program.region,
+        AWS_ACCESS_KEY_ID: "local",
+        AWS_SECRET_ACCESS_KEY: "local",
+        AWS_ENDPOINT_URL_DYNAMODB: dynamodb.endpoint,
+      },
+      write: log,
+    });
+    cleanups.unshift(() => lambdas.close());
+
+    const permissions = of("aws:lambda/permission:Permission");
+    const routes: RouteTarget[] = of("aws:apigatewayv2/route:Route")
+      .filter((r) => r.inputs.apiId === api.id)
+      .map((route) => {
+        const routeKey = route.inputs.routeKey as string;
+        const integrationId = /^integrations\/(.+)$/.exec(route.inputs.target ?? "")?.[1];
+        const integration = of("aws:apigatewayv2/integration:Integration").find((i) => i.id === integrationId);
+        const fn = functions.find((f) => f.state.invokeArn === integration?.inputs.integrationUri);
+        if (!integration || !fn) throw new StartupError(`route ${routeKey} has no Lambda integration the local stack can serve`);
+        if (integration.inputs.integrationType !== "AWS_PROXY") throw new StartupError(`route ${routeKey}: only AWS_PROXY integrations are emulated`);
+        const sourceArn = `${api.state.executionArn}/${stage}/${routeKey}`;
+        const allowed = permissions.some(
+          (p) => p.inputs.principal === "apigateway.amazonaws.com" && [fn.state.name, fn.state.arn].includes(p.inputs.function) && arnMatches(p.inputs.sourceArn ?? "*", sourceArn),
+        );
+        const twoWay = of("aws:apigatewayv2/routeResponse:RouteResponse").some((rr) => rr.inputs.routeId === route.id && rr.inputs.routeResponseKey === "$default");
+        return {
+          routeKey,
+          functionName: fn.state.name,
+          twoWay,
+          invoke: (event: unknown) =>
+            allowed
+              ? lambdas.invoke(fn.state.name, event)
+              : Promise.resolve({ error: { errorType: "AccessDenied", errorMessage: `no lambda.Permission lets API Gateway invoke ${fn.state.name} for ${sourceArn}` }, durationMs: 0, coldStart: false }),
+        };
+      });
+
+    const gateway = createGateway(server, {
+      api: { apiId: api.id, stage, domainName: `${host}:${port}` },
+      routeSelectionExpression: api.inputs.routeSelectionExpression,
+      routes,
+      idleTimeoutMs: options.idleTimeoutMs,
+      maxDurationMs: options.maxDurationMs,
+      loseAbnormalDisconnects: options.loseAbnormalDisconnects,
+      log,
+    });
+    cleanups.unshift(() => gateway.close());
+    server.on("request", (req, res) => {
+      if (!handleManagementRequest({ stage, gateway, latencyMs: options.managementLatencyMs, log }, req, res)) answerPlainRequest(stage, req, res);
+    });
+
+    const outputs = program.outputs as StackOutputs;
+    const outputsFile = options.outputsFile ?? path.join(stateDir, "outputs.json");
+    fs.mkdirSync(path.dirname(outputsFile), { recursive: true });
+    fs.writeFileSync(outputsFile, JSON.stringify(outputs, null, 2) + "\n");
+
+    let stopped = false;
+    return {
+      port,
+      outputs,
+      outputsFile,
+      program,
+      dynamodb,
+      lambdas,
+      gateway,
+      async stop() {
+        if (stopped) return;
+        stopped = true;
+        for (const cleanup of cleanups) await cleanup();
+      },
+    };
+  } catch (err) {
+    for (const cleanup of cleanups) await cleanup().catch(() => undefined);
+    throw err;
+  }
+}

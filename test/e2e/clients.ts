@@ -1,0 +1,143 @@
+/**
+ * The two kinds of client the e2e suite drives: the real `wscat` CLI as a spawned process (what
+ * the tutorial uses), and `ws` clients (for what wscat cannot do: binary frames, abrupt kills).
+ */
+import { ChildProcessWithoutNullStreams, spawn } from "node:child_process";
+import * as path from "node:path";
+import * as readline from "node:readline";
+import WebSocket from "ws";
+import { PROJECT_DIR } from "./stack";
+
+const WSCAT = path.join(PROJECT_DIR, "node_modules", ".bin", "wscat");
+
+abstract class Received {
+  readonly frames: string[] = [];
+  private waiters: (() => void)[] = [];
+
+  protected receive(frame: string) {
+    this.frames.push(frame);
+    for (const wake of this.waiters.splice(0)) wake();
+  }
+
+  /** Resolves with the first frame (seen or to come) that matches; fails after `timeoutMs`. */
+  async waitFor(match: (frame: string) => boolean, timeoutMs = 5_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.frames.find(match);
+      if (found !== undefined) return found;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`no matching frame in ${timeoutMs} ms; got ${JSON.stringify(this.frames)}`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  json(): Record<string, unknown>[] {
+    return this.frames.flatMap((f) => {
+      try {
+        return [JSON.parse(f)];
+      } catch {
+        return [];
+      }
+    });
+  }
+
+  /**
+   * Asks $default for usage and returns this connection's id from it. The question is repeated
+   * until answered, because wscat drops lines typed before its connection opens (and, without a
+   * TTY, prints nothing when it does open).
+   */
+  async connectionId(timeoutMs = 10_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    const isUsage = (f: string) => f.includes('"type":"usage"');
+    for (;;) {
+      this.sendText("who am i");
+      try {
+        const usage = await this.waitFor(isUsage, 500);
+        return (JSON.parse(usage).connection as { connectionId: string }).connectionId;
+      } catch (err) {
+        if (Date.now() > deadline) throw err;
+      }
+    }
+  }
+
+  abstract sendText(text: string): void;
+}
+
+/** The real wscat CLI, fed through its stdin, read from its stdout. */
+export class Wscat extends Received {
+  private child: ChildProcessWithoutNullStreams;
+  readonly exited: Promise<number | null>;
+  stderr = "";
+
+  constructor(url: string) {
+    super();
+    this.child = spawn(WSCAT, ["-c", url], { cwd: PROJECT_DIR });
+    this.child.stderr.on("data", (d) => (this.stderr += d));
+    // Without a TTY, wscat writes its "> " prompt and each received frame on stdout.
+    readline.createInterface({ input: this.child.stdout }).on("line", (line) => {
+      const frame = line.replace(/^(> |< )+/, "");
+      if (frame) this.receive(frame);
+    });
+    this.exited = new Promise((resolve) => this.child.once("exit", (code) => resolve(code)));
+  }
+
+  sendText(text: string) {
+    this.child.stdin.write(text + "\n");
+  }
+
+  /** Ends wscat's input, which closes the connection (without a close code) and exits. */
+  async close() {
+    this.child.stdin.end();
+    await this.exited;
+  }
+}
+
+export class Client extends Received {
+  closed: Promise<{ code: number; reason: string }>;
+
+  private constructor(readonly socket: WebSocket) {
+    super();
+    socket.on("message", (data) => this.receive(data.toString()));
+    this.closed = new Promise((resolve) => socket.once("close", (code, reason) => resolve({ code, reason: reason.toString() })));
+  }
+
+  /** Opens a connection; rejects with the HTTP status when the handshake is refused. */
+  static open(url: string, query: Record<string, string> = {}): Promise<Client> {
+    const target = new URL(url);
+    for (const [k, v] of Object.entries(query)) target.searchParams.append(k, v);
+    return Client.openRaw(target.toString());
+  }
+
+  static openRaw(url: string): Promise<Client> {
+    return new Promise((resolve, reject) => {
+      const socket = new WebSocket(url);
+      socket.once("open", () => resolve(new Client(socket)));
+      socket.once("unexpected-response", (_req, res) => reject(Object.assign(new Error(`Unexpected server response: ${res.statusCode}`), { status: res.statusCode })));
+      socket.once("error", reject);
+    });
+  }
+
+  sendText(text: string) {
+    this.socket.send(text);
+  }
+
+  send(message: unknown) {
+    this.socket.send(JSON.stringify(message));
+  }
+
+  async close() {
+    if (this.socket.readyState === WebSocket.OPEN) this.socket.close(1000);
+    await this.closed;
+  }
+
+  /** Drops the TCP connection without a close frame, as a crashed client or a lost network does. */
+  kill() {
+    this.socket.terminate();
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * Where the e2e suite gets its stack outputs:
+ * - by default, a local stack it starts itself (`npm start` on a free port) and stops afterwards;
+ * - with E2E_STACK=<name>, `pulumi stack output --json --stack <name>`: the same suite against AWS.
+ */
+import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
+import { DynamoDBDocumentClient, ScanCommand } from "@aws-sdk/lib-dynamodb";
+import { ChildProcess, execFileSync, spawn } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import type { StackOutputs } from "../../local/stack";
+
+export const PROJECT_DIR = path.resolve(__dirname, "../..");
+
+export interface E2EStack {
+  outputs: StackOutputs;
+  /** True for a local stack, where faults can be injected (lost $disconnect). */
+  local: boolean;
+  /** Every item in the connections table. */
+  scanConnections(): Promise<Record<string, unknown>[]>;
+  /** Everything the local stack printed so far ("" for a deployed stack). */
+  logs(): string;
+  stop(): Promise<void>;
+}
+
+function tableReader(outputs: StackOutputs, endpoint?: string) {
+  const doc = DynamoDBDocumentClient.from(
+    new DynamoDBClient(endpoint ? { endpoint, region: outputs.region, credentials: { accessKeyId: "local", secretAccessKey: "local" } } : { region: outputs.region }),
+  );
+  return async () => {
+    const items: Record<string, unknown>[] = [];
+    let ExclusiveStartKey: Record<string, unknown> | undefined;
+    do {
+      const page = await doc.send(new ScanCommand({ TableName: outputs.tableName, ExclusiveStartKey, ConsistentRead: true }));
+      items.push(...(page.Items ?? []));
+      ExclusiveStartKey = page.LastEvaluatedKey;
+    } while (ExclusiveStartKey);
+    return items;
+  };
+}
+
+async function deployedStack(name: string): Promise<E2EStack> {
+  const outputs = JSON.parse(execFileSync("pulumi", ["stack", "output", "--json", "--stack", name], { cwd: PROJECT_DIR, encoding: "utf8" })) as StackOutputs;
+  return { outputs, local: false, scanConnections: tableReader(outputs), logs: () => "", stop: async () => undefined };
+}
+
+/** Starts `local/cli.ts --port 0` as its own process and waits for its "Ready." line. */
+export async function localStack(extraArgs: string[] = [], stack = "dev"): Promise<E2EStack> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ws-chat-e2e-"));
+  const outputsFile = path.join(dir, "outputs.json");
+  const child: ChildProcess = spawn(
+    process.execPath,
+    ["--require", "ts-node/register/transpile-only", "local/cli.ts", "--stack", stack, "--port", "0", "--outputs", outputsFile, ...extraArgs],
+    { cwd: PROJECT_DIR, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env } },
+  );
+  let output = "";
+  child.stdout!.on("data", (d) => (output += d));
+  child.stderr!.on("data", (d) => (output += d));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`local stack not ready in 60 s:\n${output}`)), 60_000);
+    const check = () => {
+      if (output.includes("Ready.")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+    child.stdout!.on("data", check);
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`local stack exited with ${code}:\n${output}`));
+    });
+  });
+  const outputs = JSON.parse(fs.readFileSync(outputsFile, "utf8")) as StackOutputs;
+  const endpoint = /DynamoDB: (http:\/\/\S+)/.exec(output)?.[1];
+  return {
+    outputs,
+    local: true,
+    scanConnections: tableReader(outputs, endpoint),
+    logs: () => output,
+    async stop() {
+      child.kill("SIGTERM");
+      const code = await exited;
+      fs.rmSync(dir, { recursive: true, force: true });
+      if (code !== 0) throw new Error(`local stack exited with ${code} on SIGTERM:\n${output.slice(-2000)}`);
+    },
+  };
+}
+
+export function e2eStack(): Promise<E2EStack> {
+  const name = process.env.E2E_STACK;
+  return name ? deployedStack(name) : localStack(["--lose-abnormal-disconnects"]);
+}
+
+/** Polls until `check` passes or `timeoutMs` runs out; the last failure is rethrown. */
+export async function eventually<T>(check: () => Promise<T> | T, timeoutMs = 5_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await check();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
