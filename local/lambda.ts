@@ -102,16 +102,20 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
         else if (message.type === "result") instance.onResult?.(message);
       });
       child.on("exit", (code, signal) => {
-        instance.exited = true;
         reject(Object.assign(new Error(`instance exited during init (code ${code}, signal ${signal})`), { errorType: "Runtime.InitError" }));
-        const pool = pools.get(spec.name)!;
-        if (pool.includes(instance)) pool.splice(pool.indexOf(instance), 1);
+        retire(spec, instance);
         instance.onExit?.(code, signal);
       });
     });
     instance.ready.catch(() => undefined); // observed by the invocation that waits on it
     pools.get(spec.name)!.push(instance);
     return instance;
+  }
+
+  function retire(spec: FunctionSpec, instance: Instance) {
+    instance.exited = true;
+    const pool = pools.get(spec.name)!;
+    if (pool.includes(instance)) pool.splice(pool.indexOf(instance), 1);
   }
 
   function acquire(spec: FunctionSpec): Promise<Instance> {
@@ -153,6 +157,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     const deadline = Date.now() + spec.timeoutSeconds * 1000;
     const outcome = await new Promise<Omit<InvokeOutcome, "durationMs" | "coldStart">>((resolve) => {
       const timer = setTimeout(() => {
+        retire(spec, instance); // never handed another invocation
         instance.child.kill("SIGKILL");
         resolve({ error: { errorType: "Sandbox.Timedout", errorMessage: `Task timed out after ${spec.timeoutSeconds.toFixed(2)} seconds` } });
       }, spec.timeoutSeconds * 1000);

@@ -1,0 +1,353 @@
+/**
+ * The WebSocket gateway and @connections API against ../shared/docs/apigw-websocket.md, with
+ * in-process route targets (no Lambda runtime) and the unmodified AWS SDK v3 client.
+ */
+import {
+  ApiGatewayManagementApiClient,
+  DeleteConnectionCommand,
+  GetConnectionCommand,
+  GoneException,
+  PayloadTooLargeException,
+  PostToConnectionCommand,
+} from "@aws-sdk/client-apigatewaymanagementapi";
+import { createServer, Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import assert from "node:assert/strict";
+import { classifyFailure } from "../../handlers/shared/management";
+import { answerPlainRequest, createGateway, Gateway, RouteTarget } from "../../local/gateway";
+import type { InvokeOutcome } from "../../local/lambda";
+import { handleManagementRequest } from "../../local/management";
+import { Client } from "../e2e/clients";
+
+type Event = { requestContext: Record<string, any>; [k: string]: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
+type Behaviour = (event: Event) => InvokeOutcome | Promise<InvokeOutcome>;
+
+const ID = /^[A-Za-z0-9_-]{15}=$/;
+const ok = (statusCode = 200): InvokeOutcome => ({ result: { statusCode }, durationMs: 1, coldStart: false });
+
+describe("local gateway (API Gateway WebSocket emulation)", () => {
+  let server: Server;
+  let gateway: Gateway;
+  let url: string;
+  let endpoint: string;
+  let events: Event[];
+  let behaviour: Record<string, Behaviour>;
+  const clients: Client[] = [];
+
+  async function start(routeKeys: string[], extra: { idleTimeoutMs?: number; maxDurationMs?: number; twoWay?: string[] } = {}) {
+    server = createServer();
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const port = (server.address() as AddressInfo).port;
+    const routes: RouteTarget[] = routeKeys.map((routeKey) => ({
+      routeKey,
+      functionName: `fn-${routeKey}`,
+      twoWay: extra.twoWay?.includes(routeKey) ?? false,
+      invoke: async (event) => {
+        events.push(event as Event);
+        return (behaviour[routeKey] ?? (() => ok()))(event as Event);
+      },
+    }));
+    gateway = createGateway(server, {
+      api: { apiId: "a1b2c3d4e5", stage: "dev", domainName: `127.0.0.1:${port}` },
+      routeSelectionExpression: "$request.body.action",
+      routes,
+      idleTimeoutMs: extra.idleTimeoutMs,
+      maxDurationMs: extra.maxDurationMs,
+      log: () => undefined,
+    });
+    server.on("request", (req, res) => {
+      if (!handleManagementRequest({ stage: "dev", gateway }, req, res)) answerPlainRequest("dev", req, res);
+    });
+    url = `ws://127.0.0.1:${port}/dev`;
+    endpoint = `http://127.0.0.1:${port}/dev`;
+  }
+
+  const connect = async (query: Record<string, string> = {}) => {
+    const c = await Client.open(url, query);
+    clients.push(c);
+    return c;
+  };
+  const sdk = () =>
+    new ApiGatewayManagementApiClient({ endpoint, region: "us-east-1", maxAttempts: 1, credentials: { accessKeyId: "local", secretAccessKey: "local" } });
+  const eventsFor = (routeKey: string) => events.filter((e) => e.requestContext.routeKey === routeKey);
+  const waitForEvent = async (routeKey: string) => {
+    for (let i = 0; i < 100 && eventsFor(routeKey).length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.ok(eventsFor(routeKey).length > 0, `a ${routeKey} event`);
+    return eventsFor(routeKey)[0];
+  };
+
+  beforeEach(() => {
+    events = [];
+    behaviour = {};
+  });
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.kill();
+    await gateway?.close();
+    await new Promise<void>((r) => server.close(() => r()));
+  });
+
+  describe("events", () => {
+    beforeEach(() => start(["$connect", "$disconnect", "$default", "sendmessage"]));
+
+    it("$connect carries headers, query and identity; ids and times are shaped like AWS's", async () => {
+      await connect({ room: "r1", name: "ann" });
+      const e = await waitForEvent("$connect");
+      const rc = e.requestContext;
+      assert.equal(rc.eventType, "CONNECT");
+      assert.match(rc.connectionId, ID);
+      assert.match(rc.requestId, ID);
+      assert.equal(rc.requestId, rc.extendedRequestId);
+      assert.equal(rc.messageId, undefined);
+      assert.equal(rc.messageDirection, "IN");
+      assert.equal(rc.stage, "dev");
+      assert.equal(rc.apiId, "a1b2c3d4e5");
+      assert.match(rc.requestTime, /^\d{2}\/[A-Z][a-z]{2}\/\d{4}:\d{2}:\d{2}:\d{2} \+0000$/);
+      assert.ok(Math.abs(rc.requestTimeEpoch - Date.now()) < 5_000 && rc.connectedAt <= rc.requestTimeEpoch);
+      assert.equal(rc.identity.sourceIp, "127.0.0.1");
+      assert.deepEqual(e.queryStringParameters, { room: "r1", name: "ann" });
+      assert.deepEqual(e.multiValueQueryStringParameters, { room: ["r1"], name: ["ann"] });
+      assert.equal(e.headers["Sec-WebSocket-Version"], "13");
+      assert.equal(e.headers["X-Forwarded-For"], "127.0.0.1");
+      assert.equal(e.body, undefined);
+    });
+
+    it("$connect without a query string has no query fields; duplicated keys keep the last in the single-value map", async () => {
+      await connect();
+      assert.equal((await waitForEvent("$connect")).queryStringParameters, undefined);
+      events = [];
+      await Client.openRaw(`${url}?room=a&room=b`).then((c) => clients.push(c));
+      const e = await waitForEvent("$connect");
+      assert.deepEqual(e.queryStringParameters, { room: "b" });
+      assert.deepEqual(e.multiValueQueryStringParameters, { room: ["a", "b"] });
+    });
+
+    it("MESSAGE events carry body and messageId, no headers, and the same connection facts", async () => {
+      const c = await connect();
+      const connectId = (await waitForEvent("$connect")).requestContext.connectionId;
+      c.send({ action: "sendmessage", message: "x" });
+      const e = await waitForEvent("sendmessage");
+      assert.equal(e.requestContext.eventType, "MESSAGE");
+      assert.equal(e.requestContext.connectionId, connectId);
+      assert.match(e.requestContext.messageId, ID);
+      assert.equal(e.body, '{"action":"sendmessage","message":"x"}');
+      assert.equal(e.isBase64Encoded, false);
+      assert.equal(e.headers, undefined);
+      assert.equal(e.queryStringParameters, undefined);
+    });
+
+    it("$disconnect carries the client's close code and reason, or 1005 with AWS's reason when none was sent", async () => {
+      const a = await connect();
+      a.socket.close(4001, "bye now");
+      assert.deepEqual((await waitForEvent("$disconnect")).requestContext.disconnectStatusCode, 4001);
+      assert.equal(eventsFor("$disconnect")[0].requestContext.disconnectReason, "bye now");
+      events = [];
+      const b = await connect();
+      b.socket.close();
+      const e = await waitForEvent("$disconnect");
+      assert.equal(e.requestContext.disconnectStatusCode, 1005);
+      assert.equal(e.requestContext.disconnectReason, "Client-side close frame status not set");
+      assert.equal(e.body, undefined);
+    });
+  });
+
+  describe("route selection by $request.body.action", () => {
+    beforeEach(() => start(["$default", "sendmessage"]));
+    const cases: [string, string][] = [
+      ['{"action":"sendmessage"}', "sendmessage"],
+      ['{"action":"SendMessage"}', "$default"],
+      ['{"action":" sendmessage"}', "$default"],
+      ['{"action":"$connect"}', "$default"],
+      ['{"action":["sendmessage"]}', "$default"],
+      ['{"message":"no action"}', "$default"],
+      ["not json", "$default"],
+      ['"sendmessage"', "$default"],
+      ["", "$default"],
+    ];
+    for (const [body, routeKey] of cases) {
+      it(`${JSON.stringify(body)} goes to ${routeKey}`, async () => {
+        const c = await connect();
+        c.sendText(body);
+        const e = await waitForEvent(routeKey);
+        assert.equal(e.body, body);
+        assert.equal(events.length, 1);
+      });
+    }
+  });
+
+  describe("gating and failures", () => {
+    it("refuses the handshake with the $connect result's non-2xx status", async () => {
+      await start(["$connect", "$default"]);
+      behaviour.$connect = () => ok(403);
+      await assert.rejects(connect(), { status: 403 });
+      behaviour.$connect = () => ok(400);
+      await assert.rejects(connect(), { status: 400 });
+    });
+
+    it("refuses the handshake with 502 when the $connect Lambda fails", async () => {
+      await start(["$connect"]);
+      behaviour.$connect = () => ({ error: { errorType: "Error", errorMessage: "boom" }, durationMs: 1, coldStart: false });
+      await assert.rejects(connect(), { status: 502 });
+    });
+
+    it("copies the $connect result's headers onto the 101", async () => {
+      await start(["$connect"]);
+      behaviour.$connect = () => ({ result: { statusCode: 200, headers: { "X-Chat": "yes" } }, durationMs: 1, coldStart: false });
+      const headers = await new Promise<Record<string, unknown>>((resolve, reject) => {
+        const { WebSocket } = require("ws");
+        const ws = new WebSocket(url);
+        ws.once("upgrade", (res: { headers: Record<string, unknown> }) => {
+          resolve(res.headers);
+          ws.terminate();
+        });
+        ws.once("error", reject);
+      });
+      assert.equal(headers["x-chat"], "yes");
+    });
+
+    it("sends the 'Internal server error' frame when a route's Lambda fails, and stays connected", async () => {
+      await start(["$default"]);
+      behaviour.$default = () => ({ error: { errorType: "Sandbox.Timedout", errorMessage: "Task timed out" }, durationMs: 1, coldStart: false });
+      const c = await connect();
+      c.sendText("hi");
+      const frame = JSON.parse(await c.waitFor((f) => f.includes("Internal server error")));
+      assert.deepEqual(Object.keys(frame).sort(), ["connectionId", "message", "requestId"]);
+      assert.match(frame.connectionId, ID);
+      assert.equal(c.socket.readyState, c.socket.OPEN);
+    });
+
+    it("answers 'Forbidden' when nothing matches and there is no $default route", async () => {
+      await start(["sendmessage"]);
+      const c = await connect();
+      c.sendText('{"action":"nope"}');
+      assert.equal(JSON.parse(await c.waitFor((f) => f.includes("Forbidden"))).message, "Forbidden");
+    });
+
+    it("sends the Lambda's body back only on a two-way route", async () => {
+      await start(["$default", "sendmessage"], { twoWay: ["$default"] });
+      behaviour.$default = () => ({ result: { statusCode: 200, body: "two-way reply" }, durationMs: 1, coldStart: false });
+      behaviour.sendmessage = () => ({ result: { statusCode: 200, body: "must not be sent" }, durationMs: 1, coldStart: false });
+      const c = await connect();
+      c.send({ action: "sendmessage" });
+      c.sendText("x");
+      await c.waitFor((f) => f === "two-way reply");
+      await new Promise((r) => setTimeout(r, 100));
+      assert.deepEqual(c.frames, ["two-way reply"]);
+    });
+  });
+
+  describe("limits and close codes", () => {
+    it("closes with 1003 on a binary frame, without running a Lambda", async () => {
+      await start(["$disconnect", "$default"]);
+      const c = await connect();
+      c.socket.send(Buffer.from([0, 1]), { binary: true });
+      assert.equal((await c.closed).code, 1003);
+      assert.equal((await waitForEvent("$disconnect")).requestContext.disconnectStatusCode, 1003);
+      assert.equal(eventsFor("$default").length, 0);
+    });
+
+    it("closes with 1009 on a message over 128 KB, and reports 1009 to $disconnect", async () => {
+      await start(["$disconnect", "$default"]);
+      const c = await connect();
+      c.sendText("z".repeat(131_073));
+      assert.equal((await c.closed).code, 1009);
+      assert.equal((await waitForEvent("$disconnect")).requestContext.disconnectStatusCode, 1009);
+    });
+
+    it("accepts a message of exactly 128 KB", async () => {
+      await start(["$default"]);
+      const c = await connect();
+      c.sendText("z".repeat(131_072));
+      assert.equal((await waitForEvent("$default")).body.length, 131_072);
+    });
+
+    it("closes an idle connection with 1001 'Going away'", async () => {
+      await start(["$disconnect"], { idleTimeoutMs: 150 });
+      const c = await connect();
+      assert.deepEqual(await c.closed, { code: 1001, reason: "Going away" });
+      assert.equal((await waitForEvent("$disconnect")).requestContext.disconnectReason, "Going away");
+    });
+
+    it("closes any connection at the maximum duration, even a busy one", async () => {
+      await start(["$default"], { maxDurationMs: 300, idleTimeoutMs: 10_000 });
+      const c = await connect();
+      const chatter = setInterval(() => c.socket.readyState === c.socket.OPEN && c.sendText("x"), 50);
+      assert.equal((await c.closed).code, 1001);
+      clearInterval(chatter);
+    });
+
+    it("answers a plain GET with 426, and other paths with 403", async () => {
+      await start(["$default"]);
+      assert.equal((await fetch(endpoint)).status, 426);
+      assert.equal((await fetch(endpoint.replace("/dev", "/prod"))).status, 403);
+      await assert.rejects(Client.openRaw(url.replace("/dev", "/elsewhere")), { status: 403 });
+    });
+  });
+
+  describe("@connections, through the unmodified AWS SDK v3 client", () => {
+    beforeEach(() => start(["$connect", "$disconnect", "$default"]));
+
+    it("PostToConnection delivers the data as a text frame", async () => {
+      const c = await connect();
+      const id = (await waitForEvent("$connect")).requestContext.connectionId;
+      await sdk().send(new PostToConnectionCommand({ ConnectionId: id, Data: "pushed" }));
+      assert.equal(await c.waitFor(() => true), "pushed");
+    });
+
+    it("GetConnection answers connectedAt, identity and lastActiveAt", async () => {
+      await connect();
+      const id = (await waitForEvent("$connect")).requestContext.connectionId;
+      const out = await sdk().send(new GetConnectionCommand({ ConnectionId: id }));
+      assert.ok(out.ConnectedAt instanceof Date && out.LastActiveAt instanceof Date);
+      assert.equal(out.Identity?.SourceIp, "127.0.0.1");
+    });
+
+    it("DeleteConnection closes the socket with 1000 and $disconnect reports it", async () => {
+      const c = await connect();
+      const id = (await waitForEvent("$connect")).requestContext.connectionId;
+      await sdk().send(new DeleteConnectionCommand({ ConnectionId: id }));
+      assert.deepEqual(await c.closed, { code: 1000, reason: "Connection Closed Normally" });
+      const e = await waitForEvent("$disconnect");
+      assert.equal(e.requestContext.disconnectStatusCode, 1000);
+      assert.equal(e.requestContext.disconnectReason, "Connection Closed Normally");
+    });
+
+    it("a closed or unknown connection raises a real GoneException (410)", async () => {
+      const c = await connect();
+      const id = (await waitForEvent("$connect")).requestContext.connectionId;
+      await c.close();
+      for (const target of [id, "AAAAAAAAAAAAAAA="]) {
+        const err = await sdk().send(new PostToConnectionCommand({ ConnectionId: target, Data: "x" })).catch((e: unknown) => e);
+        assert.ok(err instanceof GoneException, `GoneException for ${target}, got ${(err as Error)?.name}`);
+        assert.equal(err.$metadata.httpStatusCode, 410);
+        assert.equal(classifyFailure(err), "gone");
+      }
+    });
+
+    it("@connections answers 410 while $connect is still running", async () => {
+      let release!: () => void;
+      behaviour.$connect = () => new Promise((resolve) => (release = () => resolve(ok())));
+      const opening = Client.open(url).then((c) => (clients.push(c), c));
+      const e = await waitForEvent("$connect");
+      const err = await sdk().send(new PostToConnectionCommand({ ConnectionId: e.requestContext.connectionId, Data: "early" })).catch((x: unknown) => x);
+      assert.ok(err instanceof GoneException);
+      release();
+      await opening;
+    });
+
+    it("data over 128 KB raises a real PayloadTooLargeException (413)", async () => {
+      await connect();
+      const id = (await waitForEvent("$connect")).requestContext.connectionId;
+      const err = await sdk().send(new PostToConnectionCommand({ ConnectionId: id, Data: "p".repeat(131_073) })).catch((e: unknown) => e);
+      assert.ok(err instanceof PayloadTooLargeException, `got ${(err as Error)?.name}`);
+      assert.equal(classifyFailure(err), "too_large");
+    });
+
+    it("a malformed id raises BadRequestException (400)", async () => {
+      const err = await sdk().send(new PostToConnectionCommand({ ConnectionId: "not a valid id!", Data: "x" })).catch((e: unknown) => e);
+      // The client has no BadRequestException class; the SDK names the error from the header.
+      assert.equal((err as Error).name, "BadRequestException");
+      assert.equal((err as { $metadata: { httpStatusCode: number } }).$metadata.httpStatusCode, 400);
+      assert.equal(classifyFailure(err), "rejected");
+    });
+  });
+});

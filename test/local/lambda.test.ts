@@ -1,0 +1,120 @@
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { createLambdaRuntime, FunctionSpec, LambdaRuntime } from "../../local/lambda";
+import { PROJECT_DIR } from "../../local/program";
+
+const HANDLERS = `
+const instance = require("crypto").randomUUID(); // runs once per instance, like a factory
+let invocations = 0;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+exports.handler = async (event, context) => {
+  invocations++;
+  if (event.log) console.log(event.log);
+  if (event.sleepMs) await sleep(event.sleepMs);
+  if (event.fail) throw Object.assign(new Error(event.fail), { name: "ChatBroke" });
+  if (event.crash) process.exit(3);
+  return { instance, invocations, table: process.env.CONNECTIONS_TABLE, endpoint: process.env.AWS_ENDPOINT_URL_DYNAMODB,
+           name: context.functionName, remaining: context.getRemainingTimeInMillis(), requestId: context.awsRequestId };
+};`;
+
+describe("local Lambda runtime", function () {
+  this.timeout(30_000);
+  let dir: string;
+  let runtime: LambdaRuntime;
+  let lines: string[];
+  const spec = (overrides: Partial<FunctionSpec> = {}): FunctionSpec => ({
+    name: "chat-fn",
+    arn: "arn:aws:lambda:us-east-1:123456789012:function:chat-fn",
+    archiveDir: dir,
+    handler: "__index.handler",
+    environment: { CONNECTIONS_TABLE: "connections-x" },
+    timeoutSeconds: 2,
+    memoryMb: 128,
+    ...overrides,
+  });
+
+  beforeEach(() => {
+    fs.mkdirSync(path.join(PROJECT_DIR, ".local"), { recursive: true });
+    dir = fs.mkdtempSync(path.join(PROJECT_DIR, ".local", "lambda-test-"));
+    fs.writeFileSync(path.join(dir, "__index.js"), HANDLERS);
+    lines = [];
+  });
+  afterEach(async () => {
+    await runtime?.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const start = (s = spec(), maxInstances = 3) =>
+    (runtime = createLambdaRuntime({ functions: [s], maxInstances, baseEnv: { AWS_ENDPOINT_URL_DYNAMODB: "http://127.0.0.1:1" }, write: (l) => lines.push(l) }));
+  type Result = { instance: string; invocations: number; table: string; endpoint: string; name: string; remaining: number; requestId: string };
+
+  it("runs the archive with the function's environment, local endpoints and a Lambda-like context", async () => {
+    start();
+    const out = await runtime.invoke("chat-fn", {});
+    const r = out.result as Result;
+    assert.equal(out.coldStart, true);
+    assert.equal(r.table, "connections-x");
+    assert.equal(r.endpoint, "http://127.0.0.1:1");
+    assert.equal(r.name, "chat-fn");
+    assert.ok(r.remaining > 0 && r.remaining <= 2_000);
+    assert.match(r.requestId, /^[0-9a-f-]{36}$/);
+  });
+
+  it("runs the factory once per instance, and one invocation at a time per instance", async () => {
+    start();
+    const first = (await runtime.invoke("chat-fn", {})).result as Result;
+    const second = await runtime.invoke("chat-fn", {});
+    assert.equal(second.coldStart, false);
+    assert.equal((second.result as Result).instance, first.instance);
+    assert.equal((second.result as Result).invocations, 2);
+  });
+
+  it("starts more instances under concurrent load, up to the limit, and queues the rest", async () => {
+    start(spec(), 3);
+    const results = await Promise.all(Array.from({ length: 7 }, () => runtime.invoke("chat-fn", { sleepMs: 300 })));
+    const instances = new Set(results.map((r) => (r.result as Result).instance));
+    assert.equal(instances.size, 3);
+    assert.equal(runtime.instanceCount("chat-fn"), 3);
+    assert.equal(results.filter((r) => r.coldStart).length, 3);
+  });
+
+  it("enforces the timeout by ending the instance, and replaces it on the next invocation", async () => {
+    start(spec({ timeoutSeconds: 1 }));
+    const before = (await runtime.invoke("chat-fn", {})).result as Result;
+    const started = Date.now();
+    const timedOut = await runtime.invoke("chat-fn", { sleepMs: 10_000 });
+    assert.deepEqual(timedOut.error, { errorType: "Sandbox.Timedout", errorMessage: "Task timed out after 1.00 seconds" });
+    assert.ok(Date.now() - started < 3_000);
+    const after = await runtime.invoke("chat-fn", {});
+    assert.equal(after.coldStart, true);
+    assert.notEqual((after.result as Result).instance, before.instance);
+  });
+
+  it("reports a thrown error with its type, and the instance lives on", async () => {
+    start();
+    const out = await runtime.invoke("chat-fn", { fail: "no table" });
+    assert.deepEqual(out.error && { t: out.error.errorType, m: out.error.errorMessage }, { t: "ChatBroke", m: "no table" });
+    assert.equal((await runtime.invoke("chat-fn", {})).coldStart, false);
+  });
+
+  it("reports an instance that exits mid-invocation", async () => {
+    start();
+    const out = await runtime.invoke("chat-fn", { crash: true });
+    assert.equal(out.error?.errorType, "Runtime.ExitError");
+  });
+
+  it("prefixes the instance's log lines with the function name", async () => {
+    start();
+    await runtime.invoke("chat-fn", { log: "hello from the handler" });
+    await new Promise((r) => setTimeout(r, 100));
+    assert.ok(lines.includes("[chat-fn] hello from the handler"), JSON.stringify(lines));
+  });
+
+  it("reports an archive that fails to load as an init error", async () => {
+    fs.writeFileSync(path.join(dir, "__index.js"), "throw new Error('bad archive');");
+    start();
+    const out = await runtime.invoke("chat-fn", {});
+    assert.equal(out.error?.errorType, "Runtime.InitError");
+  });
+});
