@@ -75,7 +75,7 @@ async function main() {
   console.log(`DynamoDB: ${stack.dynamodb.endpoint} (${values["data-dir"] ? `data in ${values["data-dir"]}` : "in memory"})`);
   console.log(`\nTry it:  npx wscat -c ${stack.outputs.url}`);
   console.log(`then:    {"action":"sendmessage","message":"hello"}`);
-  console.log(`\nReady. Ctrl-C stops everything.`);
+  console.log(`\nReady (pid ${process.pid}). Ctrl-C stops everything.`);
 
   let stopping = false;
   const stop = async (signal: string) => {

@@ -92,7 +92,13 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
   const stateDir = path.join(PROJECT_DIR, ".local", options.stack);
   const cleanups: (() => Promise<void>)[] = [];
   const server = createServer();
-  cleanups.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections(); // idle keep-alive sockets from the functions' SDK clients
+      }),
+  );
   server.keepAliveTimeout = 65_000;
 
   try {

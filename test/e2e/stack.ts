@@ -45,7 +45,7 @@ async function deployedStack(name: string): Promise<E2EStack> {
   return { outputs, local: false, scanConnections: tableReader(outputs), logs: () => "", stop: async () => undefined };
 }
 
-/** Starts `local/cli.ts --port 0` as its own process and waits for its "Ready." line. */
+/** Starts `local/cli.ts --port 0` as its own process and waits for its "Ready" line. */
 export async function localStack(extraArgs: string[] = [], stack = "dev"): Promise<E2EStack> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ws-chat-e2e-"));
   const outputsFile = path.join(dir, "outputs.json");
@@ -61,7 +61,7 @@ export async function localStack(extraArgs: string[] = [], stack = "dev"): Promi
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`local stack not ready in 60 s:\n${output}`)), 60_000);
     const check = () => {
-      if (output.includes("Ready.")) {
+      if (output.includes("Ready (pid")) {
         clearTimeout(timer);
         resolve();
       }

@@ -1,5 +1,5 @@
 import { DeleteCommand, DynamoDBDocumentClient, PutCommand } from "@aws-sdk/lib-dynamodb";
-import { mockClient } from "aws-sdk-client-mock";
+import { AwsClientStub, mockClient } from "aws-sdk-client-mock";
 import assert from "node:assert/strict";
 import { connectHandlerFactory } from "../../handlers/connect";
 import { disconnectHandlerFactory } from "../../handlers/disconnect";
@@ -9,7 +9,10 @@ import { captureLogs, connectEvent, disconnectEvent, lambdaContext, useEnv } fro
 const ENV = { CONNECTIONS_TABLE: "connections-test", ROOM_INDEX: "byRoom" };
 
 describe("$connect", () => {
-  const ddb = mockClient(DynamoDBDocumentClient);
+  // Stubs are made and restored per suite: mockClient patches every instance of the class.
+  let ddb: AwsClientStub<DynamoDBDocumentClient>;
+  before(() => (ddb = mockClient(DynamoDBDocumentClient)));
+  after(() => ddb.restore());
   let restoreEnv: () => void;
   let logs: ReturnType<typeof captureLogs>;
   before(() => (restoreEnv = useEnv(ENV)));
@@ -88,7 +91,10 @@ describe("$connect", () => {
 });
 
 describe("$disconnect", () => {
-  const ddb = mockClient(DynamoDBDocumentClient);
+  // Stubs are made and restored per suite: mockClient patches every instance of the class.
+  let ddb: AwsClientStub<DynamoDBDocumentClient>;
+  before(() => (ddb = mockClient(DynamoDBDocumentClient)));
+  after(() => ddb.restore());
   let restoreEnv: () => void;
   let logs: ReturnType<typeof captureLogs>;
   before(() => (restoreEnv = useEnv(ENV)));

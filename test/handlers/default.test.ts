@@ -3,7 +3,7 @@ import {
   GetConnectionCommand,
   PostToConnectionCommand,
 } from "@aws-sdk/client-apigatewaymanagementapi";
-import { mockClient } from "aws-sdk-client-mock";
+import { AwsClientStub, mockClient } from "aws-sdk-client-mock";
 import assert from "node:assert/strict";
 import { defaultHandlerFactory } from "../../handlers/default";
 import { captureLogs, lambdaContext, messageEvent, useEnv } from "./fixtures";
@@ -11,7 +11,10 @@ import { captureLogs, lambdaContext, messageEvent, useEnv } from "./fixtures";
 const CALLER = "BFaT_fALIAMCKug=";
 
 describe("$default", () => {
-  const mgmt = mockClient(ApiGatewayManagementApiClient);
+  // Stubs are made and restored per suite: mockClient patches every instance of the class.
+  let mgmt: AwsClientStub<ApiGatewayManagementApiClient>;
+  before(() => (mgmt = mockClient(ApiGatewayManagementApiClient)));
+  after(() => mgmt.restore());
   let restoreEnv: () => void;
   let logs: ReturnType<typeof captureLogs>;
   before(() => (restoreEnv = useEnv({ MANAGEMENT_ENDPOINT: "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/dev" })));

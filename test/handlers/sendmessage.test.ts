@@ -5,7 +5,7 @@ import {
   PostToConnectionCommand,
 } from "@aws-sdk/client-apigatewaymanagementapi";
 import { DeleteCommand, DynamoDBDocumentClient, GetCommand, QueryCommand, ScanCommand } from "@aws-sdk/lib-dynamodb";
-import { mockClient } from "aws-sdk-client-mock";
+import { AwsClientStub, mockClient } from "aws-sdk-client-mock";
 import assert from "node:assert/strict";
 import { sendMessageHandlerFactory } from "../../handlers/sendmessage";
 import { captureLogs, connId, lambdaContext, messageEvent, useEnv } from "./fixtures";
@@ -25,8 +25,14 @@ const serverError = () => Object.assign(new Error("Internal"), { name: "Internal
 const forbidden = () => Object.assign(new Error("Forbidden"), { name: "ForbiddenException", $metadata: { httpStatusCode: 403 } });
 
 describe("sendmessage", () => {
-  const ddb = mockClient(DynamoDBDocumentClient);
-  const mgmt = mockClient(ApiGatewayManagementApiClient);
+  // Stubs are made and restored per suite: mockClient patches every instance of the class.
+  let ddb: AwsClientStub<DynamoDBDocumentClient>;
+  before(() => (ddb = mockClient(DynamoDBDocumentClient)));
+  after(() => ddb.restore());
+  // Stubs are made and restored per suite: mockClient patches every instance of the class.
+  let mgmt: AwsClientStub<ApiGatewayManagementApiClient>;
+  before(() => (mgmt = mockClient(ApiGatewayManagementApiClient)));
+  after(() => mgmt.restore());
   let restoreEnv: () => void;
   let logs: ReturnType<typeof captureLogs>;
   before(() => (restoreEnv = useEnv(ENV)));

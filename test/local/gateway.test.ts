@@ -83,6 +83,7 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
   afterEach(async () => {
     for (const c of clients.splice(0)) c.kill();
     await gateway?.close();
+    server.closeAllConnections(); // the SDK's keep-alive sockets
     await new Promise<void>((r) => server.close(() => r()));
   });
 
