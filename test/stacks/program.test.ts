@@ -183,6 +183,8 @@ for (const stack of ["dev", "prod"] as const) {
       });
 
       it("load in Node and export a two-parameter handler", () => {
+        // Inside the project, so the archives' require("@aws-sdk/…") resolves as it would on Lambda.
+        fs.mkdirSync(path.join(PROJECT_DIR, ".local"), { recursive: true });
         const dir = fs.mkdtempSync(path.join(PROJECT_DIR, ".local", "archive-test-"));
         const restore = { ...process.env };
         Object.assign(process.env, fn("sendmessage").inputs.environment.variables, fn("connect").inputs.environment.variables);
