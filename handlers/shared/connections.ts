@@ -42,7 +42,7 @@ export function expiresAtFor(connectedAtMs: number): number {
 }
 
 export function createDocumentClient(): DynamoDBDocumentClient {
-  // Region, credentials and (locally) AWS_ENDPOINT_URL_DYNAMODB come from the Lambda environment.
+  // Region, credentials and endpoint come from the environment Lambda provides.
   return DynamoDBDocumentClient.from(new DynamoDBClient({}));
 }
 

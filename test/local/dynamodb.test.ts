@@ -1,6 +1,9 @@
 import { DescribeTableCommand, DynamoDBClient } from "@aws-sdk/client-dynamodb";
-import { PutCommand, QueryCommand, ScanCommand } from "@aws-sdk/lib-dynamodb";
+import { GetCommand, PutCommand, QueryCommand, ScanCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
 import { LocalDynamoDB, startDynamoDB, tableSpec } from "../../local/dynamodb";
 import { loadProgram } from "../../local/program";
 
@@ -34,5 +37,39 @@ describe("local DynamoDB", () => {
       new QueryCommand({ TableName: table.name, IndexName: "byRoom", KeyConditionExpression: "room = :r", ExpressionAttributeValues: { ":r": "r" } }),
     );
     assert.deepEqual(byRoom.Items, [{ connectionId: "live", room: "r" }]);
+  });
+
+  it("expires items on its own timer, without being asked", async () => {
+    const quick = await startDynamoDB({ tables: [table], region: "us-east-1", sweepIntervalMs: 50 });
+    try {
+      await quick.client.send(new PutCommand({ TableName: table.name, Item: { connectionId: "gone-soon", room: "r", expiresAt: 1 } }));
+      for (let i = 0; i < 40; i++) {
+        const { Item } = await quick.client.send(new GetCommand({ TableName: table.name, Key: { connectionId: "gone-soon" } }));
+        if (!Item) return;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.fail("the expired item was never removed");
+    } finally {
+      await quick.close();
+    }
+  });
+
+  it("keeps data across restarts with a data directory, and is empty without one", async () => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "ws-chat-ddb-"));
+    try {
+      const first = await startDynamoDB({ tables: [table], region: "us-east-1", dataDir });
+      await first.client.send(new PutCommand({ TableName: table.name, Item: { connectionId: "kept", room: "r", expiresAt: 9_999_999_999 } }));
+      await first.close();
+      const second = await startDynamoDB({ tables: [table], region: "us-east-1", dataDir });
+      const { Item } = await second.client.send(new GetCommand({ TableName: table.name, Key: { connectionId: "kept" } }));
+      await second.close();
+      assert.equal(Item?.room, "r");
+      const inMemory = await startDynamoDB({ tables: [table], region: "us-east-1" });
+      const none = await inMemory.client.send(new GetCommand({ TableName: table.name, Key: { connectionId: "kept" } }));
+      await inMemory.close();
+      assert.equal(none.Item, undefined);
+    } finally {
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 });
