@@ -1,28 +1,22 @@
+import { mockClient } from "aws-sdk-client-mock";
 import { DeleteCommand, DynamoDBDocumentClient, PutCommand } from "@aws-sdk/lib-dynamodb";
-import { AwsClientStub, mockClient } from "aws-sdk-client-mock";
 import assert from "node:assert/strict";
 import { connectHandlerFactory } from "../../handlers/connect";
 import { disconnectHandlerFactory } from "../../handlers/disconnect";
 import { EXPIRY_MARGIN_SECONDS, MAX_CONNECTION_SECONDS } from "../../handlers/shared/connections";
-import { captureLogs, connectEvent, disconnectEvent, lambdaContext, useEnv } from "./fixtures";
+import { connectEvent, disconnectEvent, lambdaContext, stubClient, useEnv, withEnv, withLogs } from "./fixtures";
 
 const ENV = { CONNECTIONS_TABLE: "connections-test", ROOM_INDEX: "byRoom" };
 
 describe("$connect", () => {
-  // Stubs are made and restored per suite: mockClient patches every instance of the class.
-  let ddb: AwsClientStub<DynamoDBDocumentClient>;
-  before(() => (ddb = mockClient(DynamoDBDocumentClient)));
-  after(() => ddb.restore());
-  let restoreEnv: () => void;
-  let logs: ReturnType<typeof captureLogs>;
-  before(() => (restoreEnv = useEnv(ENV)));
-  after(() => restoreEnv());
+  const stub = stubClient(() => mockClient(DynamoDBDocumentClient));
+  withEnv(ENV);
+  const logs = withLogs();
+  let ddb: ReturnType<typeof stub>;
   beforeEach(() => {
-    ddb.reset();
+    ddb = stub();
     ddb.on(PutCommand).resolves({});
-    logs = captureLogs();
   });
-  afterEach(() => logs.restore());
 
   function putItems() {
     return ddb.commandCalls(PutCommand).map((c) => c.args[0].input);
@@ -77,7 +71,7 @@ describe("$connect", () => {
     ddb.on(PutCommand).rejects(Object.assign(new Error("Rate exceeded"), { name: "ProvisionedThroughputExceededException" }));
     const result = await connectHandlerFactory()(connectEvent("BFaT_fALIAMCKug="), lambdaContext);
     assert.equal(result.statusCode, 500);
-    assert.ok(logs.lines.some((l) => l.msg === "connect failed" && l.level === "error"));
+    assert.ok(logs().some((l) => l.msg === "connect failed" && l.level === "error"));
   });
 
   it("must fail at cold start, naming the variable, when the table is not configured", () => {
@@ -91,19 +85,11 @@ describe("$connect", () => {
 });
 
 describe("$disconnect", () => {
-  // Stubs are made and restored per suite: mockClient patches every instance of the class.
-  let ddb: AwsClientStub<DynamoDBDocumentClient>;
-  before(() => (ddb = mockClient(DynamoDBDocumentClient)));
-  after(() => ddb.restore());
-  let restoreEnv: () => void;
-  let logs: ReturnType<typeof captureLogs>;
-  before(() => (restoreEnv = useEnv(ENV)));
-  after(() => restoreEnv());
-  beforeEach(() => {
-    ddb.reset();
-    logs = captureLogs();
-  });
-  afterEach(() => logs.restore());
+  const stub = stubClient(() => mockClient(DynamoDBDocumentClient));
+  withEnv(ENV);
+  const logs = withLogs();
+  let ddb: ReturnType<typeof stub>;
+  beforeEach(() => (ddb = stub()));
 
   it("deletes the connection's record and logs the close code", async () => {
     ddb.on(DeleteCommand).resolves({});
@@ -112,7 +98,7 @@ describe("$disconnect", () => {
     const calls = ddb.commandCalls(DeleteCommand);
     assert.equal(calls.length, 1);
     assert.deepEqual(calls[0].args[0].input, { TableName: "connections-test", Key: { connectionId: "BFaT_fALIAMCKug=" } });
-    assert.ok(logs.lines.some((l) => l.msg === "disconnected" && l.code === 1005));
+    assert.ok(logs().some((l) => l.msg === "disconnected" && l.code === 1005));
   });
 
   it("is idempotent: a second disconnect for the same id succeeds", async () => {
@@ -127,6 +113,6 @@ describe("$disconnect", () => {
     ddb.on(DeleteCommand).rejects(new Error("network down"));
     const result = await disconnectHandlerFactory()(disconnectEvent("BFaT_fALIAMCKug="), lambdaContext);
     assert.equal(result.statusCode, 500);
-    assert.ok(logs.lines.some((l) => l.msg === "disconnect cleanup failed"));
+    assert.ok(logs().some((l) => l.msg === "disconnect cleanup failed"));
   });
 });

@@ -3,33 +3,27 @@ import {
   GetConnectionCommand,
   PostToConnectionCommand,
 } from "@aws-sdk/client-apigatewaymanagementapi";
-import { AwsClientStub, mockClient } from "aws-sdk-client-mock";
+import { mockClient } from "aws-sdk-client-mock";
 import assert from "node:assert/strict";
 import { defaultHandlerFactory } from "../../handlers/default";
-import { captureLogs, lambdaContext, messageEvent, useEnv } from "./fixtures";
+import { lambdaContext, messageEvent, stubClient, withEnv, withLogs } from "./fixtures";
 
 const CALLER = "BFaT_fALIAMCKug=";
 
 describe("$default", () => {
-  // Stubs are made and restored per suite: mockClient patches every instance of the class.
-  let mgmt: AwsClientStub<ApiGatewayManagementApiClient>;
-  before(() => (mgmt = mockClient(ApiGatewayManagementApiClient)));
-  after(() => mgmt.restore());
-  let restoreEnv: () => void;
-  let logs: ReturnType<typeof captureLogs>;
-  before(() => (restoreEnv = useEnv({ MANAGEMENT_ENDPOINT: "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/dev" })));
-  after(() => restoreEnv());
+  const stub = stubClient(() => mockClient(ApiGatewayManagementApiClient));
+  withEnv({ MANAGEMENT_ENDPOINT: "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/dev" });
+  const logs = withLogs();
+  let mgmt: ReturnType<typeof stub>;
   beforeEach(() => {
-    mgmt.reset();
+    mgmt = stub();
     mgmt.on(PostToConnectionCommand).resolves({});
     mgmt.on(GetConnectionCommand).resolves({
       ConnectedAt: new Date("2024-11-11T11:35:19Z"),
       LastActiveAt: new Date("2024-11-11T11:35:24Z"),
       Identity: { SourceIp: "203.0.113.7", UserAgent: "wscat/6.1.0" },
     });
-    logs = captureLogs();
   });
-  afterEach(() => logs.restore());
 
   function posts() {
     return mgmt.commandCalls(PostToConnectionCommand).map((c) => ({ to: c.args[0].input.ConnectionId, data: String(c.args[0].input.Data) }));
@@ -90,6 +84,6 @@ describe("$default", () => {
   it("does not throw when the caller is already gone", async () => {
     mgmt.on(PostToConnectionCommand).rejects(Object.assign(new Error("Gone"), { name: "GoneException", $metadata: { httpStatusCode: 410 } }));
     await send('{"action":"echo","data":"x"}');
-    assert.ok(logs.lines.some((l) => l.msg === "default route" && l.outcome === "gone"));
+    assert.ok(logs().some((l) => l.msg === "default route" && l.outcome === "gone"));
   });
 });

@@ -108,3 +108,30 @@ export function captureLogs(): { lines: Record<string, unknown>[]; restore: () =
   }
   return { lines, restore: () => Object.assign(console, originals) };
 }
+
+/**
+ * Stubs every instance of an SDK client class (`() => mockClient(Class)`) for the enclosing suite only, reset before each
+ * test (mockClient patches the class, so an unrestored stub would leak into later files).
+ */
+export function stubClient<S extends { reset(): unknown; restore(): unknown }>(make: () => S): () => S {
+  let stub: S;
+  before(() => (stub = make()));
+  beforeEach(() => stub.reset());
+  after(() => stub.restore());
+  return () => stub;
+}
+
+/** Sets the handler environment for the enclosing suite. */
+export function withEnv(values: Record<string, string>): void {
+  let restore: () => void;
+  before(() => (restore = useEnv(values)));
+  after(() => restore());
+}
+
+/** Captures the structured log lines of each test in the enclosing suite. */
+export function withLogs(): () => Record<string, unknown>[] {
+  let captured: ReturnType<typeof captureLogs>;
+  beforeEach(() => (captured = captureLogs()));
+  afterEach(() => captured.restore());
+  return () => captured.lines;
+}

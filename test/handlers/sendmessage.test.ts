@@ -5,10 +5,10 @@ import {
   PostToConnectionCommand,
 } from "@aws-sdk/client-apigatewaymanagementapi";
 import { DeleteCommand, DynamoDBDocumentClient, GetCommand, QueryCommand, ScanCommand } from "@aws-sdk/lib-dynamodb";
-import { AwsClientStub, mockClient } from "aws-sdk-client-mock";
+import { mockClient } from "aws-sdk-client-mock";
 import assert from "node:assert/strict";
 import { sendMessageHandlerFactory } from "../../handlers/sendmessage";
-import { captureLogs, connId, lambdaContext, messageEvent, useEnv } from "./fixtures";
+import { connId, lambdaContext, messageEvent, stubClient, withEnv, withLogs } from "./fixtures";
 
 const SENDER = connId(0);
 const ENV = {
@@ -25,27 +25,19 @@ const serverError = () => Object.assign(new Error("Internal"), { name: "Internal
 const forbidden = () => Object.assign(new Error("Forbidden"), { name: "ForbiddenException", $metadata: { httpStatusCode: 403 } });
 
 describe("sendmessage", () => {
-  // Stubs are made and restored per suite: mockClient patches every instance of the class.
-  let ddb: AwsClientStub<DynamoDBDocumentClient>;
-  before(() => (ddb = mockClient(DynamoDBDocumentClient)));
-  after(() => ddb.restore());
-  // Stubs are made and restored per suite: mockClient patches every instance of the class.
-  let mgmt: AwsClientStub<ApiGatewayManagementApiClient>;
-  before(() => (mgmt = mockClient(ApiGatewayManagementApiClient)));
-  after(() => mgmt.restore());
-  let restoreEnv: () => void;
-  let logs: ReturnType<typeof captureLogs>;
-  before(() => (restoreEnv = useEnv(ENV)));
-  after(() => restoreEnv());
+  const ddbStub = stubClient(() => mockClient(DynamoDBDocumentClient));
+  const mgmtStub = stubClient(() => mockClient(ApiGatewayManagementApiClient));
+  withEnv(ENV);
+  const logs = withLogs();
+  let ddb: ReturnType<typeof ddbStub>;
+  let mgmt: ReturnType<typeof mgmtStub>;
   beforeEach(() => {
-    ddb.reset();
-    mgmt.reset();
+    ddb = ddbStub();
+    mgmt = mgmtStub();
     ddb.on(GetCommand).resolves({ Item: { connectionId: SENDER, room: "general", name: "alice", connectedAt: 1, expiresAt: 2 } });
     ddb.on(DeleteCommand).resolves({});
     mgmt.on(PostToConnectionCommand).resolves({});
-    logs = captureLogs();
   });
-  afterEach(() => logs.restore());
 
   /** The room's members, served in pages of `pageSize` through LastEvaluatedKey. */
   function roomOf(members: string[], pageSize = 100) {
@@ -68,7 +60,7 @@ describe("sendmessage", () => {
   }
 
   function fanoutLog() {
-    const line = logs.lines.find((l) => l.msg === "message");
+    const line = logs().find((l) => l.msg === "message");
     assert.ok(line, "one structured 'message' log line");
     return line;
   }
@@ -145,7 +137,7 @@ describe("sendmessage", () => {
     assert.deepEqual(new Set(sent.map((p) => p.to)), new Set(members.slice(1)));
     assert.equal(fanoutLog().delivered, 8);
     assert.equal(fanoutLog().failed, 1);
-    assert.ok(logs.lines.some((l) => l.msg === "delivery failed" && l.connectionId === connId(1)));
+    assert.ok(logs().some((l) => l.msg === "delivery failed" && l.connectionId === connId(1)));
   });
 
   it("keeps at most FANOUT_CONCURRENCY posts in flight", async () => {
@@ -204,6 +196,6 @@ describe("sendmessage", () => {
     ddb.on(QueryCommand).rejects(new Error("socket hang up"));
     const sent = await send({ action: "sendmessage", message: "hi" });
     assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code]), [[SENDER, "unavailable"]]);
-    assert.ok(logs.lines.some((l) => l.msg === "fan-out aborted" && l.level === "error"));
+    assert.ok(logs().some((l) => l.msg === "fan-out aborted" && l.level === "error"));
   });
 });
