@@ -1,7 +1,8 @@
 /**
  * The embedded DynamoDB: a dynalite server (in memory, or in LevelDB files under --data-dir),
- * with every `aws.dynamodb.Table` the program declared created in it, and a sweeper that honours
- * each table's TTL (dynalite stores the setting but never expires items).
+ * with every `aws.dynamodb.Table` the program declared created in it, a sweeper that honours
+ * each table's TTL (dynalite stores the setting but never expires items), and a proxy in front
+ * that adds TransactWriteItems (transactions.ts), which dynalite lacks.
  */
 import { CreateTableCommand, CreateTableCommandInput, DescribeTableCommand, DynamoDBClient, ResourceNotFoundException } from "@aws-sdk/client-dynamodb";
 import { DeleteCommand, DynamoDBDocumentClient, ScanCommand } from "@aws-sdk/lib-dynamodb";
@@ -9,6 +10,7 @@ import dynalite = require("dynalite");
 import * as fs from "fs";
 import type { AddressInfo } from "net";
 import type { RecordedResource } from "./program";
+import { startTransactionProxy } from "./transactions";
 
 export interface TableSpec {
   name: string;
@@ -94,9 +96,15 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
     server.once("error", reject);
     server.listen(0, "127.0.0.1", () => resolve());
   });
-  const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  const raw = new DynamoDBClient({ endpoint, region: options.region, credentials: { accessKeyId: "local", secretAccessKey: "local" } });
-  const client = DynamoDBDocumentClient.from(raw);
+  const dynaliteUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const raw = new DynamoDBClient({ endpoint: dynaliteUrl, region: options.region, credentials: { accessKeyId: "local", secretAccessKey: "local" } });
+  // Clients use the proxy, which adds TransactWriteItems; the local stack itself talks to dynalite.
+  const schemas = new Map(options.tables.map((t) => [t.name, (t.create.KeySchema ?? []).map((k) => k.AttributeName!)]));
+  const proxy = await startTransactionProxy(dynaliteUrl, raw, schemas);
+  const endpoint = proxy.endpoint;
+  const client = DynamoDBDocumentClient.from(
+    new DynamoDBClient({ endpoint, region: options.region, credentials: { accessKeyId: "local", secretAccessKey: "local" } }),
+  );
 
   for (const table of options.tables) {
     try {
@@ -149,6 +157,8 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
     sweepExpired,
     async close() {
       clearInterval(timer);
+      await proxy.close();
+      client.destroy();
       raw.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },

@@ -1,5 +1,6 @@
 import { DescribeTableCommand, DynamoDBClient } from "@aws-sdk/client-dynamodb";
-import { GetCommand, PutCommand, QueryCommand, ScanCommand } from "@aws-sdk/lib-dynamodb";
+import { TransactionCanceledException } from "@aws-sdk/client-dynamodb";
+import { GetCommand, PutCommand, QueryCommand, ScanCommand, TransactWriteCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -71,5 +72,61 @@ describe("local DynamoDB", () => {
     } finally {
       fs.rmSync(dataDir, { recursive: true, force: true });
     }
+  });
+
+  describe("TransactWriteItems (emulated in front of dynalite)", () => {
+    const get = async (id: string) => (await db.client.send(new GetCommand({ TableName: table.name, Key: { connectionId: id }, ConsistentRead: true }))).Item;
+    const claim = (id: string, owner: string) => ({
+      Put: { TableName: table.name, Item: { connectionId: id, room: owner }, ConditionExpression: "attribute_not_exists(connectionId)" },
+    });
+
+    it("applies every action when all conditions hold", async () => {
+      await db.client.send(new TransactWriteCommand({ TransactItems: [claim("tx-a", "one"), claim("tx-b", "one")] }));
+      assert.equal((await get("tx-a"))?.room, "one");
+      assert.equal((await get("tx-b"))?.room, "one");
+    });
+
+    it("applies none when one condition fails, and names it in CancellationReasons", async () => {
+      await db.client.send(new PutCommand({ TableName: table.name, Item: { connectionId: "tx-taken", room: "first" } }));
+      const err = await db.client
+        .send(new TransactWriteCommand({
+          TransactItems: [
+            claim("tx-new", "second"),
+            { Update: { TableName: table.name, Key: { connectionId: "tx-taken" }, UpdateExpression: "SET room = :r", ExpressionAttributeValues: { ":r": "changed" } } },
+            claim("tx-taken", "second"),
+          ],
+        }))
+        .catch((e: unknown) => e);
+      assert.ok(err instanceof TransactionCanceledException, `got ${(err as Error)?.name}`);
+      assert.deepEqual(err.CancellationReasons?.map((r) => r.Code), ["None", "None", "ConditionalCheckFailed"]);
+      assert.equal(await get("tx-new"), undefined, "the first Put was rolled back");
+      assert.equal((await get("tx-taken"))?.room, "first", "the Update was rolled back");
+    });
+
+    it("isolates concurrent transactions: of 20 racing claims on one item, exactly one wins", async () => {
+      const results = await Promise.allSettled(
+        Array.from({ length: 20 }, (_, i) => db.client.send(new TransactWriteCommand({ TransactItems: [claim("tx-race", `w${i}`), claim(`tx-race-${i}`, `w${i}`)] }))),
+      );
+      assert.equal(results.filter((r) => r.status === "fulfilled").length, 1);
+      const winner = (await get("tx-race"))?.room;
+      assert.ok((await get(`tx-race-${winner!.slice(1)}`)) !== undefined);
+      const losers = results.map((r, i) => [r.status, i] as const).filter(([s]) => s === "rejected");
+      for (const [, i] of losers) assert.equal(await get(`tx-race-${i}`), undefined);
+    });
+
+    it("supports ConditionCheck without changing the item", async () => {
+      await db.client.send(new PutCommand({ TableName: table.name, Item: { connectionId: "tx-check", room: "kept" } }));
+      const err = await db.client
+        .send(new TransactWriteCommand({
+          TransactItems: [
+            { ConditionCheck: { TableName: table.name, Key: { connectionId: "tx-check" }, ConditionExpression: "room = :r", ExpressionAttributeValues: { ":r": "other" } } },
+            claim("tx-after-check", "x"),
+          ],
+        }))
+        .catch((e: unknown) => e);
+      assert.ok(err instanceof TransactionCanceledException);
+      assert.equal((await get("tx-check"))?.room, "kept");
+      assert.equal(await get("tx-after-check"), undefined);
+    });
   });
 });

@@ -1,0 +1,176 @@
+/**
+ * TransactWriteItems for the embedded DynamoDB, which dynalite lacks. A proxy in front of dynalite
+ * forwards every request, but runs all writes one at a time (PutItem, UpdateItem, DeleteItem,
+ * BatchWriteItem and TransactWriteItems share one queue), so a transaction is isolated from every
+ * other write. A transaction applies its actions in order, each with its own condition; when one
+ * fails, the items already changed are restored and the caller gets a TransactionCanceledException
+ * with CancellationReasons, as DynamoDB answers.
+ */
+import {
+  AttributeValue,
+  DeleteItemCommand,
+  DynamoDBClient,
+  GetItemCommand,
+  PutItemCommand,
+  TransactWriteItem,
+  UpdateItemCommand,
+} from "@aws-sdk/client-dynamodb";
+import { createServer, IncomingMessage, request, Server, ServerResponse } from "http";
+import type { AddressInfo } from "net";
+
+const WRITES = new Set(["PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"]);
+
+type Key = Record<string, AttributeValue>;
+
+interface Step {
+  tableName: string;
+  key: Key;
+  run(): Promise<unknown>;
+}
+
+function stepFor(client: DynamoDBClient, action: TransactWriteItem, current: () => Promise<Key | undefined>): Step {
+  if (action.Put) {
+    const p = action.Put;
+    const table = p.TableName!;
+    return { tableName: table, key: {}, run: () => client.send(new PutItemCommand({ TableName: table, Item: p.Item, ConditionExpression: p.ConditionExpression, ExpressionAttributeNames: p.ExpressionAttributeNames, ExpressionAttributeValues: p.ExpressionAttributeValues })) };
+  }
+  if (action.Update) {
+    const u = action.Update;
+    return { tableName: u.TableName!, key: u.Key!, run: () => client.send(new UpdateItemCommand({ TableName: u.TableName, Key: u.Key, UpdateExpression: u.UpdateExpression, ConditionExpression: u.ConditionExpression, ExpressionAttributeNames: u.ExpressionAttributeNames, ExpressionAttributeValues: u.ExpressionAttributeValues })) };
+  }
+  if (action.Delete) {
+    const d = action.Delete;
+    return { tableName: d.TableName!, key: d.Key!, run: () => client.send(new DeleteItemCommand({ TableName: d.TableName, Key: d.Key, ConditionExpression: d.ConditionExpression, ExpressionAttributeNames: d.ExpressionAttributeNames, ExpressionAttributeValues: d.ExpressionAttributeValues })) };
+  }
+  if (action.ConditionCheck) {
+    // Evaluates the condition against the item without changing it: rewrite the item as it is
+    // (or, when there is none, delete nothing), with the condition attached.
+    const c = action.ConditionCheck;
+    const names = { ExpressionAttributeNames: c.ExpressionAttributeNames, ExpressionAttributeValues: c.ExpressionAttributeValues };
+    return {
+      tableName: c.TableName!,
+      key: c.Key!,
+      run: async () => {
+        const item = await current();
+        return item
+          ? client.send(new PutItemCommand({ TableName: c.TableName, Item: item, ConditionExpression: c.ConditionExpression, ...names }))
+          : client.send(new DeleteItemCommand({ TableName: c.TableName, Key: c.Key, ConditionExpression: c.ConditionExpression, ...names }));
+      },
+    };
+  }
+  throw Object.assign(new Error("each TransactItem needs one of Put, Update, Delete or ConditionCheck"), { type: "ValidationException" });
+}
+
+/** The key of a Put's item, from the table's key schema. */
+async function keyOf(client: DynamoDBClient, schemas: Map<string, string[]>, table: string, item: Key): Promise<Key> {
+  const names = schemas.get(table);
+  if (!names) throw Object.assign(new Error(`Requested resource not found: Table: ${table} not found`), { type: "ResourceNotFoundException" });
+  return Object.fromEntries(names.map((n) => [n, item[n]]));
+}
+
+export async function transactWrite(client: DynamoDBClient, schemas: Map<string, string[]>, items: TransactWriteItem[]) {
+  if (items.length === 0 || items.length > 100) {
+    throw Object.assign(new Error("TransactItems must have from 1 to 100 items"), { type: "ValidationException" });
+  }
+  const before: { table: string; key: Key; item?: Key }[] = [];
+  const reasons = items.map(() => ({ Code: "None" }) as { Code: string; Message?: string });
+  for (let i = 0; i < items.length; i++) {
+    const action = items[i];
+    const putItem = action.Put?.Item;
+    const table = (action.Put ?? action.Update ?? action.Delete ?? action.ConditionCheck)?.TableName ?? "";
+    const key = putItem ? await keyOf(client, schemas, table, putItem) : (action.Update ?? action.Delete ?? action.ConditionCheck)?.Key ?? {};
+    const read = async () => (await client.send(new GetItemCommand({ TableName: table, Key: key, ConsistentRead: true }))).Item;
+    const previous = await read();
+    const step = stepFor(client, action, read);
+    try {
+      await step.run();
+      if (!action.ConditionCheck) before.push({ table, key, item: previous });
+    } catch (err) {
+      if ((err as Error).name !== "ConditionalCheckFailedException") throw err;
+      reasons[i] = { Code: "ConditionalCheckFailed", Message: "The conditional request failed" };
+      for (const undo of before.reverse()) {
+        if (undo.item) await client.send(new PutItemCommand({ TableName: undo.table, Item: undo.item }));
+        else await client.send(new DeleteItemCommand({ TableName: undo.table, Key: undo.key }));
+      }
+      return { cancelled: reasons };
+    }
+  }
+  return { cancelled: undefined };
+}
+
+export interface TransactionProxy {
+  endpoint: string;
+  close(): Promise<void>;
+}
+
+/** Starts the proxy in front of `target` (dynalite's URL). `schemas` maps table name → key attribute names. */
+export async function startTransactionProxy(target: string, client: DynamoDBClient, schemas: Map<string, string[]>): Promise<TransactionProxy> {
+  const targetUrl = new URL(target);
+  let queue: Promise<unknown> = Promise.resolve();
+  const serialized = <T>(work: () => Promise<T>): Promise<T> => {
+    const next = queue.then(work, work);
+    queue = next.catch(() => undefined);
+    return next;
+  };
+
+  function forward(req: IncomingMessage, body: Buffer, res: ServerResponse): Promise<void> {
+    return new Promise((resolve) => {
+      const upstream = request(
+        { hostname: targetUrl.hostname, port: targetUrl.port, path: req.url, method: req.method, headers: req.headers },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 500, answer.headers);
+          answer.pipe(res);
+          answer.on("end", resolve);
+        },
+      );
+      upstream.on("error", (err) => {
+        res.writeHead(500, { "Content-Type": "application/x-amz-json-1.0" });
+        res.end(JSON.stringify({ __type: "com.amazonaws.dynamodb.v20120810#InternalServerError", message: err.message }));
+        resolve();
+      });
+      upstream.end(body);
+    });
+  }
+
+  function reply(res: ServerResponse, status: number, body: unknown) {
+    res.writeHead(status, { "Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": crypto.randomUUID() });
+    res.end(JSON.stringify(body));
+  }
+
+  async function transact(body: Buffer, res: ServerResponse) {
+    try {
+      const input = JSON.parse(body.toString("utf8")) as { TransactItems?: TransactWriteItem[] };
+      const { cancelled } = await transactWrite(client, schemas, input.TransactItems ?? []);
+      if (!cancelled) return reply(res, 200, {});
+      reply(res, 400, {
+        __type: "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+        message: `Transaction cancelled, please refer cancellation reasons for specific reasons [${cancelled.map((r) => r.Code).join(", ")}]`,
+        CancellationReasons: cancelled,
+      });
+    } catch (err) {
+      const type = (err as { type?: string }).type ?? (err as Error).name ?? "InternalServerError";
+      reply(res, type === "InternalServerError" ? 500 : 400, { __type: `com.amazon.coral.validate#${type}`, message: (err as Error).message });
+    }
+  }
+
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      const body = Buffer.concat(chunks);
+      const operation = String(req.headers["x-amz-target"] ?? "").split(".")[1] ?? "";
+      if (operation === "TransactWriteItems") void serialized(() => transact(body, res));
+      else if (WRITES.has(operation)) void serialized(() => forward(req, body, res));
+      else void forward(req, body, res);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  return {
+    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
