@@ -1,22 +1,25 @@
 /**
- * A serverless WebSocket chat: API Gateway WebSocket API → four Lambda route handlers → DynamoDB.
- * Read top to bottom: settings, the connections table, the API, the functions, the routes that
- * join them, the deployment and stage, and the stack outputs.
+ * A serverless WebSocket chat: API Gateway WebSocket API → Lambda route handlers → DynamoDB.
+ * Read top to bottom: settings, the tables, the API, the functions, the authorizer, the routes
+ * that join them, the deployment and stage, the alarms, and the stack outputs.
  */
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import { createHash } from "crypto";
+import { authorizerHandlerFactory } from "./handlers/authorizer";
 import { connectHandlerFactory } from "./handlers/connect";
 import { defaultHandlerFactory } from "./handlers/default";
 import { disconnectHandlerFactory } from "./handlers/disconnect";
+import { historyHandlerFactory } from "./handlers/history";
 import { sendMessageHandlerFactory } from "./handlers/sendmessage";
 import { ENV } from "./handlers/shared/env";
-import { routeFunction, RouteFunction, Statement } from "./infra/function";
+import { chatFunction, ChatFunction } from "./infra/function";
 import { loadStackSettings } from "./stacks";
 
 const settings = loadStackSettings();
 const project = pulumi.getProject();
 const region = aws.getRegionOutput().region;
+const tableProtection = { pointInTimeRecovery: { enabled: settings.tableProtection }, deletionProtectionEnabled: settings.tableProtection };
 
 // Connections: one item per open socket. The room index lets sendmessage Query one room's
 // members instead of scanning the table; the TTL removes records whose $disconnect never came.
@@ -32,8 +35,22 @@ const connections = new aws.dynamodb.Table("connections", {
     { name: ROOM_INDEX, keySchemas: [{ attributeName: "room", keyType: "HASH" }], projectionType: "KEYS_ONLY" },
   ],
   ttl: { attributeName: "expiresAt", enabled: true },
-  pointInTimeRecovery: { enabled: settings.tableProtection },
-  deletionProtectionEnabled: settings.tableProtection,
+  ...tableProtection,
+});
+
+// Messages: every accepted message, persisted before fan-out so that nothing is lost; keyed by
+// room and a consecutive per-room cursor (see handlers/shared/messages.ts), kept for the
+// stack's retention by TTL.
+const messages = new aws.dynamodb.Table("messages", {
+  billingMode: "PAY_PER_REQUEST",
+  hashKey: "room",
+  rangeKey: "cursor",
+  attributes: [
+    { name: "room", type: "S" },
+    { name: "cursor", type: "S" },
+  ],
+  ttl: { attributeName: "expiresAt", enabled: true },
+  ...tableProtection,
 });
 
 // The WebSocket API. Route selection reads the JSON body's "action", as in the AWS tutorial.
@@ -52,57 +69,103 @@ const managementEndpoint = pulumi.interpolate`${api.apiEndpoint}`.apply(
 );
 const connectionsArn = (method: "GET" | "POST" | "DELETE") =>
   pulumi.interpolate`${api.executionArn}/${stageName}/${method}/@connections/*`;
-const tableEnv = { [ENV.tableName]: connections.name, [ENV.roomIndexName]: ROOM_INDEX };
+const connectionsEnv = { [ENV.tableName]: connections.name, [ENV.roomIndexName]: ROOM_INDEX };
+const historyEnv = { [ENV.messagesTable]: messages.name, [ENV.historyRetentionDays]: String(settings.historyRetentionDays) };
 
-// The four route handlers, each with its own role holding only what its code calls.
-const connect = routeFunction(`${project}-connect`, {
+// The route handlers, each with its own role holding only what its code calls.
+const connect = chatFunction(`${project}-connect`, {
   factory: connectHandlerFactory,
   settings,
-  environment: tableEnv,
+  environment: connectionsEnv,
   statements: [{ Sid: "RecordConnection", Effect: "Allow", Action: ["dynamodb:PutItem"], Resource: [connections.arn] }],
 });
 
-const disconnect = routeFunction(`${project}-disconnect`, {
+const disconnect = chatFunction(`${project}-disconnect`, {
   factory: disconnectHandlerFactory,
   settings,
-  environment: tableEnv,
+  environment: connectionsEnv,
   statements: [{ Sid: "ForgetConnection", Effect: "Allow", Action: ["dynamodb:DeleteItem"], Resource: [connections.arn] }],
 });
 
-const sendMessage = routeFunction(`${project}-sendmessage`, {
+const sendMessage = chatFunction(`${project}-sendmessage`, {
   factory: sendMessageHandlerFactory,
   settings,
   environment: {
-    ...tableEnv,
+    ...connectionsEnv,
+    ...historyEnv,
     [ENV.managementEndpoint]: managementEndpoint,
     [ENV.maxMessageBytes]: String(settings.maxMessageBytes),
     [ENV.fanoutConcurrency]: String(settings.fanoutConcurrency),
+    [ENV.rateLimitMessages]: String(settings.rateLimitMessages),
+    [ENV.rateLimitWindowSeconds]: String(settings.rateLimitWindowSeconds),
   },
   statements: [
-    // GetItem reads the sender; DeleteItem removes recipients that answered 410.
-    { Sid: "ReadSenderRemoveStale", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
+    // UpdateItem counts the sender's rate limit and returns its record (GetItem when refused);
+    // DeleteItem removes recipients that answered 410.
+    { Sid: "AdmitSenderRemoveStale", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
     { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [pulumi.interpolate`${connections.arn}/index/${ROOM_INDEX}`] },
+    // Appending is one TransactWriteItems, which IAM authorizes action by action: UpdateItem (room
+    // head) and PutItem (message, client-id claim). GetItem reads the head and a repeated id's claim.
+    // Source: DynamoDB developer guide, "Using IAM with DynamoDB transactions".
+    { Sid: "AppendHistory", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [messages.arn] },
     { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
   ],
 });
 
-const defaultRoute = routeFunction(`${project}-default`, {
+const history = chatFunction(`${project}-history`, {
+  factory: historyHandlerFactory,
+  settings,
+  environment: { ...connectionsEnv, ...historyEnv, [ENV.managementEndpoint]: managementEndpoint },
+  statements: [
+    { Sid: "ReadCaller", Effect: "Allow", Action: ["dynamodb:GetItem"], Resource: [connections.arn] },
+    { Sid: "ReadHistory", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [messages.arn] },
+    { Sid: "ReplayToCaller", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
+  ],
+});
+
+const defaultRoute = chatFunction(`${project}-default`, {
   factory: defaultHandlerFactory,
   settings,
   environment: { [ENV.managementEndpoint]: managementEndpoint },
   statements: [
     // GET is GetConnection (the caller's info); POST answers the caller.
     { Sid: "AnswerCaller", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("GET"), connectionsArn("POST")] },
-  ] satisfies Statement[],
+  ],
 });
+
+// With auth on, a REQUEST authorizer checks the signed ?token= before $connect runs. The key is a
+// secret Output: it reaches the function as an environment variable, never in its code.
+let connectAuthorizer: aws.apigatewayv2.Authorizer | undefined;
+if (settings.authEnabled && settings.tokenKey) {
+  const authorizerFn = chatFunction(`${project}-authorizer`, {
+    factory: authorizerHandlerFactory,
+    settings,
+    environment: { [ENV.tokenKey]: settings.tokenKey },
+    statements: [],
+  });
+  connectAuthorizer = new aws.apigatewayv2.Authorizer("connect-token", {
+    apiId: api.id,
+    name: "connect-token",
+    authorizerType: "REQUEST",
+    authorizerUri: authorizerFn.fn.invokeArn,
+    identitySources: ["route.request.querystring.token"],
+  });
+  new aws.lambda.Permission("authorizer", {
+    action: "lambda:InvokeFunction",
+    function: authorizerFn.fn.name,
+    principal: "apigateway.amazonaws.com",
+    sourceArn: pulumi.interpolate`${api.executionArn}/authorizers/${connectAuthorizer.id}`,
+  });
+}
 
 // Routes: each an AWS_PROXY integration to its function, which API Gateway may invoke only
 // for this API, this stage and this route.
-const routeTargets: Record<string, RouteFunction> = {
+const routeTargets: Record<string, ChatFunction> = {
   $connect: connect,
   $disconnect: disconnect,
   $default: defaultRoute,
   sendmessage: sendMessage,
+  history,
 };
 const routes = Object.entries(routeTargets).map(([routeKey, { fn }]) => {
   const id = routeKey.replace(/^\$/, "");
@@ -118,16 +181,18 @@ const routes = Object.entries(routeTargets).map(([routeKey, { fn }]) => {
     principal: "apigateway.amazonaws.com",
     sourceArn: pulumi.interpolate`${api.executionArn}/${stageName}/${routeKey}`,
   });
+  const authorized = routeKey === "$connect" && connectAuthorizer;
   const route = new aws.apigatewayv2.Route(id, {
     apiId: api.id,
     routeKey,
     target: pulumi.interpolate`integrations/${integration.id}`,
+    ...(authorized ? { authorizationType: "CUSTOM", authorizerId: connectAuthorizer!.id } : {}),
   });
   return { route, integration };
 });
 
-// A WebSocket API serves only what is deployed; the trigger hash redeploys whenever a route or
-// an integration changes.
+// A WebSocket API serves only what is deployed; the trigger hash redeploys whenever a route,
+// its authorizer or an integration changes.
 const deployment = new aws.apigatewayv2.Deployment(
   "chat",
   {
@@ -135,11 +200,13 @@ const deployment = new aws.apigatewayv2.Deployment(
     description: "Routes and integrations of the chat",
     triggers: {
       redeployment: pulumi
-        .jsonStringify(routes.map(({ route, integration }) => [route.routeKey, route.target, integration.integrationUri]))
+        .jsonStringify(
+          routes.map(({ route, integration }) => [route.routeKey, route.target, route.authorizationType, route.authorizerId, integration.integrationUri]),
+        )
         .apply((text) => createHash("sha256").update(text).digest("hex")),
     },
   },
-  { dependsOn: routes.map(({ route }) => route) },
+  { dependsOn: [...routes.map(({ route }) => route), ...(connectAuthorizer ? [connectAuthorizer] : [])] },
 );
 
 // Stage logging (access and execution) needs an account-level CloudWatch role for API Gateway.
@@ -188,6 +255,7 @@ const chatStage = new aws.apigatewayv2.Stage(
         status: "$context.status",
         integrationStatus: "$context.integrationStatus",
         integrationError: "$context.integrationErrorMessage",
+        authorizeError: "$context.authorize.error",
         error: "$context.error.message",
         sourceIp: "$context.identity.sourceIp",
         requestTimeEpoch: "$context.requestTimeEpoch",
@@ -197,9 +265,47 @@ const chatStage = new aws.apigatewayv2.Stage(
   { dependsOn: accountSettings },
 );
 
+// Alarms (prod): any Lambda error or throttle, any API integration or execution error, any
+// DynamoDB throttling, each over one minute, notifying the optional SNS topic.
+const alarmTopic = settings.alarmsEnabled && settings.alarmTopic ? new aws.sns.Topic("alarms", { displayName: `${project} ${pulumi.getStack()} alarms` }) : undefined;
+if (settings.alarmsEnabled) {
+  const actions = alarmTopic ? [alarmTopic.arn] : [];
+  const alarm = (name: string, namespace: string, metricName: string, dimensions: Record<string, pulumi.Input<string>>, description: string) =>
+    new aws.cloudwatch.MetricAlarm(name, {
+      namespace,
+      metricName,
+      dimensions,
+      statistic: "Sum",
+      period: 60,
+      evaluationPeriods: 1,
+      threshold: 1,
+      comparisonOperator: "GreaterThanOrEqualToThreshold",
+      treatMissingData: "notBreaching",
+      alarmDescription: description,
+      alarmActions: actions,
+      okActions: actions,
+    });
+  const functions: Record<string, ChatFunction> = { ...routeTargets };
+  for (const [routeKey, { fn }] of Object.entries(functions)) {
+    const id = routeKey.replace(/^\$/, "");
+    alarm(`${id}-errors`, "AWS/Lambda", "Errors", { FunctionName: fn.name }, `${routeKey} handler failed`);
+    alarm(`${id}-throttles`, "AWS/Lambda", "Throttles", { FunctionName: fn.name }, `${routeKey} handler was throttled`);
+  }
+  const stageDimensions = { ApiId: api.id, Stage: chatStage.name };
+  alarm("api-integration-errors", "AWS/ApiGateway", "IntegrationError", stageDimensions, "integrations answered 4xx/5xx");
+  alarm("api-execution-errors", "AWS/ApiGateway", "ExecutionError", stageDimensions, "API Gateway failed to call an integration (5xx)");
+  for (const [name, table] of Object.entries({ connections, messages })) {
+    alarm(`${name}-read-throttles`, "AWS/DynamoDB", "ReadThrottleEvents", { TableName: table.name }, `${name} table throttled reads`);
+    alarm(`${name}-write-throttles`, "AWS/DynamoDB", "WriteThrottleEvents", { TableName: table.name }, `${name} table throttled writes`);
+  }
+}
+
 // Stack outputs, under the names `pulumi stack output`, the local stack and the e2e tests share.
 export const url = pulumi.interpolate`${api.apiEndpoint}/${chatStage.name}`;
 export const connectionsUrl = pulumi.interpolate`${managementEndpoint}/@connections`;
 export const tableName = connections.name;
+export const messagesTableName = messages.name;
 export const stage = chatStage.name;
+export const authEnabled = settings.authEnabled;
+export const alarmTopicArn = alarmTopic?.arn;
 export { region };

@@ -1,6 +1,7 @@
 /**
  * `$connect`: validates the optional `room` and `name` query parameters and records the
- * connection. A bad parameter refuses the handshake with 400 and writes nothing.
+ * connection. A bad parameter refuses the handshake with 400 and writes nothing. When the
+ * $connect authorizer ran, the stored name is the verified one from its context.
  */
 import { connectionsStoreFromEnv, expiresAtFor } from "./shared/connections";
 import { describeError, isChatError } from "./shared/errors";
@@ -15,7 +16,13 @@ export function connectHandlerFactory(): WebSocketHandler<ConnectEvent> {
     const { connectionId, connectedAt } = event.requestContext;
     let identity;
     try {
-      identity = parseIdentity(event.queryStringParameters, event.multiValueQueryStringParameters);
+      // With the authorizer on, the name is the one its token proved; a `name` parameter is ignored.
+      const verified = event.requestContext.authorizer?.name;
+      const { name: _ignored, ...query } = event.queryStringParameters ?? {};
+      const { name: _ignoredToo, ...multi } = event.multiValueQueryStringParameters ?? {};
+      identity = verified
+        ? { ...parseIdentity(query, multi), name: verified }
+        : parseIdentity(event.queryStringParameters, event.multiValueQueryStringParameters);
     } catch (err) {
       if (!isChatError(err)) throw err;
       log("warn", "connect refused", { connectionId, code: err.code, reason: err.message });

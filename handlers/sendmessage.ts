@@ -1,24 +1,36 @@
 /**
- * `sendmessage`: validates the text, then delivers it to every other member of the sender's room.
- * Members come from a paginated Query on the room index (never a Scan); posts go out with bounded
- * concurrency over a keep-alive pool; 429/5xx are retried; a 410 removes that member's record.
- * Problems the sender can act on come back as `{"type":"error",…}` frames, never as API
- * Gateway's "Internal server error".
+ * `sendmessage`: validates the text (and the optional client `id`), applies the sender's rate
+ * limit, persists the message in the room's history, acknowledges it when an `id` was given, then
+ * delivers it to every other member of the room. A repeated `id` is acknowledged again and
+ * neither stored nor delivered twice. Members come from a paginated Query on the room index
+ * (never a Scan); posts go out with bounded concurrency over a keep-alive pool; 429/5xx are
+ * retried; a 410 removes that member's record. Problems the sender can act on come back as
+ * `{"type":"error",…}` frames, never as API Gateway's "Internal server error".
  */
 import { randomUUID } from "crypto";
 import { broadcast, deliver, FanoutStats } from "./shared/broadcaster";
-import { connectionsStoreFromEnv } from "./shared/connections";
+import { connectionsStoreFromEnv, createDocumentClient, RateLimit } from "./shared/connections";
 import { ENV, RANGES, requireEnv, requireIntEnv } from "./shared/env";
 import { ClientErrorCode, describeError, isChatError } from "./shared/errors";
 import type { WebSocketEvent, WebSocketHandler, WebSocketResult } from "./shared/events";
 import { log } from "./shared/log";
 import { createManagement, createManagementClient } from "./shared/management";
-import { MAX_FRAME_BYTES, MessageFrame, errorFrame, parseBody, utf8Bytes, validateMessage } from "./shared/protocol";
+import { createMessageStore } from "./shared/messages";
+import { ackFrame, errorFrame, MAX_FRAME_BYTES, MessageFrame, parseBody, utf8Bytes, validateClientId, validateMessage } from "./shared/protocol";
 
 export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
   const maxMessageBytes = requireIntEnv(ENV.maxMessageBytes, RANGES.maxMessageBytes.min, RANGES.maxMessageBytes.max);
   const concurrency = requireIntEnv(ENV.fanoutConcurrency, RANGES.fanoutConcurrency.min, RANGES.fanoutConcurrency.max);
+  const rateLimit: RateLimit = {
+    messages: requireIntEnv(ENV.rateLimitMessages, RANGES.rateLimitMessages.min, RANGES.rateLimitMessages.max),
+    windowSeconds: requireIntEnv(ENV.rateLimitWindowSeconds, RANGES.rateLimitWindowSeconds.min, RANGES.rateLimitWindowSeconds.max),
+  };
   const store = connectionsStoreFromEnv();
+  const history = createMessageStore(
+    createDocumentClient(),
+    requireEnv(ENV.messagesTable),
+    requireIntEnv(ENV.historyRetentionDays, RANGES.historyRetentionDays.min, RANGES.historyRetentionDays.max),
+  );
   const management = createManagement(createManagementClient(requireEnv(ENV.managementEndpoint), concurrency));
 
   return async (event, context) => {
@@ -36,32 +48,47 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
     if (!parsed.ok) return refuse("invalid_json", "the body must be a JSON object");
 
     let text: string;
+    let clientId: string | undefined;
     try {
       text = validateMessage(parsed.value.message, maxMessageBytes);
+      clientId = validateClientId(parsed.value.id);
     } catch (err) {
       if (!isChatError(err)) throw err;
       return refuse(err.code as ClientErrorCode, err.message);
     }
 
-    let sender;
+    let admission;
     try {
-      sender = await store.get(senderId);
+      admission = await store.admitMessage(senderId, started, rateLimit);
     } catch (err) {
       log("error", "sender lookup failed", { connectionId: senderId, requestId, error: describeError(err) });
       return refuse("unavailable", "the message could not be sent; try again");
     }
+    const sender = admission.record;
     if (!sender) return refuse("unknown_connection", "this connection is not registered; reconnect");
+    if (!admission.allowed) {
+      return refuse("rate_limited", `more than ${rateLimit.messages} messages in ${rateLimit.windowSeconds} s; this one was not sent`);
+    }
 
-    const frame: MessageFrame = {
-      type: "message",
-      room: sender.room,
-      from: { name: sender.name },
-      message: text,
-      ts: requestTimeEpoch ?? started,
-      id: messageId ?? randomUUID(),
-    };
+    const ts = requestTimeEpoch ?? started;
+    const id = messageId ?? randomUUID();
+    let stored;
+    try {
+      stored = await history.append({ room: sender.room, id, from: { name: sender.name }, message: text, ts, ...(clientId ? { clientId } : {}) });
+    } catch (err) {
+      log("error", "message not persisted", { connectionId: senderId, requestId, room: sender.room, error: describeError(err) });
+      return refuse("unavailable", "the message was not stored; send it again (with the same id, it is stored once)");
+    }
+    if (clientId) await deliver(management, senderId, ackFrame(clientId, stored.cursor));
+    if (stored.duplicate) {
+      log("info", "duplicate acknowledged", { connectionId: senderId, requestId, room: sender.room, clientId, cursor: stored.cursor });
+      return { statusCode: 200 };
+    }
+
+    const frame: MessageFrame = { type: "message", room: sender.room, from: { name: sender.name }, message: text, ts, id, cursor: stored.cursor };
     const data = JSON.stringify(frame);
     if (utf8Bytes(data) > MAX_FRAME_BYTES) {
+      // Unreachable with maxMessageBytes ≤ 64 KB (validated), kept as the last guard before 413s.
       return refuse("message_too_large", `the message does not fit in one ${MAX_FRAME_BYTES}-byte frame once wrapped`);
     }
 
@@ -85,18 +112,12 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
         },
       });
     } catch (err) {
-      log("error", "fan-out aborted", { connectionId: senderId, requestId, room: sender.room, id: frame.id, error: describeError(err) });
-      return refuse("unavailable", "the message may not have reached everyone; try again");
+      // The message is stored: members who missed it get it from `history`.
+      log("error", "fan-out aborted", { connectionId: senderId, requestId, room: sender.room, cursor: stored.cursor, error: describeError(err) });
+      return refuse("unavailable", "the message is stored but may not have reached everyone live; they will get it from history");
     }
 
-    log("info", "message", {
-      connectionId: senderId,
-      requestId,
-      room: sender.room,
-      id: frame.id,
-      ...stats,
-      ms: Date.now() - started,
-    });
+    log("info", "message", { connectionId: senderId, requestId, room: sender.room, id, cursor: stored.cursor, ...stats, ms: Date.now() - started });
     return { statusCode: 200 };
   };
 }

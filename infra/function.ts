@@ -16,7 +16,7 @@
  */
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
-import type { WebSocketEvent, WebSocketHandler, WebSocketResult } from "../handlers/shared/events";
+import type { Context } from "aws-lambda";
 import type { StackSettings } from "../stacks";
 
 /** Every package that the runtime provides: none of them is packed into an archive. */
@@ -33,21 +33,22 @@ export interface Statement {
   Resource: pulumi.Input<string>[];
 }
 
-export interface RouteFunctionArgs<E extends WebSocketEvent> {
-  factory: () => WebSocketHandler<E>;
+export interface ChatFunctionArgs<E, R> {
+  /** Called once per Lambda instance; returns the `(event, context)` handler. */
+  factory: () => (event: E, context: Context) => Promise<R>;
   settings: StackSettings;
   environment: Record<string, pulumi.Input<string>>;
-  /** What the function's own code calls, beyond writing its logs. */
+  /** What the function's own code calls, beyond writing its logs (and traces, with tracing on). */
   statements: Statement[];
 }
 
-export interface RouteFunction {
+export interface ChatFunction {
   fn: aws.lambda.Function;
   role: aws.iam.Role;
   logGroup: aws.cloudwatch.LogGroup;
 }
 
-export function routeFunction<E extends WebSocketEvent>(name: string, args: RouteFunctionArgs<E>): RouteFunction {
+export function chatFunction<E, R>(name: string, args: ChatFunctionArgs<E, R>): ChatFunction {
   const logGroup = new aws.cloudwatch.LogGroup(name, {
     name: `/aws/lambda/${name}-${pulumi.getStack()}`,
     retentionInDays: args.settings.logRetentionDays,
@@ -67,12 +68,23 @@ export function routeFunction<E extends WebSocketEvent>(name: string, args: Rout
     // Log streams live under the group: arn:…:log-group:NAME:log-stream:STREAM.
     Resource: [pulumi.interpolate`${logGroup.arn}:*`],
   };
+  // X-Ray's two write actions support no resource-level permissions: "*" is what AWS requires
+  // (AWSXRayDaemonWriteAccess grants the same). Source: X-Ray developer guide, "Identity-based policies".
+  const traceStatement: Statement = {
+    Sid: "WriteTraces",
+    Effect: "Allow",
+    Action: ["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
+    Resource: ["*"],
+  };
   const policy = new aws.iam.RolePolicy(name, {
     role: role.id,
-    policy: pulumi.jsonStringify({ Version: "2012-10-17", Statement: [...args.statements, logStatement] }),
+    policy: pulumi.jsonStringify({
+      Version: "2012-10-17",
+      Statement: [...args.statements, logStatement, ...(args.settings.tracingEnabled ? [traceStatement] : [])],
+    }),
   });
 
-  const fn = new aws.lambda.CallbackFunction<E, WebSocketResult>(
+  const fn = new aws.lambda.CallbackFunction<E, R>(
     name,
     {
       callbackFactory: args.factory,
@@ -82,6 +94,7 @@ export function routeFunction<E extends WebSocketEvent>(name: string, args: Rout
       timeout: args.settings.lambdaTimeoutSeconds,
       environment: { variables: args.environment },
       loggingConfig: { logFormat: "Text", logGroup: logGroup.name },
+      tracingConfig: { mode: args.settings.tracingEnabled ? "Active" : "PassThrough" },
       codePathOptions: { extraExcludePackages: [...RUNTIME_PROVIDED_PACKAGES] },
     },
     // The role's permissions and the log group must exist before the first invocation.

@@ -73,7 +73,13 @@ async function main() {
   for (const [key, value] of outputs) console.log(`    ${key.padEnd(width)}  ${typeof value === "string" ? value : JSON.stringify(value)}`);
   console.log(`\nOutputs written to ${stack.outputsFile}`);
   console.log(`DynamoDB: ${stack.dynamodb.endpoint} (${values["data-dir"] ? `data in ${values["data-dir"]}` : "in memory"})`);
-  console.log(`\nTry it:  npx wscat -c ${stack.outputs.url}`);
+  if (stack.authEnabled) {
+    console.log(`\nAuth is on: connecting needs a token signed with the key in ${stack.tokenKeyFile}.`);
+    console.log(`Mint one:  npm run -s token -- --stack ${values.stack} --local --name alice`);
+    console.log(`Try it:    npx wscat -c "${stack.outputs.url}?token=$(npm run -s token -- --stack ${values.stack} --local --name alice)"`);
+  } else {
+    console.log(`\nTry it:  npx wscat -c ${stack.outputs.url}`);
+  }
   console.log(`then:    {"action":"sendmessage","message":"hello"}`);
   console.log(`\nReady (pid ${process.pid}). Ctrl-C stops everything.`);
 

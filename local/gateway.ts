@@ -5,15 +5,25 @@
 import type { IncomingMessage, Server, ServerResponse } from "http";
 import type { Duplex } from "stream";
 import { WebSocket, WebSocketServer } from "ws";
-import { ApiFacts, awsId, ConnectionFacts, connectEvent, disconnectEvent, messageEvent, selectRouteValue } from "./events";
+import { ApiFacts, awsId, ConnectionFacts, connectEvent, disconnectEvent, messageEvent, RawRequest, selectRouteValue } from "./events";
+import { policyAllows } from "./iam";
 import type { InvokeOutcome } from "./lambda";
 
 /** API Gateway's message payload quota. */
 export const MAX_MESSAGE_BYTES = 131_072;
 
+export interface RouteAuthorizer {
+  functionName: string;
+  /** `route.request.querystring.X` or `route.request.header.X`. */
+  identitySources: string[];
+  invoke(event: unknown): Promise<InvokeOutcome>;
+}
+
 export interface RouteTarget {
   routeKey: string;
   functionName: string;
+  /** A REQUEST authorizer that runs before the route ($connect only). */
+  authorizer?: RouteAuthorizer;
   /** True when the route has a `$default` route response: the Lambda's body goes back to the client. */
   twoWay: boolean;
   invoke(event: unknown): Promise<InvokeOutcome>;
@@ -21,6 +31,8 @@ export interface RouteTarget {
 
 export interface GatewayOptions {
   api: ApiFacts;
+  /** `arn:aws:execute-api:{region}:{account}:{apiId}/{stage}`: authorizers get `${this}/$connect`. */
+  methodArnPrefix?: string;
   routeSelectionExpression: string;
   routes: RouteTarget[];
   idleTimeoutMs?: number;
@@ -164,6 +176,33 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
     });
   }
 
+  /**
+   * Runs a REQUEST authorizer as the spec describes: a missing identity source answers 401 without
+   * calling it; "Unauthorized" thrown answers 401; a Deny, or no Allow for methodArn, answers 403;
+   * any other failure 500 (?). On Allow, `{principalId, ...context}` rides on every later event.
+   */
+  async function authorize(authorizer: RouteAuthorizer, conn: Connection, req: IncomingMessage, raw: RawRequest): Promise<{ status: number; message: string } | undefined> {
+    for (const source of authorizer.identitySources) {
+      const [, kind, name] = /^route\.request\.(querystring|header)\.(.+)$/.exec(source) ?? [];
+      const value = kind === "querystring" ? raw.query.get(name) : kind === "header" ? req.headers[name.toLowerCase()] : undefined;
+      if (!value) return { status: 401, message: "Unauthorized" };
+    }
+    const methodArn = `${options.methodArnPrefix ?? `arn:aws:execute-api:local:000000000000:${options.api.apiId}/${options.api.stage}`}/$connect`;
+    const event = { ...connectEvent(options.api, conn, raw), type: "REQUEST", methodArn };
+    const outcome = await authorizer.invoke(event);
+    log(`[gateway] authorizer ${conn.connectionId} ${authorizer.functionName} ${outcome.durationMs}ms ${outcome.error ? `error ${outcome.error.errorMessage}` : "ok"}`);
+    if (outcome.error) {
+      return outcome.error.errorMessage === "Unauthorized" ? { status: 401, message: "Unauthorized" } : { status: 500, message: "Internal server error" };
+    }
+    const result = outcome.result as { principalId?: unknown; policyDocument?: Parameters<typeof policyAllows>[0]; context?: Record<string, unknown> } | null;
+    if (!result || !policyAllows(result.policyDocument, "execute-api:Invoke", methodArn)) return { status: 403, message: "Forbidden" };
+    conn.authorizer = {
+      principalId: String(result.principalId ?? ""),
+      ...Object.fromEntries(Object.entries(result.context ?? {}).map(([k, v]) => [k, String(v)])),
+    };
+    return undefined;
+  }
+
   async function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
     const url = new URL(req.url ?? "/", "http://local");
     if (url.pathname !== stagePath && url.pathname !== `${stagePath}/`) {
@@ -180,13 +219,16 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
     connections.set(conn.connectionId, conn); // @connections answers 410 while $connect runs
     let responseHeaders: Record<string, string> = {};
     const route = routes.get("$connect");
+    const raw: RawRequest = { rawHeaders: req.rawHeaders, query: url.searchParams, hasQuery: url.search.length > 1, remotePort: req.socket.remotePort ?? 0 };
+    if (route?.authorizer) {
+      const refusal = await authorize(route.authorizer, conn, req, raw);
+      if (refusal) {
+        connections.delete(conn.connectionId);
+        return refuse(socket, refusal.status, JSON.stringify({ message: refusal.message }), { "Content-Type": "application/json" });
+      }
+    }
     if (route) {
-      const event = connectEvent(options.api, conn, {
-        rawHeaders: req.rawHeaders,
-        query: url.searchParams,
-        hasQuery: url.search.length > 1,
-        remotePort: req.socket.remotePort ?? 0,
-      });
+      const event = connectEvent(options.api, conn, raw);
       const outcome = await run(route, conn, event);
       const result = outcome.result as { statusCode?: unknown; headers?: Record<string, string>; body?: string } | null;
       const status = typeof result?.statusCode === "number" ? result.statusCode : undefined;

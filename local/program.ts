@@ -24,6 +24,8 @@ export interface RecordedResource {
   inputs: Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- resource inputs are untyped JSON
   /** Inputs merged with the mocked provider outputs: what `resource.<prop>` resolves to. */
   state: Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+  /** Dotted paths of the inputs that were secret Outputs (unwrapped in `inputs`). */
+  secretInputs: string[];
 }
 
 /** A function's deployment package, file by file, as Lambda would unzip it. */
@@ -46,6 +48,8 @@ export interface LoadOptions {
   apiEndpoint?: (apiId: string, region: string) => string;
   /** Extra or replacement config, as `<namespace>:<key>` → string. */
   configOverrides?: Record<string, string>;
+  /** Secret config (as `pulumi config set --secret` gives the program), as `<namespace>:<key>` → string. */
+  secrets?: Record<string, string>;
   projectDir?: string;
 }
 
@@ -102,6 +106,22 @@ function stringify(value: unknown): string {
 }
 
 /** A stable, realistic-looking id: the same program gives the same ids on every load. */
+/** Pulumi's wire marker for a secret value: `{[SIG_KEY]: SECRET_SIG, value}`. */
+const SIG_KEY = "4dabf18193072939515e22adb298388d";
+const SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270";
+
+/** Replaces secret markers with their values, noting where they were. */
+function unwrapSecrets(value: unknown, path: string, found: string[]): unknown {
+  if (Array.isArray(value)) return value.map((v, i) => unwrapSecrets(v, `${path}[${i}]`, found));
+  if (value === null || typeof value !== "object" || value instanceof pulumi.asset.Asset || value instanceof pulumi.asset.Archive) return value;
+  const record = value as Record<string, unknown>;
+  if (record[SIG_KEY] === SECRET_SIG) {
+    found.push(path);
+    return unwrapSecrets(record.value, path, found);
+  }
+  return Object.fromEntries(Object.entries(record).map(([k, v]) => [k, unwrapSecrets(v, path ? `${path}.${k}` : k, found)]));
+}
+
 function fakeId(seed: string, length: number): string {
   return createHash("sha256").update(seed).digest("hex").replace(/[^a-z0-9]/g, "").slice(0, length);
 }
@@ -124,6 +144,8 @@ function mockedOutputs(type: string, name: string, inputs: Record<string, any>, 
     }
     case "aws:iam/role:Role":
       return { name: physical, arn: `arn:aws:iam::${FAKE_ACCOUNT_ID}:role/${physical}` };
+    case "aws:sns/topic:Topic":
+      return { name: physical, arn: `${arnPrefix("sns")}:${physical}` };
     case "aws:cloudwatch/logGroup:LogGroup":
       return { name: physical, arn: `${arnPrefix("logs")}:log-group:${physical}` };
     default:
@@ -179,16 +201,18 @@ function forgetProjectModules(projectDir: string): void {
 export async function loadProgram(options: LoadOptions): Promise<LoadedProgram> {
   const projectDir = options.projectDir ?? PROJECT_DIR;
   const project = readProjectFile(projectDir).name;
-  const config = { ...stackConfig(options.stack, projectDir), ...options.configOverrides };
+  const config = { ...stackConfig(options.stack, projectDir), ...options.configOverrides, ...options.secrets };
   const region = config["aws:region"];
   if (!region) throw new ProgramError(`Pulumi.${options.stack}.yaml must set aws:region`);
 
   const resources: RecordedResource[] = [];
   const mocks: pulumi.runtime.Mocks = {
-    newResource({ type, name, inputs }) {
+    newResource({ type, name, inputs: wireInputs }) {
       const id = idFor(type, name);
+      const secretInputs: string[] = [];
+      const inputs = unwrapSecrets(wireInputs, "", secretInputs) as Record<string, any>;
       const state = { ...inputs, ...mockedOutputs(type, name, inputs, id, region, options) };
-      resources.push({ type, name, id, inputs, state });
+      resources.push({ type, name, id, inputs, state, secretInputs });
       return { id, state };
     },
     call({ token, inputs }) {
@@ -205,14 +229,21 @@ export async function loadProgram(options: LoadOptions): Promise<LoadedProgram> 
     },
   };
 
-  // Serialization failures surface as unhandled rejections, not as thrown errors.
+  // Serialization failures surface as unhandled rejections, not as thrown errors; the first one
+  // ends the load at once (the outputs that depend on it would never resolve).
   const failures: unknown[] = [];
-  const onRejection = (reason: unknown) => failures.push(reason);
+  let fail!: (reason: unknown) => void;
+  const failed = new Promise<never>((_, reject) => (fail = reject));
+  failed.catch(() => undefined);
+  const onRejection = (reason: unknown) => {
+    failures.push(reason);
+    fail(new ProgramError(`the program failed under mocks: ${(reason as Error)?.message ?? String(reason)}`, { cause: reason }));
+  };
   process.on("unhandledRejection", onRejection);
   const cwd = process.cwd();
   try {
     process.chdir(projectDir); // closure serialization resolves package.json from here
-    pulumi.runtime.setAllConfig(config);
+    pulumi.runtime.setAllConfig(config, Object.keys(options.secrets ?? {}));
     await pulumi.runtime.setMocks(mocks, project, options.stack, false);
     forgetProjectModules(projectDir);
     let program: Record<string, unknown>;
@@ -222,7 +253,9 @@ export async function loadProgram(options: LoadOptions): Promise<LoadedProgram> 
       throw new ProgramError(`the program failed under mocks: ${(err as Error).message}`, { cause: err });
     }
     const outputs: Record<string, unknown> = {};
-    for (const [key, value] of Object.entries(program)) outputs[key] = await outputValue(value as pulumi.Input<unknown>, key, 60_000);
+    for (const [key, value] of Object.entries(program)) {
+      if (value !== undefined) outputs[key] = await Promise.race([outputValue(value as pulumi.Input<unknown>, key, 60_000), failed]); // as the CLI, drop undefined
+    }
     await pulumi.runtime.awaitStackRegistrations?.();
 
     const archives = new Map<string, Archive>();

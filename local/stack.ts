@@ -12,8 +12,10 @@ import * as path from "path";
 import { LocalDynamoDB, startDynamoDB, tableSpec } from "./dynamodb";
 import { answerPlainRequest, createGateway, Gateway, RouteTarget } from "./gateway";
 import { createLambdaRuntime, FunctionSpec, LambdaRuntime } from "./lambda";
+import { arnMatches } from "./iam";
 import { handleManagementRequest } from "./management";
-import { loadProgram, LoadedProgram, PROJECT_DIR, RecordedResource } from "./program";
+import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, readProjectFile, RecordedResource } from "./program";
+import { randomBytes } from "crypto";
 
 export interface LocalStackOptions {
   stack: string;
@@ -29,6 +31,8 @@ export interface LocalStackOptions {
   /** Where the outputs JSON goes; default .local/<stack>/outputs.json. */
   outputsFile?: string;
   configOverrides?: Record<string, string>;
+  /** Key that signs chat tokens; default $CHAT_TOKEN_KEY, else one kept in .local/<stack>/token-key. */
+  tokenKey?: string;
   log?: (line: string) => void;
 }
 
@@ -43,6 +47,11 @@ export interface StackOutputs {
 
 export interface LocalStack {
   port: number;
+  /** The key the stack's authorizer checks tokens with (used only when the stack has auth on). */
+  tokenKey: string;
+  tokenKeyFile: string;
+  /** Whether $connect is behind an authorizer. */
+  authEnabled: boolean;
   outputs: StackOutputs;
   outputsFile: string;
   program: LoadedProgram;
@@ -70,10 +79,15 @@ function listen(server: Server, port: number, host: string): Promise<number> {
   });
 }
 
-/** Does an IAM-style ARN pattern (with `*` wildcards) match this ARN? */
-function arnMatches(pattern: string, arn: string): boolean {
-  const regex = new RegExp(`^${pattern.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")}$`);
-  return regex.test(arn);
+/** The local token key: given, or from $CHAT_TOKEN_KEY, or kept in a file so `npm run token -- --local` can sign. */
+function localTokenKey(file: string, given?: string): string {
+  const key = given ?? process.env.CHAT_TOKEN_KEY;
+  if (key) return key;
+  if (fs.existsSync(file)) return fs.readFileSync(file, "utf8").trim();
+  const created = randomBytes(48).toString("base64url");
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, created + "\n", { mode: 0o600 });
+  return created;
 }
 
 function writeArchive(program: LoadedProgram, fn: RecordedResource, root: string): string {
@@ -103,10 +117,14 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
 
   try {
     const port = await listen(server, options.port, host);
+    // Secrets in Pulumi.<stack>.yaml are encrypted for the Pulumi CLI; locally the token key is our own.
+    const tokenKeyFile = path.join(stateDir, "token-key");
+    const tokenKey = localTokenKey(tokenKeyFile, options.tokenKey);
     const program = await loadProgram({
       stack: options.stack,
       apiEndpoint: () => `ws://${host}:${port}`,
       configOverrides: options.configOverrides,
+      secrets: { [`${readProjectFile().name}:tokenKey`]: tokenKey },
     });
     const of = (type: string) => program.resources.filter((r) => r.type === type);
 
@@ -150,6 +168,16 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     cleanups.unshift(() => lambdas.close());
 
     const permissions = of("aws:lambda/permission:Permission");
+    /** Invokes a function as API Gateway would: only if a lambda.Permission lets it, for this source ARN. */
+    const invoker = (fn: RecordedResource, sourceArn: string) => {
+      const allowed = permissions.some(
+        (p) => p.inputs.principal === "apigateway.amazonaws.com" && [fn.state.name, fn.state.arn].includes(p.inputs.function) && arnMatches(p.inputs.sourceArn ?? "*", sourceArn),
+      );
+      return (event: unknown) =>
+        allowed
+          ? lambdas.invoke(fn.state.name, event)
+          : Promise.resolve({ error: { errorType: "AccessDenied", errorMessage: `no lambda.Permission lets API Gateway invoke ${fn.state.name} for ${sourceArn}` }, durationMs: 0, coldStart: false });
+    };
     const routes: RouteTarget[] = of("aws:apigatewayv2/route:Route")
       .filter((r) => r.inputs.apiId === api.id)
       .map((route) => {
@@ -160,23 +188,25 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
         if (!integration || !fn) throw new StartupError(`route ${routeKey} has no Lambda integration the local stack can serve`);
         if (integration.inputs.integrationType !== "AWS_PROXY") throw new StartupError(`route ${routeKey}: only AWS_PROXY integrations are emulated`);
         const sourceArn = `${api.state.executionArn}/${stage}/${routeKey}`;
-        const allowed = permissions.some(
-          (p) => p.inputs.principal === "apigateway.amazonaws.com" && [fn.state.name, fn.state.arn].includes(p.inputs.function) && arnMatches(p.inputs.sourceArn ?? "*", sourceArn),
-        );
         const twoWay = of("aws:apigatewayv2/routeResponse:RouteResponse").some((rr) => rr.inputs.routeId === route.id && rr.inputs.routeResponseKey === "$default");
-        return {
-          routeKey,
-          functionName: fn.state.name,
-          twoWay,
-          invoke: (event: unknown) =>
-            allowed
-              ? lambdas.invoke(fn.state.name, event)
-              : Promise.resolve({ error: { errorType: "AccessDenied", errorMessage: `no lambda.Permission lets API Gateway invoke ${fn.state.name} for ${sourceArn}` }, durationMs: 0, coldStart: false }),
-        };
+        let authorizer: RouteTarget["authorizer"];
+        if (route.inputs.authorizationType === "CUSTOM") {
+          const declared = of("aws:apigatewayv2/authorizer:Authorizer").find((a) => a.id === route.inputs.authorizerId);
+          const authorizerFn = functions.find((f) => f.state.invokeArn === declared?.inputs.authorizerUri);
+          if (!declared || !authorizerFn) throw new StartupError(`route ${routeKey} names an authorizer the local stack cannot find`);
+          if (declared.inputs.authorizerType !== "REQUEST") throw new StartupError(`route ${routeKey}: WebSocket APIs support REQUEST authorizers only`);
+          authorizer = {
+            functionName: authorizerFn.state.name,
+            identitySources: declared.inputs.identitySources ?? [],
+            invoke: invoker(authorizerFn, `${api.state.executionArn}/authorizers/${declared.id}`),
+          };
+        }
+        return { routeKey, functionName: fn.state.name, twoWay, authorizer, invoke: invoker(fn, sourceArn) };
       });
 
     const gateway = createGateway(server, {
       api: { apiId: api.id, stage, domainName: `${host}:${port}` },
+      methodArnPrefix: `arn:aws:execute-api:${program.region}:${FAKE_ACCOUNT_ID}:${api.id}/${stage}`,
       routeSelectionExpression: api.inputs.routeSelectionExpression,
       routes,
       idleTimeoutMs: options.idleTimeoutMs,
@@ -197,6 +227,9 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     let stopped = false;
     return {
       port,
+      tokenKey,
+      tokenKeyFile,
+      authEnabled: routes.some((r) => r.authorizer),
       outputs,
       outputsFile,
       program,

@@ -1,13 +1,32 @@
 /**
  * The stack's settings, read from `pulumi.Config` (the only place that does) and validated.
- * Values come from Pulumi.<stack>.yaml, with the defaults declared in Pulumi.yaml.
+ * Values come from Pulumi.<stack>.yaml, with the defaults declared in Pulumi.yaml. The token key
+ * is a secret (`pulumi config set --secret tokenKey …`), read only when auth is on, and handed on
+ * as a secret Output: it reaches the authorizer as an environment variable, never as code.
  */
 import * as pulumi from "@pulumi/pulumi";
-import { parseSettings, StackSettings } from "./settings";
+import { MIN_KEY_LENGTH } from "../handlers/shared/tokens";
+import { parseSettings, SettingsError, StackSettings } from "./settings";
 
 export type { StackSettings } from "./settings";
 
-export function loadStackSettings(): StackSettings {
+export interface StackConfig extends StackSettings {
+  /** Present when `authEnabled`. */
+  readonly tokenKey?: pulumi.Output<string>;
+}
+
+export function loadStackSettings(): StackConfig {
   const config = new pulumi.Config();
-  return parseSettings(config.name, (key) => config.get(key));
+  const settings = parseSettings(config.name, (key) => config.get(key));
+  if (!settings.authEnabled) return settings;
+  if (config.get("tokenKey") === undefined) {
+    throw new SettingsError([
+      `${config.name}:tokenKey is required when authEnabled is true: pulumi config set --secret tokenKey "$(openssl rand -base64 48)"`,
+    ]);
+  }
+  const tokenKey = config.requireSecret("tokenKey").apply((key) => {
+    if (key.length < MIN_KEY_LENGTH) throw new SettingsError([`${config.name}:tokenKey must be at least ${MIN_KEY_LENGTH} characters`]);
+    return key;
+  });
+  return { ...settings, tokenKey };
 }

@@ -62,6 +62,34 @@ export const SETTINGS_SCHEMA = {
     type: "string", oneOf: API_LOGGING_LEVELS, rule: "one of OFF, ERROR, INFO",
     description: "API Gateway execution logging level for the stage.",
   },
+  historyRetentionDays: {
+    type: "integer", min: RANGES.historyRetentionDays.min, max: RANGES.historyRetentionDays.max,
+    description: "How long messages are kept for history replay and client ids for deduplication, in days.",
+  },
+  rateLimitMessages: {
+    type: "integer", min: RANGES.rateLimitMessages.min, max: RANGES.rateLimitMessages.max,
+    description: "Messages one connection may send per rate-limit window; more are refused with rate_limited.",
+  },
+  rateLimitWindowSeconds: {
+    type: "integer", min: RANGES.rateLimitWindowSeconds.min, max: RANGES.rateLimitWindowSeconds.max,
+    description: "Length of the per-connection rate-limit window, in seconds.",
+  },
+  authEnabled: {
+    type: "boolean",
+    description: "Require a signed token (?token=) on connect, checked by a $connect authorizer; needs the secret tokenKey.",
+  },
+  alarmsEnabled: {
+    type: "boolean",
+    description: "CloudWatch alarms on Lambda errors and throttles, API integration and execution errors, and DynamoDB throttling.",
+  },
+  alarmTopic: {
+    type: "boolean",
+    description: "Create an SNS topic that the alarms notify (subscribe to it after deploying).",
+  },
+  tracingEnabled: {
+    type: "boolean",
+    description: "X-Ray active tracing on every function.",
+  },
   manageApiGatewayAccount: {
     type: "boolean",
     description: "Create the account-level CloudWatch role that API Gateway logging requires. Set false where the account already has one.",

@@ -3,8 +3,8 @@
  * through a KEYS_ONLY global secondary index. SDK errors are translated here, where the SDK
  * is called, into ChatErrors with code `store_unavailable`.
  */
-import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
-import { DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand } from "@aws-sdk/lib-dynamodb";
+import { ConditionalCheckFailedException, DynamoDBClient } from "@aws-sdk/client-dynamodb";
+import { DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import { ENV, requireEnv } from "./env";
 import { chatError } from "./errors";
 
@@ -23,6 +23,11 @@ export interface ConnectionRecord {
   expiresAt: number;
 }
 
+export interface RateLimit {
+  messages: number;
+  windowSeconds: number;
+}
+
 export interface StoreConfig {
   tableName: string;
   roomIndexName: string;
@@ -33,6 +38,11 @@ export interface ConnectionsStore {
   /** Idempotent: deleting a record that is not there succeeds. */
   remove(connectionId: string): Promise<void>;
   get(connectionId: string): Promise<ConnectionRecord | undefined>;
+  /**
+   * Counts one message against the connection's fixed-window rate limit and returns its record.
+   * `record` is undefined for an unknown connection; `allowed` is false over the limit.
+   */
+  admitMessage(connectionId: string, nowMs: number, limit: RateLimit): Promise<{ record?: ConnectionRecord; allowed: boolean }>;
   /** The connection ids in a room, one DynamoDB page at a time (a Query, never a Scan). */
   roomMembers(room: string, pageSize?: number): AsyncGenerator<string[], void, undefined>;
 }
@@ -57,7 +67,7 @@ export function createConnectionsStore(doc: DynamoDBDocumentClient, config: Stor
     }
   }
 
-  return {
+  const store: ConnectionsStore = {
     async put(record) {
       await call("PutItem", () => doc.send(new PutCommand({ TableName: tableName, Item: record })));
     },
@@ -71,6 +81,38 @@ export function createConnectionsStore(doc: DynamoDBDocumentClient, config: Stor
         doc.send(new GetCommand({ TableName: tableName, Key: { connectionId }, ConsistentRead: true })),
       );
       return out.Item as ConnectionRecord | undefined;
+    },
+
+    async admitMessage(connectionId, nowMs, limit) {
+      const window = Math.floor(nowMs / 1000 / limit.windowSeconds);
+      const update = (expression: string, condition: string, values: Record<string, unknown>) =>
+        doc.send(
+          new UpdateCommand({
+            TableName: tableName,
+            Key: { connectionId },
+            UpdateExpression: expression,
+            ConditionExpression: `attribute_exists(connectionId) AND (${condition})`,
+            ExpressionAttributeValues: values,
+            ReturnValues: "ALL_NEW",
+          }),
+        );
+      const isConditionFailure = (err: unknown) => err instanceof ConditionalCheckFailedException || (err as Error)?.name === "ConditionalCheckFailedException";
+      // Same window and room left: count it. Otherwise a new window: restart the count at 1.
+      const attempts: [string, string, Record<string, unknown>][] = [
+        ["SET rlCount = rlCount + :one", "rlWindow = :window AND rlCount < :max", { ":one": 1, ":window": window, ":max": limit.messages }],
+        ["SET rlWindow = :window, rlCount = :one", "attribute_not_exists(rlWindow) OR rlWindow <> :window", { ":one": 1, ":window": window }],
+      ];
+      for (const [expression, condition, values] of attempts) {
+        try {
+          const out = await update(expression, condition, values);
+          return { record: out.Attributes as ConnectionRecord, allowed: true };
+        } catch (err) {
+          if (!isConditionFailure(err)) throw chatError("store_unavailable", `DynamoDB UpdateItem on ${tableName} failed: ${(err as Error).name}`, 500, err);
+        }
+      }
+      // Both conditions failed: the connection is unknown, or this window is used up.
+      const record = await store.get(connectionId);
+      return { record, allowed: false };
     },
 
     async *roomMembers(room, pageSize) {
@@ -95,6 +137,7 @@ export function createConnectionsStore(doc: DynamoDBDocumentClient, config: Stor
       } while (startKey);
     },
   };
+  return store;
 }
 
 /** The store as configured by the program's environment variables. */

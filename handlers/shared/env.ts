@@ -29,10 +29,18 @@ export const ENV = {
   managementEndpoint: "MANAGEMENT_ENDPOINT",
   maxMessageBytes: "MAX_MESSAGE_BYTES",
   fanoutConcurrency: "FANOUT_CONCURRENCY",
+  messagesTable: "MESSAGES_TABLE",
+  historyRetentionDays: "HISTORY_RETENTION_DAYS",
+  rateLimitMessages: "RATE_LIMIT_MESSAGES",
+  rateLimitWindowSeconds: "RATE_LIMIT_WINDOW_SECONDS",
+  tokenKey: "TOKEN_KEY",
 } as const;
 
 /** Ranges of the numeric settings the handlers read; the stack settings enforce the same ones. */
 export const RANGES = {
   maxMessageBytes: { min: 1, max: 65_536 },
   fanoutConcurrency: { min: 1, max: 512 },
+  historyRetentionDays: { min: 1, max: 365 },
+  rateLimitMessages: { min: 1, max: 10_000 },
+  rateLimitWindowSeconds: { min: 1, max: 3_600 },
 } as const;

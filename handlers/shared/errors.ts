@@ -14,6 +14,9 @@ export type ClientErrorCode =
   | "message_too_large"
   | "invalid_data"
   | "unknown_connection"
+  | "invalid_id"
+  | "invalid_history"
+  | "rate_limited"
   | "unavailable";
 
 /** A request the client got wrong, or a service we depend on that failed: both answered, never thrown to API Gateway. */

@@ -17,11 +17,18 @@ export interface WebSocketIdentity {
   userAgent?: string;
 }
 
-/** `$connect` also carries the client's headers, and the identity. */
+/** What the $connect authorizer passed on: `principalId` plus its `context` (strings only). */
+export interface AuthorizerContext {
+  principalId?: string;
+  name?: string;
+  rooms?: string;
+}
+
+/** `$connect` also carries the client's headers, the identity and, with auth on, the authorizer's context. */
 export interface ConnectEvent extends APIGatewayProxyWebsocketEventV2 {
   headers?: Record<string, string | undefined>;
   multiValueHeaders?: Record<string, string[] | undefined>;
-  requestContext: APIGatewayEventWebsocketRequestContextV2 & { identity?: WebSocketIdentity };
+  requestContext: APIGatewayEventWebsocketRequestContextV2 & { identity?: WebSocketIdentity; authorizer?: AuthorizerContext };
 }
 
 /** `$disconnect` carries the close status and reason. */

@@ -100,8 +100,10 @@ export interface MessageFrame {
   message: string;
   /** Server receive time, epoch milliseconds. */
   ts: number;
-  /** Server-assigned id, unique per accepted message: clients deduplicate on it. */
+  /** Server-assigned id, unique per accepted message. */
   id: string;
+  /** Position in the room's history: consecutive per room; ask `history` since the last one you have. */
+  cursor: string;
 }
 
 export interface ErrorFrame {
@@ -117,7 +119,8 @@ export function errorFrame(code: ClientErrorCode, message: string): string {
 
 /** The actions a client can send, with their shapes, as the usage frame lists them. */
 export const ACTIONS = {
-  sendmessage: { action: "sendmessage", message: "<text>" },
+  sendmessage: { action: "sendmessage", message: "<text>", id: "<optional client id: acknowledged, stored once>" },
+  history: { action: "history", since: "<optional cursor>", limit: "<optional 1-100>" },
   echo: { action: "echo", data: "<text>" },
 } as const;
 
@@ -144,4 +147,45 @@ export function usageFrame(reason: UsageReason, connection: Record<string, unkno
 
 export function echoText(data: string): string {
   return `Echo: ${data}`;
+}
+
+/** Client ids for idempotent sends: 1-64 characters of A-Z, a-z, 0-9, `_ . : -`. */
+export const CLIENT_ID_PATTERN = /^[A-Za-z0-9_.:-]{1,64}$/;
+
+export function validateClientId(id: unknown): string | undefined {
+  if (id === undefined) return undefined;
+  if (typeof id !== "string" || !CLIENT_ID_PATTERN.test(id)) {
+    throw chatError("invalid_id", "id must be 1-64 characters of A-Z, a-z, 0-9, _, ., : or -", 400);
+  }
+  return id;
+}
+
+// Two constants, not `{ default, max }`: Pulumi's closure serializer mistakes any object with a
+// `default` property for an `import * as` result and fails (seen on @pulumi/pulumi 3.270).
+export const HISTORY_DEFAULT_LIMIT = 50;
+export const HISTORY_MAX_LIMIT = 100;
+
+export interface HistoryRequest {
+  since?: string;
+  limit: number;
+}
+
+/** Validates `{"action":"history","since":…,"limit":…}`. `since` is a cursor from a message or history-end frame. */
+export function validateHistoryRequest(body: Record<string, unknown>, cursorPattern: RegExp): HistoryRequest {
+  const { since, limit } = body;
+  if (since !== undefined && since !== null && (typeof since !== "string" || !cursorPattern.test(since))) {
+    throw chatError("invalid_history", "since must be a cursor from a message or history-end frame", 400);
+  }
+  if (limit !== undefined && (typeof limit !== "number" || !Number.isInteger(limit) || limit < 1)) {
+    throw chatError("invalid_history", `limit must be a whole number from 1 to ${HISTORY_MAX_LIMIT}`, 400);
+  }
+  return { ...(typeof since === "string" ? { since } : {}), limit: Math.min(typeof limit === "number" ? limit : HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT) };
+}
+
+export function ackFrame(id: string, cursor: string): string {
+  return JSON.stringify({ type: "ack", id, cursor });
+}
+
+export function historyEndFrame(cursor: string | null, more: boolean): string {
+  return JSON.stringify({ type: "history-end", cursor, more });
 }

@@ -13,7 +13,7 @@ describe("local DynamoDB", () => {
   let table: ReturnType<typeof tableSpec>;
   before(async () => {
     const program = await loadProgram({ stack: "dev" });
-    table = tableSpec(program.resources.find((r) => r.type === "aws:dynamodb/table:Table")!);
+    table = tableSpec(program.resources.find((r) => r.type === "aws:dynamodb/table:Table" && r.name === "connections")!);
     db = await startDynamoDB({ tables: [table], region: "us-east-1", sweepIntervalMs: 60_000 });
   });
   after(() => db?.close());

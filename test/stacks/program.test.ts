@@ -8,6 +8,8 @@ import * as path from "node:path";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, RecordedResource } from "../../local/program";
 
 const CANARY = "canary-secret-9f8e7d6c";
+const TOKEN_KEY = "token-key-for-tests-0123456789abcdefghijklmnop";
+const ROUTE_FUNCTIONS: Record<string, string> = { $connect: "connect", $disconnect: "disconnect", $default: "default", sendmessage: "sendmessage", history: "history" };
 
 function byType(program: LoadedProgram, type: string): RecordedResource[] {
   return program.resources.filter((r) => r.type === type);
@@ -23,10 +25,12 @@ for (const stack of ["dev", "prod"] as const) {
     let program: LoadedProgram;
     before(async () => {
       // A config value that must never reach a function's code (pulumi.Config must not be captured).
-      program = await loadProgram({ stack, configOverrides: { "ws-chat:canary": CANARY } });
+      program = await loadProgram({ stack, configOverrides: { "ws-chat:canary": CANARY }, secrets: { "ws-chat:tokenKey": TOKEN_KEY } });
     });
 
     const config = (key: string) => program.config[`ws-chat:${key}`];
+    const prod = stack === "prod";
+    const functionNames = () => [...Object.values(ROUTE_FUNCTIONS), ...(prod ? ["authorizer"] : [])];
     const fn = (route: string) => one(program, "aws:lambda/function:Function", `ws-chat-${route}`);
     const api = () => one(program, "aws:apigatewayv2/api:Api");
 
@@ -35,28 +39,50 @@ for (const stack of ["dev", "prod"] as const) {
       assert.equal(api().inputs.routeSelectionExpression, "$request.body.action");
     });
 
-    it("routes $connect, $disconnect, $default and sendmessage, each through an AWS_PROXY integration to its own function", () => {
+    it("routes $connect, $disconnect, $default, sendmessage and history, each through an AWS_PROXY integration to its own function", () => {
       const routes = byType(program, "aws:apigatewayv2/route:Route");
-      assert.deepEqual(routes.map((r) => r.inputs.routeKey).sort(), ["$connect", "$default", "$disconnect", "sendmessage"]);
-      const functionFor: Record<string, string> = { $connect: "connect", $disconnect: "disconnect", $default: "default", sendmessage: "sendmessage" };
+      assert.deepEqual(routes.map((r) => r.inputs.routeKey).sort(), ["$connect", "$default", "$disconnect", "history", "sendmessage"]);
       for (const route of routes) {
         const integration = byType(program, "aws:apigatewayv2/integration:Integration").find((i) => route.inputs.target === `integrations/${i.id}`);
         assert.ok(integration, `${route.inputs.routeKey} targets an integration`);
         assert.equal(integration.inputs.integrationType, "AWS_PROXY");
         assert.equal(integration.inputs.apiId, api().id);
-        assert.equal(integration.inputs.integrationUri, fn(functionFor[route.inputs.routeKey]).state.invokeArn);
+        assert.equal(integration.inputs.integrationUri, fn(ROUTE_FUNCTIONS[route.inputs.routeKey]).state.invokeArn);
       }
     });
 
-    it("lets API Gateway invoke each function only from this API, stage and route", () => {
+    it("lets API Gateway invoke each function only from this API, stage and route (the authorizer: only as this authorizer)", () => {
       const permissions = byType(program, "aws:lambda/permission:Permission");
-      assert.equal(permissions.length, 4);
+      assert.equal(permissions.length, prod ? 6 : 5);
       for (const p of permissions) {
         assert.equal(p.inputs.principal, "apigateway.amazonaws.com");
         assert.equal(p.inputs.action, "lambda:InvokeFunction");
-        const routeKey = p.name === "sendmessage" ? "sendmessage" : `$${p.name}`;
-        assert.equal(p.inputs.sourceArn, `${api().state.executionArn}/${config("stageName")}/${routeKey}`);
         assert.equal(p.inputs.function, fn(p.name).state.name);
+        if (p.name === "authorizer") {
+          assert.equal(p.inputs.sourceArn, `${api().state.executionArn}/authorizers/${one(program, "aws:apigatewayv2/authorizer:Authorizer").id}`);
+          continue;
+        }
+        const routeKey = Object.entries(ROUTE_FUNCTIONS).find(([, f]) => f === p.name)![0];
+        assert.equal(p.inputs.sourceArn, `${api().state.executionArn}/${config("stageName")}/${routeKey}`);
+      }
+    });
+
+    it(prod ? "puts $connect behind a REQUEST authorizer on the token query parameter" : "must not require a token on $connect in dev", () => {
+      const connectRoute = byType(program, "aws:apigatewayv2/route:Route").find((r) => r.inputs.routeKey === "$connect")!;
+      const authorizers = byType(program, "aws:apigatewayv2/authorizer:Authorizer");
+      if (!prod) {
+        assert.deepEqual(authorizers, []);
+        assert.equal(connectRoute.inputs.authorizerId, undefined);
+        return;
+      }
+      const [authorizer] = authorizers;
+      assert.equal(authorizer.inputs.authorizerType, "REQUEST");
+      assert.deepEqual(authorizer.inputs.identitySources, ["route.request.querystring.token"]);
+      assert.equal(authorizer.inputs.authorizerUri, fn("authorizer").state.invokeArn);
+      assert.equal(connectRoute.inputs.authorizationType, "CUSTOM");
+      assert.equal(connectRoute.inputs.authorizerId, authorizer.id);
+      for (const r of byType(program, "aws:apigatewayv2/route:Route").filter((r) => r.inputs.routeKey !== "$connect")) {
+        assert.equal(r.inputs.authorizerId, undefined, `${r.inputs.routeKey}: authorizers run on $connect only`);
       }
     });
 
@@ -79,7 +105,7 @@ for (const stack of ["dev", "prod"] as const) {
     });
 
     it("keys the connections table by connectionId, with a room index, TTL on expiresAt and on-demand billing", () => {
-      const t = one(program, "aws:dynamodb/table:Table");
+      const t = one(program, "aws:dynamodb/table:Table", "connections");
       assert.equal(t.inputs.hashKey, "connectionId");
       assert.equal(t.inputs.billingMode, "PAY_PER_REQUEST");
       assert.deepEqual(t.inputs.ttl, { attributeName: "expiresAt", enabled: true });
@@ -89,15 +115,24 @@ for (const stack of ["dev", "prod"] as const) {
       assert.deepEqual(t.inputs.attributes.map((a: { name: string }) => a.name).sort(), ["connectionId", "room"]);
     });
 
-    it(stack === "prod" ? "protects the table: point-in-time recovery and deletion protection" : "must not protect the dev table", () => {
-      const t = one(program, "aws:dynamodb/table:Table");
-      const protectedTable = stack === "prod";
-      assert.equal(t.inputs.pointInTimeRecovery.enabled, protectedTable);
-      assert.equal(t.inputs.deletionProtectionEnabled, protectedTable);
+    it("keys the messages table by room and cursor, with TTL on expiresAt and on-demand billing", () => {
+      const t = one(program, "aws:dynamodb/table:Table", "messages");
+      assert.equal(t.inputs.hashKey, "room");
+      assert.equal(t.inputs.rangeKey, "cursor");
+      assert.equal(t.inputs.billingMode, "PAY_PER_REQUEST");
+      assert.deepEqual(t.inputs.ttl, { attributeName: "expiresAt", enabled: true });
+      assert.deepEqual(t.inputs.attributes, [{ name: "room", type: "S" }, { name: "cursor", type: "S" }]);
+    });
+
+    it(prod ? "protects both tables: point-in-time recovery and deletion protection" : "must not protect the dev tables", () => {
+      for (const t of byType(program, "aws:dynamodb/table:Table")) {
+        assert.equal(t.inputs.pointInTimeRecovery.enabled, prod, t.name);
+        assert.equal(t.inputs.deletionProtectionEnabled, prod, t.name);
+      }
     });
 
     it("runs every function on nodejs22.x with the memory, timeout and its own log group from the settings", () => {
-      for (const route of ["connect", "disconnect", "default", "sendmessage"]) {
+      for (const route of functionNames()) {
         const f = fn(route);
         assert.equal(f.inputs.runtime, "nodejs22.x");
         assert.equal(f.inputs.handler, "__index.handler");
@@ -106,61 +141,94 @@ for (const stack of ["dev", "prod"] as const) {
         const logGroup = one(program, "aws:cloudwatch/logGroup:LogGroup", `ws-chat-${route}`);
         assert.equal(f.inputs.loggingConfig.logGroup, logGroup.state.name);
         assert.equal(logGroup.inputs.retentionInDays, Number(config("logRetentionDays")));
+        assert.deepEqual(f.inputs.tracingConfig, { mode: prod ? "Active" : "PassThrough" });
       }
     });
 
-    it("passes table, index and management endpoint to the handlers only through environment variables", () => {
+    it("passes tables, index, endpoint and limits to the handlers only through environment variables", () => {
       const endpoint = `https://${api().id}.execute-api.${program.region}.amazonaws.com/${config("stageName")}`;
-      const table = one(program, "aws:dynamodb/table:Table").state.name;
-      assert.deepEqual(fn("connect").inputs.environment.variables, { CONNECTIONS_TABLE: table, ROOM_INDEX: "byRoom" });
-      assert.deepEqual(fn("disconnect").inputs.environment.variables, { CONNECTIONS_TABLE: table, ROOM_INDEX: "byRoom" });
+      const table = one(program, "aws:dynamodb/table:Table", "connections").state.name;
+      const messages = one(program, "aws:dynamodb/table:Table", "messages").state.name;
+      const connectionsEnv = { CONNECTIONS_TABLE: table, ROOM_INDEX: "byRoom" };
+      const historyEnv = { MESSAGES_TABLE: messages, HISTORY_RETENTION_DAYS: config("historyRetentionDays") };
+      assert.deepEqual(fn("connect").inputs.environment.variables, connectionsEnv);
+      assert.deepEqual(fn("disconnect").inputs.environment.variables, connectionsEnv);
       assert.deepEqual(fn("default").inputs.environment.variables, { MANAGEMENT_ENDPOINT: endpoint });
+      assert.deepEqual(fn("history").inputs.environment.variables, { ...connectionsEnv, ...historyEnv, MANAGEMENT_ENDPOINT: endpoint });
       assert.deepEqual(fn("sendmessage").inputs.environment.variables, {
-        CONNECTIONS_TABLE: table,
-        ROOM_INDEX: "byRoom",
+        ...connectionsEnv,
+        ...historyEnv,
         MANAGEMENT_ENDPOINT: endpoint,
         MAX_MESSAGE_BYTES: config("maxMessageBytes"),
         FANOUT_CONCURRENCY: config("fanoutConcurrency"),
+        RATE_LIMIT_MESSAGES: config("rateLimitMessages"),
+        RATE_LIMIT_WINDOW_SECONDS: config("rateLimitWindowSeconds"),
       });
+      if (prod) {
+        assert.deepEqual(fn("authorizer").inputs.environment.variables, { TOKEN_KEY: TOKEN_KEY });
+        assert.ok(fn("authorizer").secretInputs.some((p) => p.startsWith("environment")), "the token key stays a secret in the state");
+      }
+      assert.equal(config("historyRetentionDays"), prod ? "30" : "1");
     });
 
     describe("least privilege", () => {
-      const tableArn = () => one(program, "aws:dynamodb/table:Table").state.arn;
+      const tableArn = (name = "connections") => one(program, "aws:dynamodb/table:Table", name).state.arn;
       const stageArn = (method: string) => `${api().state.executionArn}/${config("stageName")}/${method}/@connections/*`;
+      const XRAY = { Action: ["xray:PutTraceSegments", "xray:PutTelemetryRecords"], Resource: ["*"] };
       function statements(route: string) {
         const role = one(program, "aws:iam/role:Role", `ws-chat-${route}`);
         assert.equal(fn(route).inputs.role, role.state.arn);
         const policies = byType(program, "aws:iam/rolePolicy:RolePolicy").filter((p) => p.inputs.role === role.id);
         assert.equal(policies.length, 1, "one inline policy per role");
         const logGroupArn = one(program, "aws:cloudwatch/logGroup:LogGroup", `ws-chat-${route}`).state.arn;
-        const all = JSON.parse(policies[0].inputs.policy).Statement as { Effect: string; Action: string[]; Resource: string[] }[];
-        const logs = all.filter((s) => s.Action.some((a) => a.startsWith("logs:")));
-        assert.deepEqual(logs.map((s) => [s.Action, s.Resource]), [[["logs:CreateLogStream", "logs:PutLogEvents"], [`${logGroupArn}:*`]]]);
-        for (const s of all) assert.equal(s.Effect, "Allow");
-        return all.filter((s) => !logs.includes(s)).map((s) => ({ Action: s.Action, Resource: s.Resource }));
+        const all = (JSON.parse(policies[0].inputs.policy).Statement as { Effect: string; Action: string[]; Resource: string[] }[]).map(
+          ({ Effect, Action, Resource }) => {
+            assert.equal(Effect, "Allow");
+            return { Action, Resource };
+          },
+        );
+        const own = all.filter((s) => s.Action.some((a) => a.startsWith("logs:") || a.startsWith("xray:")));
+        assert.deepEqual(own, [
+          { Action: ["logs:CreateLogStream", "logs:PutLogEvents"], Resource: [`${logGroupArn}:*`] },
+          ...(prod ? [XRAY] : []),
+        ]);
+        return all.filter((s) => !own.includes(s));
       }
 
-      it("connect may only PutItem on the table", () => {
+      it("connect may only PutItem on the connections table", () => {
         assert.deepEqual(statements("connect"), [{ Action: ["dynamodb:PutItem"], Resource: [tableArn()] }]);
       });
-      it("disconnect may only DeleteItem on the table", () => {
+      it("disconnect may only DeleteItem on the connections table", () => {
         assert.deepEqual(statements("disconnect"), [{ Action: ["dynamodb:DeleteItem"], Resource: [tableArn()] }]);
       });
-      it("sendmessage may GetItem/DeleteItem, Query the room index, and POST to this stage's @connections", () => {
+      it("sendmessage may admit the sender, Query the room index, append to history and POST to this stage's @connections", () => {
         assert.deepEqual(statements("sendmessage"), [
-          { Action: ["dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [tableArn()] },
+          { Action: ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [tableArn()] },
           { Action: ["dynamodb:Query"], Resource: [`${tableArn()}/index/byRoom`] },
+          { Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [tableArn("messages")] },
+          { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
+        ]);
+      });
+      it("history may read the caller, Query the messages table and POST to this stage's @connections", () => {
+        assert.deepEqual(statements("history"), [
+          { Action: ["dynamodb:GetItem"], Resource: [tableArn()] },
+          { Action: ["dynamodb:Query"], Resource: [tableArn("messages")] },
           { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
         ]);
       });
       it("default may only GET and POST on this stage's @connections", () => {
         assert.deepEqual(statements("default"), [{ Action: ["execute-api:ManageConnections"], Resource: [stageArn("GET"), stageArn("POST")] }]);
       });
+      if (prod) {
+        it("the authorizer may only write its logs (and traces)", () => {
+          assert.deepEqual(statements("authorizer"), []);
+        });
+      }
 
-      it("must not attach any managed policy to a function role, nor use a '*' action or resource", () => {
+      it("must not attach any managed policy to a function role, nor use '*' except for X-Ray's write actions", () => {
         const functionRoles = new Set(byType(program, "aws:lambda/function:Function").map((f) => f.inputs.role));
-        const attachments = byType(program, "aws:iam/rolePolicyAttachment:RolePolicyAttachment");
-        assert.deepEqual(attachments, []);
+        assert.equal(functionRoles.size, functionNames().length, "one role per function");
+        assert.deepEqual(byType(program, "aws:iam/rolePolicyAttachment:RolePolicyAttachment"), []);
         for (const role of byType(program, "aws:iam/role:Role").filter((r) => functionRoles.has(r.state.arn))) {
           assert.equal(role.inputs.managedPolicyArns, undefined);
           assert.equal(JSON.parse(role.inputs.assumeRolePolicy).Statement[0].Principal.Service, "lambda.amazonaws.com");
@@ -168,15 +236,41 @@ for (const stack of ["dev", "prod"] as const) {
         for (const policy of byType(program, "aws:iam/rolePolicy:RolePolicy")) {
           for (const s of JSON.parse(policy.inputs.policy).Statement) {
             for (const a of s.Action) assert.ok(!a.includes("*"), `${policy.name}: action ${a}`);
-            for (const r of s.Resource) assert.ok(r !== "*" && !r.endsWith(":*:*"), `${policy.name}: resource ${r}`);
+            if (s.Resource.includes("*")) assert.deepEqual({ Action: s.Action, Resource: s.Resource }, XRAY, `${policy.name}: '*' resource`);
+            for (const r of s.Resource) assert.ok(!r.endsWith(":*:*"), `${policy.name}: resource ${r}`);
           }
         }
       });
     });
 
+    it(prod ? "alarms on every function's errors and throttles, API errors and DynamoDB throttling, to an SNS topic" : "must not create alarms or a topic in dev", () => {
+      const alarms = byType(program, "aws:cloudwatch/metricAlarm:MetricAlarm");
+      const topics = byType(program, "aws:sns/topic:Topic");
+      if (!prod) {
+        assert.deepEqual([alarms, topics], [[], []]);
+        return;
+      }
+      assert.equal(topics.length, 1);
+      const metric = (a: RecordedResource) => `${a.inputs.namespace} ${a.inputs.metricName} ${JSON.stringify(a.inputs.dimensions)}`;
+      const expected = [
+        ...Object.values(ROUTE_FUNCTIONS).flatMap((f) => ["Errors", "Throttles"].map((m) => `AWS/Lambda ${m} ${JSON.stringify({ FunctionName: fn(f).state.name })}`)),
+        ...["IntegrationError", "ExecutionError"].map((m) => `AWS/ApiGateway ${m} ${JSON.stringify({ ApiId: api().id, Stage: "prod" })}`),
+        ...["connections", "messages"].flatMap((t) =>
+          ["ReadThrottleEvents", "WriteThrottleEvents"].map((m) => `AWS/DynamoDB ${m} ${JSON.stringify({ TableName: one(program, "aws:dynamodb/table:Table", t).state.name })}`),
+        ),
+      ];
+      assert.deepEqual(alarms.map(metric).sort(), expected.sort());
+      for (const a of alarms) {
+        assert.deepEqual(a.inputs.alarmActions, [topics[0].state.arn], `${a.name} notifies the topic`);
+        assert.deepEqual(a.inputs.okActions, [topics[0].state.arn]);
+        assert.equal(a.inputs.threshold, 1);
+        assert.equal(a.inputs.treatMissingData, "notBreaching");
+      }
+    });
+
     describe("function archives", () => {
       it("are __index.js alone: no node_modules packed, the runtime's AWS SDK is used", () => {
-        assert.equal(program.archives.size, 4);
+        assert.equal(program.archives.size, functionNames().length);
         for (const [name, archive] of program.archives) {
           assert.deepEqual([...archive.keys()], ["__index.js"], name);
         }
@@ -187,7 +281,7 @@ for (const stack of ["dev", "prod"] as const) {
         fs.mkdirSync(path.join(PROJECT_DIR, ".local"), { recursive: true });
         const dir = fs.mkdtempSync(path.join(PROJECT_DIR, ".local", "archive-test-"));
         const restore = { ...process.env };
-        Object.assign(process.env, fn("sendmessage").inputs.environment.variables, fn("connect").inputs.environment.variables);
+        for (const name of functionNames()) Object.assign(process.env, fn(name).inputs.environment.variables);
         try {
           for (const [name, archive] of program.archives) {
             const file = path.join(dir, `${name}.js`);
@@ -202,10 +296,11 @@ for (const stack of ["dev", "prod"] as const) {
         }
       });
 
-      it("must not contain any config value: pulumi.Config is never captured", () => {
+      it("must not contain any config value or the token key: pulumi.Config is never captured", () => {
         for (const [name, archive] of program.archives) {
           const code = archive.get("__index.js")!.toString("utf8");
           assert.ok(!code.includes(CANARY), `${name} captured config`);
+          assert.ok(!code.includes(TOKEN_KEY), `${name} captured the token key`);
           assert.ok(!/pulumi/i.test(code), `${name} references Pulumi`);
         }
       });
@@ -213,13 +308,17 @@ for (const stack of ["dev", "prod"] as const) {
 
     it(`exports the stack outputs url, connectionsUrl, tableName, stage and region`, () => {
       const id = api().id;
-      assert.deepEqual(program.outputs, {
+      const expected: Record<string, unknown> = {
         url: `wss://${id}.execute-api.${program.region}.amazonaws.com/${config("stageName")}`,
         connectionsUrl: `https://${id}.execute-api.${program.region}.amazonaws.com/${config("stageName")}/@connections`,
-        tableName: one(program, "aws:dynamodb/table:Table").state.name,
+        tableName: one(program, "aws:dynamodb/table:Table", "connections").state.name,
+        messagesTableName: one(program, "aws:dynamodb/table:Table", "messages").state.name,
         stage: config("stageName"),
+        authEnabled: prod,
         region: program.region,
-      });
+      };
+      if (prod) expected.alarmTopicArn = one(program, "aws:sns/topic:Topic").state.arn;
+      assert.deepEqual(program.outputs, expected);
       assert.equal(program.region, program.config["aws:region"]);
       assert.ok(FAKE_ACCOUNT_ID);
     });
@@ -229,6 +328,12 @@ for (const stack of ["dev", "prod"] as const) {
 describe("the program under mocks: bad settings", () => {
   it("must fail to load, naming the key and the allowed range", async () => {
     await assert.rejects(loadProgram({ stack: "dev", configOverrides: { "ws-chat:lambdaMemoryMb": "1" } }), /ws-chat:lambdaMemoryMb must be an integer from 128 to 10240; got "1"/);
+  });
+  it("must refuse auth without a token key, saying how to set one", async () => {
+    await assert.rejects(loadProgram({ stack: "prod" }), /ws-chat:tokenKey is required when authEnabled is true: pulumi config set --secret tokenKey/);
+  });
+  it("must refuse a token key shorter than 32 characters", async () => {
+    await assert.rejects(loadProgram({ stack: "prod", secrets: { "ws-chat:tokenKey": "short" } }), /ws-chat:tokenKey must be at least 32 characters/);
   });
   it("must fail to load an unknown stack, listing the stacks there are", async () => {
     await assert.rejects(loadProgram({ stack: "staging" }), /no stack "staging".*stacks: dev, prod/);
