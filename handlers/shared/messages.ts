@@ -22,8 +22,16 @@ export const CURSOR_PATTERN = /^\d{16}$/;
 const FIRST_CURSOR = "0".repeat(CURSOR_DIGITS);
 const LAST_CURSOR = "9".repeat(CURSOR_DIGITS);
 const HEAD = "#head";
-/** Head contention (many senders in one room at once) is retried this many times. */
-const APPEND_ATTEMPTS = 8;
+/** `cursor` is a DynamoDB reserved word: expressions name it through a placeholder. */
+const CURSOR_NAME = { "#cursor": "cursor" };
+/**
+ * Head contention (several senders in one room at the same moment) is retried, with exponential
+ * backoff and full jitter so the losers spread out instead of colliding again. 16 attempts carry
+ * 20 simultaneous senders in one room through (tested); the wait is at most about 2.5 s.
+ */
+const APPEND_ATTEMPTS = 16;
+const BACKOFF_BASE_MS = 5;
+const BACKOFF_CAP_MS = 250;
 
 export interface StoredMessage {
   room: string;
@@ -93,13 +101,14 @@ export function createMessageStore(doc: DynamoDBDocumentClient, tableName: strin
                     ExpressionAttributeValues: { ":next": previous + 1, ...(previous === 0 ? {} : { ":previous": previous }) },
                   },
                 },
-                { Put: { TableName: tableName, Item: item, ConditionExpression: "attribute_not_exists(cursor)" } },
+                { Put: { TableName: tableName, Item: item, ConditionExpression: "attribute_not_exists(#cursor)", ExpressionAttributeNames: CURSOR_NAME } },
                 ...(message.clientId
                   ? [{
                       Put: {
                         TableName: tableName,
                         Item: { room: message.room, cursor: claimKey(message), messageCursor: cursor, expiresAt },
-                        ConditionExpression: "attribute_not_exists(cursor)",
+                        ConditionExpression: "attribute_not_exists(#cursor)",
+                        ExpressionAttributeNames: CURSOR_NAME,
                       },
                     }]
                   : []),
@@ -115,7 +124,7 @@ export function createMessageStore(doc: DynamoDBDocumentClient, tableName: strin
             if (claim?.messageCursor) return { cursor: String(claim.messageCursor), duplicate: true };
           }
           // Another sender took this sequence number: read the head again, after a short jittered pause.
-          await sleep(Math.random() * 10 * attempt);
+          await sleep(Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt));
         }
       }
       throw chatError("store_unavailable", `room ${message.room} is too busy to append to; try again`, 503);

@@ -63,7 +63,9 @@ describe("$default", () => {
       assert.equal(frame.type, "usage");
       assert.equal(frame.reason, reason);
       assert.match(frame.message, /sendmessage/);
-      assert.deepEqual(frame.actions.sendmessage, { action: "sendmessage", message: "<text>" });
+      assert.deepEqual(Object.keys(frame.actions), ["sendmessage", "history", "echo"]);
+      assert.equal(frame.actions.sendmessage.action, "sendmessage");
+      assert.equal(frame.actions.history.action, "history");
       assert.deepEqual(frame.actions.echo, { action: "echo", data: "<text>" });
       assert.deepEqual(frame.connection, {
         connectionId: CALLER,

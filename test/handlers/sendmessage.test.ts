@@ -4,7 +4,8 @@ import {
   LimitExceededException,
   PostToConnectionCommand,
 } from "@aws-sdk/client-apigatewaymanagementapi";
-import { DeleteCommand, DynamoDBDocumentClient, GetCommand, QueryCommand, ScanCommand } from "@aws-sdk/lib-dynamodb";
+import { ConditionalCheckFailedException, TransactionCanceledException } from "@aws-sdk/client-dynamodb";
+import { DeleteCommand, DynamoDBDocumentClient, GetCommand, QueryCommand, ScanCommand, TransactWriteCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import { mockClient } from "aws-sdk-client-mock";
 import assert from "node:assert/strict";
 import { sendMessageHandlerFactory } from "../../handlers/sendmessage";
@@ -17,7 +18,13 @@ const ENV = {
   MANAGEMENT_ENDPOINT: "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/dev",
   MAX_MESSAGE_BYTES: "64",
   FANOUT_CONCURRENCY: "4",
+  MESSAGES_TABLE: "messages-test",
+  HISTORY_RETENTION_DAYS: "1",
+  RATE_LIMIT_MESSAGES: "5",
+  RATE_LIMIT_WINDOW_SECONDS: "10",
 };
+const SENDER_RECORD = { connectionId: SENDER, room: "general", name: "alice", connectedAt: 1, expiresAt: 2 };
+const conditionFailed = () => new ConditionalCheckFailedException({ message: "The conditional request failed", $metadata: {} });
 
 const gone = () => new GoneException({ message: "Gone", $metadata: { httpStatusCode: 410 } });
 const throttled = () => new LimitExceededException({ message: "Limit exceeded", $metadata: { httpStatusCode: 429 } });
@@ -34,7 +41,9 @@ describe("sendmessage", () => {
   beforeEach(() => {
     ddb = ddbStub();
     mgmt = mgmtStub();
-    ddb.on(GetCommand).resolves({ Item: { connectionId: SENDER, room: "general", name: "alice", connectedAt: 1, expiresAt: 2 } });
+    ddb.on(UpdateCommand).resolves({ Attributes: SENDER_RECORD }); // rate limit admits, returns the sender
+    ddb.on(GetCommand, { TableName: "messages-test" }).resolves({ Item: { room: "general", cursor: "#head", seq: 41 } });
+    ddb.on(TransactWriteCommand).resolves({});
     ddb.on(DeleteCommand).resolves({});
     mgmt.on(PostToConnectionCommand).resolves({});
   });
@@ -77,6 +86,7 @@ describe("sendmessage", () => {
       message: "hello, everyone!",
       ts: messageEvent(SENDER, "").requestContext.requestTimeEpoch,
       id: "BFaUBdv1IAMCJxQ=",
+      cursor: "0000000000000042",
     });
     const query = ddb.commandCalls(QueryCommand)[0].args[0].input;
     assert.equal(query.IndexName, "byRoom");
@@ -187,7 +197,8 @@ describe("sendmessage", () => {
   });
 
   it("answers unknown_connection when the sender has no record", async () => {
-    ddb.on(GetCommand).resolves({});
+    ddb.on(UpdateCommand).rejects(conditionFailed());
+    ddb.on(GetCommand, { TableName: "connections-test" }).resolves({});
     const sent = await send({ action: "sendmessage", message: "hi" });
     assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code]), [[SENDER, "unknown_connection"]]);
   });
@@ -197,5 +208,107 @@ describe("sendmessage", () => {
     const sent = await send({ action: "sendmessage", message: "hi" });
     assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code]), [[SENDER, "unavailable"]]);
     assert.ok(logs().some((l) => l.msg === "fan-out aborted" && l.level === "error"));
+  });
+
+  describe("persistence, acknowledgements and idempotency", () => {
+    function appended() {
+      return ddb.commandCalls(TransactWriteCommand).map((c) => c.args[0].input.TransactItems!);
+    }
+
+    it("persists the message before fan-out: head bumped from 41 to 42, message stored under cursor 42", async () => {
+      roomOf([SENDER, connId(1)]);
+      await send({ action: "sendmessage", message: "kept" });
+      const [items] = appended();
+      assert.equal(items.length, 2, "no client id, no claim");
+      assert.deepEqual(items[0].Update?.Key, { room: "general", cursor: "#head" });
+      assert.deepEqual(items[0].Update?.ExpressionAttributeValues, { ":next": 42, ":previous": 41 });
+      assert.equal(items[0].Update?.ConditionExpression, "seq = :previous");
+      const stored = items[1].Put!.Item!;
+      assert.equal(stored.cursor, "0000000000000042");
+      assert.equal(stored.message, "kept");
+      assert.deepEqual(stored.from, { name: "alice" });
+      assert.equal(stored.expiresAt, Math.floor(stored.ts / 1000) + 86_400);
+      const [persist, post] = [ddb.commandCalls(TransactWriteCommand)[0], mgmt.commandCalls(PostToConnectionCommand)[0]];
+      assert.ok(persist.calledBefore(post), "persisted before any delivery");
+    });
+
+    it("without an id, the sender gets nothing, as in the tutorial", async () => {
+      roomOf([SENDER, connId(1)]);
+      const sent = await send({ action: "sendmessage", message: "hi" });
+      assert.deepEqual(sent.map((p) => p.to), [connId(1)]);
+    });
+
+    it("with an id, claims it in the same transaction and acknowledges the sender with the cursor", async () => {
+      roomOf([SENDER, connId(1)]);
+      const sent = await send({ action: "sendmessage", message: "hi", id: "c-1" });
+      const claim = appended()[0][2].Put!;
+      assert.deepEqual(claim.Item, { room: "general", cursor: "#id#alice#c-1", messageCursor: "0000000000000042", expiresAt: claim.Item!.expiresAt });
+      assert.equal(claim.ConditionExpression, "attribute_not_exists(#cursor)");
+      const ack = sent.find((p) => p.to === SENDER)!;
+      assert.deepEqual(JSON.parse(ack.data), { type: "ack", id: "c-1", cursor: "0000000000000042" });
+      assert.equal(JSON.parse(sent.find((p) => p.to === connId(1))!.data).cursor, "0000000000000042");
+    });
+
+    it("acknowledges a repeated id again with the original cursor, and neither stores nor delivers it twice", async () => {
+      roomOf([SENDER, connId(1)]);
+      ddb.on(TransactWriteCommand).rejects(
+        new TransactionCanceledException({
+          message: "Transaction cancelled",
+          $metadata: {},
+          CancellationReasons: [{ Code: "None" }, { Code: "None" }, { Code: "ConditionalCheckFailed" }],
+        }),
+      );
+      ddb.on(GetCommand, { TableName: "messages-test", Key: { room: "general", cursor: "#id#alice#c-1" } }).resolves({ Item: { messageCursor: "0000000000000007" } });
+      const sent = await send({ action: "sendmessage", message: "hi", id: "c-1" });
+      assert.deepEqual(sent, [{ to: SENDER, data: JSON.stringify({ type: "ack", id: "c-1", cursor: "0000000000000007" }) }]);
+      assert.equal(ddb.commandCalls(QueryCommand).length, 0, "no fan-out");
+    });
+
+    it("retries when another sender took the next cursor first", async () => {
+      roomOf([SENDER, connId(1)]);
+      ddb.on(TransactWriteCommand)
+        .rejectsOnce(new TransactionCanceledException({ message: "cancelled", $metadata: {}, CancellationReasons: [{ Code: "ConditionalCheckFailed" }, { Code: "None" }] }))
+        .resolves({});
+      await send({ action: "sendmessage", message: "hi" });
+      assert.equal(appended().length, 2);
+      assert.equal(fanoutLog().delivered, 1);
+    });
+
+    it("answers 'unavailable', and delivers nothing, when the message cannot be stored", async () => {
+      roomOf([SENDER, connId(1)]);
+      ddb.on(TransactWriteCommand).rejects(new Error("connection reset"));
+      const sent = await send({ action: "sendmessage", message: "hi", id: "c-9" });
+      assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code]), [[SENDER, "unavailable"]]);
+    });
+
+    const badIds: [string, unknown][] = [["an empty id", ""], ["a numeric id", 7], ["an id with spaces", "a b"], ["a 65-character id", "i".repeat(65)]];
+    for (const [what, id] of badIds) {
+      it(`answers ${what} with invalid_id, storing nothing`, async () => {
+        const sent = await send({ action: "sendmessage", message: "hi", id });
+        assert.deepEqual(sent.map((p) => JSON.parse(p.data).code), ["invalid_id"]);
+        assert.equal(appended().length, 0);
+      });
+    }
+  });
+
+  describe("rate limit", () => {
+    it("counts the message in the sender's current window", async () => {
+      roomOf([SENDER, connId(1)]);
+      await send({ action: "sendmessage", message: "hi" });
+      const update = ddb.commandCalls(UpdateCommand)[0].args[0].input;
+      assert.deepEqual(update.Key, { connectionId: SENDER });
+      assert.equal(update.ExpressionAttributeValues?.[":max"], 5);
+      assert.equal(update.ExpressionAttributeValues?.[":window"], Math.floor(Date.now() / 1000 / 10));
+    });
+
+    it("over the limit, answers rate_limited and neither stores nor delivers the message", async () => {
+      roomOf([SENDER, connId(1)]);
+      ddb.on(UpdateCommand).rejects(conditionFailed());
+      ddb.on(GetCommand, { TableName: "connections-test" }).resolves({ Item: SENDER_RECORD });
+      const sent = await send({ action: "sendmessage", message: "one too many", id: "c-2" });
+      assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code]), [[SENDER, "rate_limited"]]);
+      assert.equal(ddb.commandCalls(TransactWriteCommand).length, 0);
+      assert.equal(ddb.commandCalls(QueryCommand).length, 0);
+    });
   });
 });
