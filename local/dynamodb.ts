@@ -113,6 +113,13 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
       if (!(err instanceof ResourceNotFoundException)) throw err;
       await raw.send(new CreateTableCommand(table.create));
     }
+    // As on AWS, a table is usable once ACTIVE (with a data directory, dynalite takes a moment).
+    for (let i = 0; ; i++) {
+      const { Table } = await raw.send(new DescribeTableCommand({ TableName: table.name }));
+      if (Table?.TableStatus === "ACTIVE" && (Table.GlobalSecondaryIndexes ?? []).every((g) => g.IndexStatus === "ACTIVE")) break;
+      if (i > 200) throw new Error(`table ${table.name} did not become ACTIVE`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 
   async function sweepExpired(nowSeconds = Math.floor(Date.now() / 1000)): Promise<number> {
@@ -141,7 +148,7 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
     return removed;
   }
 
-  const sweeping = { running: false };
+  const sweeping = { running: false, closed: false };
   const timer = setInterval(() => {
     if (sweeping.running) return;
     sweeping.running = true;
@@ -156,6 +163,8 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
     client,
     sweepExpired,
     async close() {
+      if (sweeping.closed) return;
+      sweeping.closed = true;
       clearInterval(timer);
       await proxy.close();
       client.destroy();

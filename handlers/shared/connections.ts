@@ -97,12 +97,11 @@ export function createConnectionsStore(doc: DynamoDBDocumentClient, config: Stor
           }),
         );
       const isConditionFailure = (err: unknown) => err instanceof ConditionalCheckFailedException || (err as Error)?.name === "ConditionalCheckFailedException";
-      // Same window and room left: count it. Otherwise a new window: restart the count at 1.
-      const attempts: [string, string, Record<string, unknown>][] = [
-        ["SET rlCount = rlCount + :one", "rlWindow = :window AND rlCount < :max", { ":one": 1, ":window": window, ":max": limit.messages }],
-        ["SET rlWindow = :window, rlCount = :one", "attribute_not_exists(rlWindow) OR rlWindow <> :window", { ":one": 1, ":window": window }],
-      ];
-      for (const [expression, condition, values] of attempts) {
+      // Same window and room left: count it. Otherwise a new window: restart the count at 1. When
+      // the restart loses to a concurrent message that restarted the window first, count again.
+      const count: [string, string, Record<string, unknown>] = ["SET rlCount = rlCount + :one", "rlWindow = :window AND rlCount < :max", { ":one": 1, ":window": window, ":max": limit.messages }];
+      const restart: [string, string, Record<string, unknown>] = ["SET rlWindow = :window, rlCount = :one", "attribute_not_exists(rlWindow) OR rlWindow <> :window", { ":one": 1, ":window": window }];
+      for (const [expression, condition, values] of [count, restart, count]) {
         try {
           const out = await update(expression, condition, values);
           return { record: out.Attributes as ConnectionRecord, allowed: true };
@@ -110,7 +109,7 @@ export function createConnectionsStore(doc: DynamoDBDocumentClient, config: Stor
           if (!isConditionFailure(err)) throw chatError("store_unavailable", `DynamoDB UpdateItem on ${tableName} failed: ${(err as Error).name}`, 500, err);
         }
       }
-      // Both conditions failed: the connection is unknown, or this window is used up.
+      // Every condition failed: the connection is unknown, or this window is used up.
       const record = await store.get(connectionId);
       return { record, allowed: false };
     },

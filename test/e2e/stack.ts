@@ -6,9 +6,11 @@
 import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
 import { DynamoDBDocumentClient, ScanCommand } from "@aws-sdk/lib-dynamodb";
 import { ChildProcess, execFileSync, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { mintToken, TokenClaims } from "../../handlers/shared/tokens";
 import type { StackOutputs } from "../../local/stack";
 
 export const PROJECT_DIR = path.resolve(__dirname, "../..");
@@ -21,6 +23,8 @@ export interface E2EStack {
   scanConnections(): Promise<Record<string, unknown>[]>;
   /** Everything the local stack printed so far ("" for a deployed stack). */
   logs(): string;
+  /** A token signed with the stack's key (for stacks with auth on). */
+  token(claims: Partial<TokenClaims> & { name: string }): string;
   stop(): Promise<void>;
 }
 
@@ -40,19 +44,25 @@ function tableReader(outputs: StackOutputs, endpoint?: string) {
   };
 }
 
+function signer(key: () => string) {
+  return (claims: Partial<TokenClaims> & { name: string }) => mintToken(key(), { expiresAt: Math.floor(Date.now() / 1000) + 600, ...claims });
+}
+
 async function deployedStack(name: string): Promise<E2EStack> {
   const outputs = JSON.parse(execFileSync("pulumi", ["stack", "output", "--json", "--stack", name], { cwd: PROJECT_DIR, encoding: "utf8" })) as StackOutputs;
-  return { outputs, local: false, scanConnections: tableReader(outputs), logs: () => "", stop: async () => undefined };
+  const key = () => process.env.CHAT_TOKEN_KEY ?? execFileSync("pulumi", ["config", "get", "tokenKey", "--stack", name], { cwd: PROJECT_DIR, encoding: "utf8" }).trim();
+  return { outputs, local: false, scanConnections: tableReader(outputs), logs: () => "", token: signer(key), stop: async () => undefined };
 }
 
 /** Starts `local/cli.ts --port 0` as its own process and waits for its "Ready" line. */
 export async function localStack(extraArgs: string[] = [], stack = "dev"): Promise<E2EStack> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ws-chat-e2e-"));
+  const tokenKey = `e2e-${randomBytes(24).toString("base64url")}`;
   const outputsFile = path.join(dir, "outputs.json");
   const child: ChildProcess = spawn(
     process.execPath,
     ["--require", "ts-node/register/transpile-only", "local/cli.ts", "--stack", stack, "--port", "0", "--outputs", outputsFile, ...extraArgs],
-    { cwd: PROJECT_DIR, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env } },
+    { cwd: PROJECT_DIR, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CHAT_TOKEN_KEY: tokenKey } },
   );
   let output = "";
   child.stdout!.on("data", (d) => (output += d));
@@ -79,6 +89,7 @@ export async function localStack(extraArgs: string[] = [], stack = "dev"): Promi
     local: true,
     scanConnections: tableReader(outputs, endpoint),
     logs: () => output,
+    token: signer(() => tokenKey),
     async stop() {
       child.kill("SIGTERM");
       const code = await exited;
@@ -88,9 +99,16 @@ export async function localStack(extraArgs: string[] = [], stack = "dev"): Promi
   };
 }
 
+/** The stack under test: E2E_STACK, or a local `dev` stack. */
 export function e2eStack(): Promise<E2EStack> {
   const name = process.env.E2E_STACK;
   return name ? deployedStack(name) : localStack(["--lose-abnormal-disconnects"]);
+}
+
+/** A stack with auth on: E2E_AUTH_STACK (deployed), or a local `prod` stack. */
+export function e2eAuthStack(): Promise<E2EStack> {
+  const name = process.env.E2E_AUTH_STACK;
+  return name ? deployedStack(name) : localStack([], "prod");
 }
 
 /** Polls until `check` passes or `timeoutMs` runs out; the last failure is rethrown. */

@@ -111,6 +111,13 @@ describe("message history (DynamoDB)", function () {
       assert.equal((await connections.admitMessage("rl-1", t0 + 10_000, limit)).allowed, true);
     });
 
+    it("admits exactly the limit when a window's messages arrive all at once", async () => {
+      const connections = createConnectionsStore(db.client, { tableName: tables.connections, roomIndexName: "byRoom" });
+      await connections.put({ connectionId: "rl-burst", room: "r", name: "di", connectedAt: 0, expiresAt: 9_999_999_999 });
+      const verdicts = await Promise.all(Array.from({ length: 8 }, () => connections.admitMessage("rl-burst", 1_700_000_200_000, limit)));
+      assert.equal(verdicts.filter((v) => v.allowed).length, 3);
+    });
+
     it("counts connections separately, and knows no unknown connection", async () => {
       const connections = createConnectionsStore(db.client, { tableName: tables.connections, roomIndexName: "byRoom" });
       await connections.put({ connectionId: "rl-2", room: "r", name: "bo", connectedAt: 0, expiresAt: 9_999_999_999 });

@@ -57,19 +57,21 @@ describe("local DynamoDB", () => {
 
   it("keeps data across restarts with a data directory, and is empty without one", async () => {
     const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "ws-chat-ddb-"));
+    const started: LocalDynamoDB[] = [];
+    const start = async (dir?: string) => {
+      const next = await startDynamoDB({ tables: [table], region: "us-east-1", ...(dir ? { dataDir: dir } : {}) });
+      started.push(next);
+      return next;
+    };
+    const read = (d: LocalDynamoDB) => d.client.send(new GetCommand({ TableName: table.name, Key: { connectionId: "kept" } }));
     try {
-      const first = await startDynamoDB({ tables: [table], region: "us-east-1", dataDir });
+      const first = await start(dataDir);
       await first.client.send(new PutCommand({ TableName: table.name, Item: { connectionId: "kept", room: "r", expiresAt: 9_999_999_999 } }));
       await first.close();
-      const second = await startDynamoDB({ tables: [table], region: "us-east-1", dataDir });
-      const { Item } = await second.client.send(new GetCommand({ TableName: table.name, Key: { connectionId: "kept" } }));
-      await second.close();
-      assert.equal(Item?.room, "r");
-      const inMemory = await startDynamoDB({ tables: [table], region: "us-east-1" });
-      const none = await inMemory.client.send(new GetCommand({ TableName: table.name, Key: { connectionId: "kept" } }));
-      await inMemory.close();
-      assert.equal(none.Item, undefined);
+      assert.equal((await read(await start(dataDir))).Item?.room, "r");
+      assert.equal((await read(await start())).Item, undefined);
     } finally {
+      await Promise.all(started.map((d) => d.close().catch(() => undefined)));
       fs.rmSync(dataDir, { recursive: true, force: true });
     }
   });

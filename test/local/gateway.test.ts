@@ -34,7 +34,7 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
   let behaviour: Record<string, Behaviour>;
   const clients: Client[] = [];
 
-  async function start(routeKeys: string[], extra: { idleTimeoutMs?: number; maxDurationMs?: number; twoWay?: string[] } = {}) {
+  async function start(routeKeys: string[], extra: { idleTimeoutMs?: number; maxDurationMs?: number; twoWay?: string[]; authorizer?: string[] } = {}) {
     server = createServer();
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
     const port = (server.address() as AddressInfo).port;
@@ -42,6 +42,18 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
       routeKey,
       functionName: `fn-${routeKey}`,
       twoWay: extra.twoWay?.includes(routeKey) ?? false,
+      ...(routeKey === "$connect" && extra.authorizer
+        ? {
+            authorizer: {
+              functionName: "fn-authorizer",
+              identitySources: extra.authorizer,
+              invoke: async (event: unknown) => {
+                events.push({ ...(event as Event), requestContext: { ...(event as Event).requestContext, routeKey: "authorizer" } });
+                return (behaviour.authorizer ?? (() => ok()))(event as Event);
+              },
+            },
+          }
+        : {}),
       invoke: async (event) => {
         events.push(event as Event);
         return (behaviour[routeKey] ?? (() => ok()))(event as Event);
@@ -49,6 +61,7 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
     }));
     gateway = createGateway(server, {
       api: { apiId: "a1b2c3d4e5", stage: "dev", domainName: `127.0.0.1:${port}` },
+      methodArnPrefix: "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/dev",
       routeSelectionExpression: "$request.body.action",
       routes,
       idleTimeoutMs: extra.idleTimeoutMs,
@@ -349,6 +362,56 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
       assert.equal((err as Error).name, "BadRequestException");
       assert.equal((err as { $metadata: { httpStatusCode: number } }).$metadata.httpStatusCode, 400);
       assert.equal(classifyFailure(err), "rejected");
+    });
+  });
+
+  describe("a $connect REQUEST authorizer", () => {
+    const METHOD_ARN = "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/dev/$connect";
+    const verdict = (effect: "Allow" | "Deny", resource = METHOD_ARN, context: Record<string, unknown> = {}): InvokeOutcome => ({
+      result: { principalId: "alice", policyDocument: { Version: "2012-10-17", Statement: [{ Action: "execute-api:Invoke", Effect: effect, Resource: resource }] }, context },
+      durationMs: 1,
+      coldStart: false,
+    });
+    beforeEach(() => start(["$connect", "$disconnect", "$default"], { authorizer: ["route.request.querystring.token"] }));
+
+    it("answers 401 without running anything when the identity source is missing", async () => {
+      await assert.rejects(connect(), { status: 401 });
+      await assert.rejects(connect({ token: "" }), { status: 401 });
+      assert.deepEqual(events, []);
+    });
+
+    it("gets the $connect event plus type REQUEST and methodArn", async () => {
+      behaviour.authorizer = () => verdict("Allow");
+      await connect({ token: "t-1", room: "ops" });
+      const e = await waitForEvent("authorizer");
+      assert.equal(e.type, "REQUEST");
+      assert.equal(e.methodArn, METHOD_ARN);
+      assert.deepEqual(e.queryStringParameters, { token: "t-1", room: "ops" });
+      assert.equal(e.requestContext.eventType, "CONNECT");
+    });
+
+    it("answers 401 when the authorizer throws Unauthorized, 403 on Deny or a policy for another resource, 500 on other failures", async () => {
+      behaviour.authorizer = () => ({ error: { errorType: "Error", errorMessage: "Unauthorized" }, durationMs: 1, coldStart: false });
+      await assert.rejects(connect({ token: "x" }), { status: 401 });
+      behaviour.authorizer = () => verdict("Deny");
+      await assert.rejects(connect({ token: "x" }), { status: 403 });
+      behaviour.authorizer = () => verdict("Allow", "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/prod/$connect");
+      await assert.rejects(connect({ token: "x" }), { status: 403 });
+      behaviour.authorizer = () => ({ error: { errorType: "TypeError", errorMessage: "boom" }, durationMs: 1, coldStart: false });
+      await assert.rejects(connect({ token: "x" }), { status: 500 });
+      assert.equal(eventsFor("$connect").length, 0, "$connect never ran");
+    });
+
+    it("accepts a wildcard Allow, and passes {principalId, ...context} (as strings) to every later event", async () => {
+      behaviour.authorizer = () => verdict("Allow", "arn:aws:execute-api:us-east-1:123456789012:a1b2c3d4e5/*", { name: "alice", level: 3 });
+      const c = await connect({ token: "x" });
+      c.sendText("hello");
+      await waitForEvent("$default");
+      await c.close();
+      await waitForEvent("$disconnect");
+      for (const routeKey of ["$connect", "$default", "$disconnect"]) {
+        assert.deepEqual(eventsFor(routeKey)[0].requestContext.authorizer, { principalId: "alice", name: "alice", level: "3" }, routeKey);
+      }
     });
   });
 });
