@@ -5,13 +5,13 @@
  * messages. With `since` = the last cursor a client has, it gets exactly what it missed.
  */
 import { deliver } from "./shared/broadcaster";
-import { connectionsStoreFromEnv, createDocumentClient } from "./shared/connections";
-import { ENV, RANGES, requireEnv, requireIntEnv } from "./shared/env";
+import { connectionsStoreFromEnv } from "./shared/connections";
+import { ENV, requireEnv } from "./shared/env";
 import { ClientErrorCode, describeError, isChatError } from "./shared/errors";
 import type { WebSocketEvent, WebSocketHandler } from "./shared/events";
 import { log } from "./shared/log";
 import { createManagement, createManagementClient } from "./shared/management";
-import { createMessageStore, CURSOR_PATTERN } from "./shared/messages";
+import { CURSOR_PATTERN, messageStoreFromEnv } from "./shared/messages";
 import { errorFrame, historyEndFrame, MessageFrame, parseBody, validateHistoryRequest } from "./shared/protocol";
 
 /** History posts only to its caller, in order: one socket. */
@@ -19,11 +19,7 @@ const HISTORY_SOCKETS = 1;
 
 export function historyHandlerFactory(): WebSocketHandler<WebSocketEvent> {
   const store = connectionsStoreFromEnv();
-  const messages = createMessageStore(
-    createDocumentClient(),
-    requireEnv(ENV.messagesTable),
-    requireIntEnv(ENV.historyRetentionDays, RANGES.historyRetentionDays.min, RANGES.historyRetentionDays.max),
-  );
+  const messages = messageStoreFromEnv();
   const management = createManagement(createManagementClient(requireEnv(ENV.managementEndpoint), HISTORY_SOCKETS));
 
   return async (event, context) => {

@@ -9,13 +9,13 @@
  */
 import { randomUUID } from "crypto";
 import { broadcast, deliver, FanoutStats } from "./shared/broadcaster";
-import { connectionsStoreFromEnv, createDocumentClient, RateLimit } from "./shared/connections";
+import { connectionsStoreFromEnv, RateLimit } from "./shared/connections";
 import { ENV, RANGES, requireEnv, requireIntEnv } from "./shared/env";
 import { ClientErrorCode, describeError, isChatError } from "./shared/errors";
 import type { WebSocketEvent, WebSocketHandler, WebSocketResult } from "./shared/events";
 import { log } from "./shared/log";
 import { createManagement, createManagementClient } from "./shared/management";
-import { createMessageStore } from "./shared/messages";
+import { messageStoreFromEnv } from "./shared/messages";
 import { ackFrame, errorFrame, MAX_FRAME_BYTES, MessageFrame, parseBody, utf8Bytes, validateClientId, validateMessage } from "./shared/protocol";
 
 export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
@@ -26,11 +26,7 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
     windowSeconds: requireIntEnv(ENV.rateLimitWindowSeconds, RANGES.rateLimitWindowSeconds.min, RANGES.rateLimitWindowSeconds.max),
   };
   const store = connectionsStoreFromEnv();
-  const history = createMessageStore(
-    createDocumentClient(),
-    requireEnv(ENV.messagesTable),
-    requireIntEnv(ENV.historyRetentionDays, RANGES.historyRetentionDays.min, RANGES.historyRetentionDays.max),
-  );
+  const history = messageStoreFromEnv();
   const management = createManagement(createManagementClient(requireEnv(ENV.managementEndpoint), concurrency));
 
   return async (event, context) => {

@@ -15,6 +15,8 @@
  */
 import { TransactionCanceledException } from "@aws-sdk/client-dynamodb";
 import { DynamoDBDocumentClient, GetCommand, QueryCommand, TransactWriteCommand } from "@aws-sdk/lib-dynamodb";
+import { createDocumentClient } from "./connections";
+import { ENV, RANGES, requireEnv, requireIntEnv } from "./env";
 import { chatError } from "./errors";
 
 export const CURSOR_DIGITS = 16;
@@ -161,4 +163,13 @@ export function createMessageStore(doc: DynamoDBDocumentClient, tableName: strin
       return { messages, cursor: messages.at(-1)?.cursor ?? since ?? null, more: items.length > limit };
     },
   };
+}
+
+/** The message store as configured by the program's environment variables. */
+export function messageStoreFromEnv(env: NodeJS.ProcessEnv = process.env): MessageStore {
+  return createMessageStore(
+    createDocumentClient(),
+    requireEnv(ENV.messagesTable, env),
+    requireIntEnv(ENV.historyRetentionDays, RANGES.historyRetentionDays.min, RANGES.historyRetentionDays.max, env),
+  );
 }
