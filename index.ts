@@ -14,6 +14,7 @@ import { historyHandlerFactory } from "./handlers/history";
 import { sendMessageHandlerFactory } from "./handlers/sendmessage";
 import { ENV } from "./handlers/shared/env";
 import { chatFunction, ChatFunction } from "./infra/function";
+import { chatSite } from "./infra/site";
 import { loadStackSettings } from "./stacks";
 
 const settings = loadStackSettings();
@@ -300,12 +301,18 @@ if (settings.alarmsEnabled) {
   }
 }
 
+const wsUrl = pulumi.interpolate`${api.apiEndpoint}/${chatStage.name}`;
+
+// The chat page (optional): a private bucket behind CloudFront, pointed at this stack's URL.
+const webUrl = settings.webEnabled ? chatSite("web", { url: wsUrl, authEnabled: settings.authEnabled }) : undefined;
+
 // Stack outputs, under the names `pulumi stack output`, the local stack and the e2e tests share.
-export const url = pulumi.interpolate`${api.apiEndpoint}/${chatStage.name}`;
+export const url = wsUrl;
 export const connectionsUrl = pulumi.interpolate`${managementEndpoint}/@connections`;
 export const tableName = connections.name;
 export const messagesTableName = messages.name;
 export const stage = chatStage.name;
 export const authEnabled = settings.authEnabled;
 export const alarmTopicArn = alarmTopic?.arn;
+export { webUrl };
 export { region };

@@ -71,7 +71,8 @@ async function main() {
   console.log(`\nCurrent stack outputs (${outputs.length}):`);
   console.log(`    ${"OUTPUT".padEnd(width)}  VALUE`);
   for (const [key, value] of outputs) console.log(`    ${key.padEnd(width)}  ${typeof value === "string" ? value : JSON.stringify(value)}`);
-  console.log(`\nOutputs written to ${stack.outputsFile}`);
+  console.log(`\nChat page: ${stack.pageUrl}`);
+  console.log(`Outputs written to ${stack.outputsFile}`);
   console.log(`DynamoDB: ${stack.dynamodb.endpoint} (${values["data-dir"] ? `data in ${values["data-dir"]}` : "in memory"})`);
   if (stack.authEnabled) {
     console.log(`\nAuth is on: connecting needs a token signed with the key in ${stack.tokenKeyFile}.`);

@@ -144,6 +144,10 @@ function mockedOutputs(type: string, name: string, inputs: Record<string, any>, 
     }
     case "aws:iam/role:Role":
       return { name: physical, arn: `arn:aws:iam::${FAKE_ACCOUNT_ID}:role/${physical}` };
+    case "aws:s3/bucket:Bucket":
+      return { bucket: physical, arn: `arn:aws:s3:::${physical}`, bucketRegionalDomainName: `${physical}.s3.${region}.amazonaws.com` };
+    case "aws:cloudfront/distribution:Distribution":
+      return { arn: `arn:aws:cloudfront::${FAKE_ACCOUNT_ID}:distribution/${id}`, domainName: `${id.toLowerCase()}.cloudfront.net` };
     case "aws:sns/topic:Topic":
       return { name: physical, arn: `${arnPrefix("sns")}:${physical}` };
     case "aws:cloudwatch/logGroup:LogGroup":
@@ -161,6 +165,8 @@ function idFor(type: string, name: string): string {
     case "aws:apigatewayv2/route:Route":
     case "aws:apigatewayv2/deployment:Deployment":
       return fakeId(`${type}/${name}`, 7);
+    case "aws:cloudfront/distribution:Distribution":
+      return `E${fakeId(`${type}/${name}`, 13).toUpperCase()}`;
     default:
       return `${name}-id`;
   }

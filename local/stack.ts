@@ -14,6 +14,7 @@ import { answerPlainRequest, createGateway, Gateway, RouteTarget } from "./gatew
 import { createLambdaRuntime, FunctionSpec, LambdaRuntime } from "./lambda";
 import { arnMatches } from "./iam";
 import { handleManagementRequest } from "./management";
+import { servePage } from "./web";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, readProjectFile, RecordedResource } from "./program";
 import { randomBytes } from "crypto";
 
@@ -52,6 +53,8 @@ export interface LocalStack {
   tokenKeyFile: string;
   /** Whether $connect is behind an authorizer. */
   authEnabled: boolean;
+  /** The chat page, served by this stack. */
+  pageUrl: string;
   outputs: StackOutputs;
   outputsFile: string;
   program: LoadedProgram;
@@ -215,11 +218,15 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       log,
     });
     cleanups.unshift(() => gateway.close());
+    const outputs = program.outputs as StackOutputs;
+    const authEnabled = routes.some((r) => r.authorizer);
+    const pageUrl = `http://${host}:${port}/`;
     server.on("request", (req, res) => {
-      if (!handleManagementRequest({ stage, gateway, latencyMs: options.managementLatencyMs, log }, req, res)) answerPlainRequest(stage, req, res);
+      if (handleManagementRequest({ stage, gateway, latencyMs: options.managementLatencyMs, log }, req, res)) return;
+      if (servePage({ url: outputs.url, authEnabled }, req, res)) return;
+      answerPlainRequest(stage, req, res);
     });
 
-    const outputs = program.outputs as StackOutputs;
     const outputsFile = options.outputsFile ?? path.join(stateDir, "outputs.json");
     fs.mkdirSync(path.dirname(outputsFile), { recursive: true });
     fs.writeFileSync(outputsFile, JSON.stringify(outputs, null, 2) + "\n");
@@ -229,7 +236,8 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       port,
       tokenKey,
       tokenKeyFile,
-      authEnabled: routes.some((r) => r.authorizer),
+      authEnabled,
+      pageUrl,
       outputs,
       outputsFile,
       program,

@@ -90,6 +90,10 @@ export const SETTINGS_SCHEMA = {
     type: "boolean",
     description: "X-Ray active tracing on every function.",
   },
+  webEnabled: {
+    type: "boolean",
+    description: "Publish the chat page: a private S3 bucket behind CloudFront (origin access control); its address is the webUrl output.",
+  },
   manageApiGatewayAccount: {
     type: "boolean",
     description: "Create the account-level CloudWatch role that API Gateway logging requires. Set false where the account already has one.",

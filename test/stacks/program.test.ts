@@ -268,6 +268,50 @@ for (const stack of ["dev", "prod"] as const) {
       }
     });
 
+    it(prod ? "publishes the page from a private bucket that only its CloudFront distribution can read" : "must not publish the page in dev", () => {
+      const buckets = byType(program, "aws:s3/bucket:Bucket");
+      if (!prod) {
+        assert.deepEqual([buckets, byType(program, "aws:cloudfront/distribution:Distribution")], [[], []]);
+        return;
+      }
+      const [bucket] = buckets;
+      assert.equal(bucket.inputs.acl, undefined, "no ACL");
+      assert.deepEqual(
+        { ...one(program, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs, bucket: undefined },
+        { bucket: undefined, blockPublicAcls: true, blockPublicPolicy: true, ignorePublicAcls: true, restrictPublicBuckets: true },
+      );
+      assert.deepEqual(one(program, "aws:s3/bucketOwnershipControls:BucketOwnershipControls").inputs.rule, { objectOwnership: "BucketOwnerEnforced" });
+      for (const acl of byType(program, "aws:s3/bucketAclV2:BucketAclV2")) assert.fail(`unexpected ACL ${acl.name}`);
+      const objects = byType(program, "aws:s3/bucketObjectv2:BucketObjectv2");
+      assert.deepEqual(objects.map((o) => o.inputs.key).sort(), ["chat.css", "chat.js", "config.json", "index.html"]);
+      for (const o of objects) {
+        assert.equal(o.inputs.bucket, bucket.id);
+        assert.equal(o.inputs.acl, undefined, `${o.inputs.key}: no ACL`);
+      }
+      const config = objects.find((o) => o.inputs.key === "config.json")!;
+      assert.deepEqual(JSON.parse(config.inputs.content), { url: program.outputs.url, authEnabled: true });
+
+      const oac = one(program, "aws:cloudfront/originAccessControl:OriginAccessControl");
+      assert.deepEqual([oac.inputs.originAccessControlOriginType, oac.inputs.signingBehavior, oac.inputs.signingProtocol], ["s3", "always", "sigv4"]);
+      const cdn = one(program, "aws:cloudfront/distribution:Distribution");
+      assert.deepEqual(cdn.inputs.origins, [{ originId: "page", domainName: bucket.state.bucketRegionalDomainName, originAccessControlId: oac.id }]);
+      assert.equal(cdn.inputs.defaultCacheBehavior.viewerProtocolPolicy, "redirect-to-https");
+      assert.deepEqual(cdn.inputs.defaultCacheBehavior.allowedMethods, ["GET", "HEAD"]);
+      assert.equal(cdn.inputs.defaultRootObject, "index.html");
+
+      const policy = JSON.parse(one(program, "aws:s3/bucketPolicy:BucketPolicy").inputs.policy);
+      assert.deepEqual(policy.Statement, [
+        {
+          Sid: "CloudFrontReadsPage",
+          Effect: "Allow",
+          Principal: { Service: "cloudfront.amazonaws.com" },
+          Action: "s3:GetObject",
+          Resource: `${bucket.state.arn}/*`,
+          Condition: { StringEquals: { "AWS:SourceArn": cdn.state.arn } },
+        },
+      ]);
+    });
+
     describe("function archives", () => {
       it("are __index.js alone: no node_modules packed, the runtime's AWS SDK is used", () => {
         assert.equal(program.archives.size, functionNames().length);
@@ -318,6 +362,7 @@ for (const stack of ["dev", "prod"] as const) {
         region: program.region,
       };
       if (prod) expected.alarmTopicArn = one(program, "aws:sns/topic:Topic").state.arn;
+      if (prod) expected.webUrl = `https://${one(program, "aws:cloudfront/distribution:Distribution").state.domainName}/`;
       assert.deepEqual(program.outputs, expected);
       assert.equal(program.region, program.config["aws:region"]);
       assert.ok(FAKE_ACCOUNT_ID);

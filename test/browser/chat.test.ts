@@ -1,0 +1,109 @@
+/**
+ * The chat page in real headless Chromium (Debian's, driven by playwright-core), against a local
+ * stack: two pages in one room and one in another. Saves docs/screenshot.png for the README.
+ */
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { Browser, chromium, Page } from "playwright-core";
+import { E2EStack, localStack, PROJECT_DIR } from "../e2e/stack";
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+// The flags these machines need (../shared/docs/chromium.md): no sandbox as root, no GPU, and no
+// background networking, which would flood the closed network with refused connections.
+const FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+
+describe("the chat page in Chromium", function () {
+  this.timeout(120_000);
+  let stack: E2EStack;
+  let browser: Browser;
+  let pageUrl: string;
+  const room = `lobby-${Date.now()}`;
+
+  before(async function () {
+    assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)`);
+    stack = await localStack();
+    pageUrl = /Chat page: (\S+)/.exec(stack.logs())![1];
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true });
+  });
+  after(async () => {
+    await browser?.close();
+    await stack?.stop();
+  });
+
+  async function join(name: string, roomName: string, query = ""): Promise<Page> {
+    const page = await browser.newPage({ viewport: { width: 900, height: 640 } });
+    await page.goto(`${pageUrl}?reconnectMs=2500${query}`);
+    await page.getByLabel("Name", { exact: true }).fill(name);
+    await page.getByLabel("Room", { exact: true }).fill(roomName);
+    await page.getByLabel("Room", { exact: true }).press("Enter"); // keyboard only
+    await page.getByRole("status").filter({ hasText: `Connected to #${roomName}` }).waitFor();
+    return page;
+  }
+
+  async function say(page: Page, text: string) {
+    await page.getByLabel("Message", { exact: true }).fill(text);
+    await page.getByLabel("Message", { exact: true }).press("Enter");
+  }
+
+  const lines = (page: Page) => page.locator("#messages li:not(.system) .text").allTextContents();
+
+  it("shows messages only in their room, with who sent them", async () => {
+    const ann = await join("ann", room);
+    const bo = await join("bo", room);
+    const cy = await join("cy", `elsewhere-${Date.now()}`);
+    await say(ann, "hello from ann");
+    await bo.locator("#messages li", { hasText: "hello from ann" }).waitFor();
+    assert.equal(await bo.locator("#messages li", { hasText: "hello from ann" }).locator(".from").textContent(), "ann");
+    await say(cy, "only for the other room");
+    await ann.locator("#messages li", { hasText: "hello from ann" }).and(ann.locator(":not(.pending)")).waitFor(); // acknowledged
+    await bo.waitForTimeout(500);
+    assert.deepEqual(await lines(bo), ["hello from ann"]);
+    assert.deepEqual(await lines(cy), ["only for the other room"]);
+    await cy.close();
+  });
+
+  it("tells a page that lost its connection, reconnects, and shows exactly what it missed", async () => {
+    const ann = await join("ann2", room);
+    const bo = await join("bo2", room);
+    await say(ann, "before the drop");
+    await bo.locator("#messages li", { hasText: "before the drop" }).waitFor();
+    await bo.evaluate(() => (globalThis as unknown as { chat: { socket: { close(code: number, reason: string): void } } }).chat.socket.close(4000, "network lost"));
+    await bo.getByRole("status").filter({ hasText: "Disconnected. Reconnecting" }).waitFor();
+    await say(ann, "missed one");
+    await say(ann, "missed two");
+    await ann.locator("#messages li.mine:not(.pending)", { hasText: "missed two" }).waitFor(); // stored
+    await bo.getByRole("status").filter({ hasText: "Connected to" }).waitFor();
+    await bo.locator("#messages li[data-replayed]", { hasText: "missed two" }).waitFor();
+    const shown = await lines(bo);
+    for (const text of ["before the drop", "missed one", "missed two"]) assert.equal(shown.filter((t) => t === text).length, 1, text);
+    assert.ok(shown.indexOf("missed one") < shown.indexOf("missed two"), "in order");
+    assert.equal(await bo.locator("#messages li[data-replayed]", { hasText: "missed one" }).count(), 1, "came from history");
+
+    await bo.screenshot({ path: path.join(PROJECT_DIR, "docs", "screenshot.png") });
+  });
+
+  it("shows a too-long message's error inline, and marks the message not sent", async () => {
+    const ann = await join("ann3", room);
+    await say(ann, "x".repeat(40_000));
+    await ann.getByRole("alert").filter({ hasText: "That message is too long." }).waitFor();
+    await ann.locator("#messages li.failed").waitFor();
+  });
+
+  it("asks for a token on a stack with auth on, and explains a refused one", async () => {
+    const prod = await localStack([], "prod");
+    try {
+      const page = await browser.newPage();
+      const url = /Chat page: (\S+)/.exec(prod.logs())![1];
+      await page.goto(`${url}?token=not-a-valid-token`);
+      await page.getByLabel("Token", { exact: true }).waitFor();
+      await page.getByLabel("Room", { exact: true }).press("Enter");
+      await page.getByRole("alert").filter({ hasText: "the token is missing, expired, or not valid" }).waitFor();
+      await page.getByLabel("Token", { exact: true }).fill(prod.token({ name: "dana" }));
+      await page.getByLabel("Room", { exact: true }).press("Enter");
+      await page.getByRole("status").filter({ hasText: "Connected to #general" }).waitFor();
+    } finally {
+      await prod.stop();
+    }
+  });
+});
