@@ -137,8 +137,9 @@ const defaultRoute = chatFunction(`${project}-default`, {
 // With auth on, a REQUEST authorizer checks the signed ?token= before $connect runs. The key is a
 // secret Output: it reaches the function as an environment variable, never in its code.
 let connectAuthorizer: aws.apigatewayv2.Authorizer | undefined;
+let authorizerFn: ChatFunction | undefined;
 if (settings.authEnabled && settings.tokenKey) {
-  const authorizerFn = chatFunction(`${project}-authorizer`, {
+  authorizerFn = chatFunction(`${project}-authorizer`, {
     factory: authorizerHandlerFactory,
     settings,
     environment: { [ENV.tokenKey]: settings.tokenKey },
@@ -286,11 +287,11 @@ if (settings.alarmsEnabled) {
       alarmActions: actions,
       okActions: actions,
     });
-  const functions: Record<string, ChatFunction> = { ...routeTargets };
+  const functions: Record<string, ChatFunction> = { ...routeTargets, ...(authorizerFn ? { authorizer: authorizerFn } : {}) };
   for (const [routeKey, { fn }] of Object.entries(functions)) {
     const id = routeKey.replace(/^\$/, "");
-    alarm(`${id}-errors`, "AWS/Lambda", "Errors", { FunctionName: fn.name }, `${routeKey} handler failed`);
-    alarm(`${id}-throttles`, "AWS/Lambda", "Throttles", { FunctionName: fn.name }, `${routeKey} handler was throttled`);
+    alarm(`${id}-errors`, "AWS/Lambda", "Errors", { FunctionName: fn.name }, `${routeKey} function failed`);
+    alarm(`${id}-throttles`, "AWS/Lambda", "Throttles", { FunctionName: fn.name }, `${routeKey} function was throttled`);
   }
   const stageDimensions = { ApiId: api.id, Stage: chatStage.name };
   alarm("api-integration-errors", "AWS/ApiGateway", "IntegrationError", stageDimensions, "integrations answered 4xx/5xx");

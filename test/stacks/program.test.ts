@@ -243,7 +243,7 @@ for (const stack of ["dev", "prod"] as const) {
       });
     });
 
-    it(prod ? "alarms on every function's errors and throttles, API errors and DynamoDB throttling, to an SNS topic" : "must not create alarms or a topic in dev", () => {
+    it(prod ? "alarms on every function's errors and throttles (the authorizer's too), API errors and DynamoDB throttling, to an SNS topic" : "must not create alarms or a topic in dev", () => {
       const alarms = byType(program, "aws:cloudwatch/metricAlarm:MetricAlarm");
       const topics = byType(program, "aws:sns/topic:Topic");
       if (!prod) {
@@ -253,7 +253,7 @@ for (const stack of ["dev", "prod"] as const) {
       assert.equal(topics.length, 1);
       const metric = (a: RecordedResource) => `${a.inputs.namespace} ${a.inputs.metricName} ${JSON.stringify(a.inputs.dimensions)}`;
       const expected = [
-        ...Object.values(ROUTE_FUNCTIONS).flatMap((f) => ["Errors", "Throttles"].map((m) => `AWS/Lambda ${m} ${JSON.stringify({ FunctionName: fn(f).state.name })}`)),
+        ...functionNames().flatMap((f) => ["Errors", "Throttles"].map((m) => `AWS/Lambda ${m} ${JSON.stringify({ FunctionName: fn(f).state.name })}`)),
         ...["IntegrationError", "ExecutionError"].map((m) => `AWS/ApiGateway ${m} ${JSON.stringify({ ApiId: api().id, Stage: "prod" })}`),
         ...["connections", "messages"].flatMap((t) =>
           ["ReadThrottleEvents", "WriteThrottleEvents"].map((m) => `AWS/DynamoDB ${m} ${JSON.stringify({ TableName: one(program, "aws:dynamodb/table:Table", t).state.name })}`),
