@@ -3,6 +3,7 @@
  * `loadProgram` calls setMocks (and setAllConfig) before it imports index.ts.
  */
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, RecordedResource } from "../../local/program";
@@ -99,9 +100,25 @@ for (const stack of ["dev", "prod"] as const) {
       assert.match(JSON.parse(s.inputs.accessLogSettings.format).connectionId, /\$context\.connectionId/);
     });
 
-    it("redeploys when routes change: the deployment's trigger hashes every route and integration", () => {
+    it("redeploys when routes change: the deployment's trigger hashes every route, its authorizer and its integration", () => {
       const d = one(program, "aws:apigatewayv2/deployment:Deployment");
-      assert.match(d.inputs.triggers.redeployment, /^[0-9a-f]{64}$/);
+      const integrations = byType(program, "aws:apigatewayv2/integration:Integration");
+      const order = Object.keys(ROUTE_FUNCTIONS); // the program's order
+      const routes = byType(program, "aws:apigatewayv2/route:Route")
+        .sort((a, b) => order.indexOf(a.inputs.routeKey) - order.indexOf(b.inputs.routeKey))
+        .map((r) => [
+        r.inputs.routeKey,
+        r.inputs.target,
+        r.inputs.authorizationType,
+        r.inputs.authorizerId,
+        integrations.find((i) => r.inputs.target === `integrations/${i.id}`)!.inputs.integrationUri,
+      ]);
+      assert.equal(routes.length, 5);
+      const hash = (value: unknown) => createHash("sha256").update(JSON.stringify(value)).digest("hex");
+      assert.equal(d.inputs.triggers.redeployment, hash(routes));
+      // Any change to a route's target changes the trigger.
+      const changed = routes.map((r, i) => (i === 0 ? [r[0], "integrations/other", ...r.slice(2)] : r));
+      assert.notEqual(hash(changed), d.inputs.triggers.redeployment);
     });
 
     it("keys the connections table by connectionId, with a room index, TTL on expiresAt and on-demand billing", () => {
