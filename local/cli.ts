@@ -3,6 +3,7 @@
  * Prints the stack outputs as `pulumi stack output` names them, and a line to try it with wscat.
  */
 import { parseArgs } from "util";
+import { parseFaults } from "./management";
 import { ProgramError } from "./program";
 import { startLocalStack, StartupError } from "./stack";
 
@@ -13,6 +14,8 @@ const USAGE = `usage: npm start -- [options]
   --idle-timeout <s>        close idle connections after <s> seconds (default 600, as AWS)
   --max-duration <s>        close every connection after <s> seconds (default 7200, as AWS)
   --management-latency <ms> delay every @connections answer by <ms> (default 0)
+  --management-faults 429=<share>,500=<share>
+                            answer that share of @connections calls 429 or 500 (fault injection)
   --max-instances <n>       instances per function at most (default 10)
   --lose-abnormal-disconnects
                             skip $disconnect when a client vanishes without a close frame
@@ -26,6 +29,14 @@ function positiveInt(name: string, raw: string | undefined, fallback: number | u
   return value;
 }
 
+function faults(text: string) {
+  try {
+    return parseFaults(text);
+  } catch (err) {
+    throw new StartupError((err as Error).message);
+  }
+}
+
 async function main() {
   // This machine runs Node 20; the SDK's notice about Node 22 is noise here (Lambda runs nodejs22.x).
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= "true";
@@ -37,6 +48,7 @@ async function main() {
       "idle-timeout": { type: "string" },
       "max-duration": { type: "string" },
       "management-latency": { type: "string" },
+      "management-faults": { type: "string" },
       "max-instances": { type: "string" },
       "lose-abnormal-disconnects": { type: "boolean", default: false },
       outputs: { type: "string" },
@@ -61,6 +73,7 @@ async function main() {
     idleTimeoutMs: idle && idle * 1000,
     maxDurationMs: max && max * 1000,
     managementLatencyMs: positiveInt("management-latency", values["management-latency"], undefined, 0),
+    managementFaults: values["management-faults"] === undefined ? undefined : faults(values["management-faults"]),
     maxInstances: positiveInt("max-instances", values["max-instances"], undefined),
     loseAbnormalDisconnects: values["lose-abnormal-disconnects"],
     outputsFile: values.outputs,

@@ -12,7 +12,30 @@ export interface ManagementOptions {
   gateway: Gateway;
   /** Added before every answer, standing in for the network between Lambda and API Gateway. */
   latencyMs?: number;
+  /** Fault injection: the share of calls answered 429 (LimitExceededException) and 500 instead. */
+  faults?: ManagementFaults;
   log?: (line: string) => void;
+}
+
+export interface ManagementFaults {
+  throttled: number;
+  failed: number;
+}
+
+/** Parses `429=0.2,500=0.1` (shares from 0 to 1, summing to at most 1). */
+export function parseFaults(text: string): ManagementFaults {
+  const faults: ManagementFaults = { throttled: 0, failed: 0 };
+  for (const part of text.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const [status, share] = part.split("=");
+    const value = Number(share);
+    if (!["429", "500"].includes(status) || !(value >= 0 && value <= 1)) {
+      throw new Error(`--management-faults takes 429=<share>,500=<share> with shares from 0 to 1; got "${part}"`);
+    }
+    if (status === "429") faults.throttled = value;
+    else faults.failed = value;
+  }
+  if (faults.throttled + faults.failed > 1) throw new Error("--management-faults shares add up to more than 1");
+  return faults;
 }
 
 const CONNECTION_ID = /^[A-Za-z0-9_=-]{1,128}$/;
@@ -45,6 +68,16 @@ function error(res: ServerResponse, status: number, type: string, message: strin
 }
 
 function respond(options: ManagementOptions, method: string, connectionId: string, body: Buffer, size: number, res: ServerResponse) {
+  if (options.faults) {
+    const roll = Math.random();
+    const injected = roll < options.faults.throttled ? 429 : roll < options.faults.throttled + options.faults.failed ? 500 : undefined;
+    if (injected) {
+      options.log?.(`[management] ${method} ${connectionId} answered ${injected} (injected fault)`);
+      return injected === 429
+        ? error(res, 429, "LimitExceededException", "Rate exceeded (injected)")
+        : error(res, 500, "InternalServerErrorException", "Internal failure (injected)");
+    }
+  }
   if (!CONNECTION_ID.test(connectionId)) return error(res, 400, "BadRequestException", "Invalid connectionId");
   const conn = options.gateway.connections.get(connectionId);
   if (!conn || conn.state !== "open") return error(res, 410, "GoneException", "");

@@ -13,7 +13,7 @@ import { LocalDynamoDB, startDynamoDB, tableSpec } from "./dynamodb";
 import { answerPlainRequest, createGateway, Gateway, RouteTarget } from "./gateway";
 import { createLambdaRuntime, FunctionSpec, LambdaRuntime } from "./lambda";
 import { arnMatches } from "./iam";
-import { handleManagementRequest } from "./management";
+import { handleManagementRequest, ManagementFaults } from "./management";
 import { servePage } from "./web";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, readProjectFile, RecordedResource } from "./program";
 import { randomBytes } from "crypto";
@@ -28,6 +28,7 @@ export interface LocalStackOptions {
   maxDurationMs?: number;
   loseAbnormalDisconnects?: boolean;
   managementLatencyMs?: number;
+  managementFaults?: ManagementFaults;
   maxInstances?: number;
   /** Where the outputs JSON goes; default .local/<stack>/outputs.json. */
   outputsFile?: string;
@@ -222,7 +223,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     const authEnabled = routes.some((r) => r.authorizer);
     const pageUrl = `http://${host}:${port}/`;
     server.on("request", (req, res) => {
-      if (handleManagementRequest({ stage, gateway, latencyMs: options.managementLatencyMs, log }, req, res)) return;
+      if (handleManagementRequest({ stage, gateway, latencyMs: options.managementLatencyMs, faults: options.managementFaults, log }, req, res)) return;
       if (servePage({ url: outputs.url, authEnabled }, req, res)) return;
       answerPlainRequest(stage, req, res);
     });
