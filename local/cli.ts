@@ -4,7 +4,7 @@
  */
 import { parseArgs } from "util";
 import { parseFaults } from "./management";
-import { ProgramError } from "./program";
+import { ProgramError, readProjectFile } from "./program";
 import { startLocalStack, StartupError } from "./stack";
 
 const USAGE = `usage: npm start -- [options]
@@ -20,6 +20,7 @@ const USAGE = `usage: npm start -- [options]
   --lose-abnormal-disconnects
                             skip $disconnect when a client vanishes without a close frame
   --outputs <file>          where to write the outputs JSON (default .local/<stack>/outputs.json)
+  --config <key>=<value>    override one of the stack's settings (repeatable), e.g. --config lambdaTimeoutSeconds=2
   -h, --help                this text`;
 
 function positiveInt(name: string, raw: string | undefined, fallback: number | undefined, min = 1): number | undefined {
@@ -27,6 +28,19 @@ function positiveInt(name: string, raw: string | undefined, fallback: number | u
   const value = Number(raw);
   if (!Number.isInteger(value) || value < min || value > 2 ** 31) throw new StartupError(`--${name} must be a whole number of at least ${min}; got "${raw}"`);
   return value;
+}
+
+/** `--config key=value` → `<project>:key` = value, validated by the program's own settings check. */
+function configOverrides(pairs: string[]): Record<string, string> {
+  const project = readProjectFile().name;
+  return Object.fromEntries(
+    pairs.map((pair) => {
+      const at = pair.indexOf("=");
+      if (at < 1) throw new StartupError(`--config takes <key>=<value>; got "${pair}"`);
+      const key = pair.slice(0, at);
+      return [key.includes(":") ? key : `${project}:${key}`, pair.slice(at + 1)];
+    }),
+  );
 }
 
 function faults(text: string) {
@@ -52,6 +66,7 @@ async function main() {
       "max-instances": { type: "string" },
       "lose-abnormal-disconnects": { type: "boolean", default: false },
       outputs: { type: "string" },
+      config: { type: "string", multiple: true },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -77,6 +92,7 @@ async function main() {
     maxInstances: positiveInt("max-instances", values["max-instances"], undefined),
     loseAbnormalDisconnects: values["lose-abnormal-disconnects"],
     outputsFile: values.outputs,
+    configOverrides: configOverrides(values.config ?? []),
   });
 
   const outputs = Object.entries(stack.outputs).sort(([a], [b]) => a.localeCompare(b));

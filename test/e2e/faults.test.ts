@@ -68,3 +68,69 @@ describe("hardening: @connections answering 429 and 500", function () {
     assert.ok(live >= expected * 0.97, `${live} of ${expected} delivered live`);
   });
 });
+
+describe("hardening: members and instances that die mid-broadcast", function () {
+  this.timeout(120_000);
+
+  async function catchUp(client: Client): Promise<Frame[]> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const before = client.frames.length;
+      client.send({ action: "history", limit: 100 });
+      const done = await client.waitFor(() => client.frames.slice(before).some((f) => f.includes("history-end")), 5_000).then(() => true, () => false);
+      if (done) return client.frames.slice(before).map((f) => JSON.parse(f) as Frame).filter((f) => f.type === "message");
+    }
+    throw new Error("history never completed");
+  }
+
+  it("delivers to every live member and removes the records of members killed during the fan-out", async () => {
+    // One post at a time, 40 ms each: a fan-out to 30 members takes over a second, time enough to kill some.
+    const stack = await localStack(["--lose-abnormal-disconnects", "--management-latency", "40", "--config", "fanoutConcurrency=1"]);
+    const clients: Client[] = [];
+    try {
+      const room = `killed-${Date.now()}`;
+      for (let i = 0; i < 30; i++) clients.push(await Client.open(stack.outputs.url, { room, name: `m${i}` }));
+      const ids = await Promise.all(clients.map((c) => c.connectionId()));
+      const [sender, ...members] = clients;
+      const doomed = members.filter((_, i) => i % 3 === 0);
+      const survivors = members.filter((_, i) => i % 3 !== 0);
+      sender.send({ action: "sendmessage", message: "mid-broadcast", id: "mb-1" });
+      await new Promise((r) => setTimeout(r, 250));
+      for (const c of doomed) c.kill();
+      for (const c of survivors) await c.waitFor((f) => f.includes("mid-broadcast"), 10_000);
+      const doomedIds = new Set(doomed.map((c) => ids[clients.indexOf(c)]));
+      // A second message finds the rest of the dead: every stale record is gone after it.
+      sender.send({ action: "sendmessage", message: "after", id: "mb-2" });
+      for (const c of survivors) await c.waitFor((f) => f.includes('"after"'), 10_000);
+      const left = new Set((await stack.scanConnections()).map((i) => i.connectionId as string));
+      assert.deepEqual([...doomedIds].filter((id) => left.has(id)), [], "stale records removed");
+      for (const c of survivors) assert.equal(c.frames.filter((f) => f.includes("mid-broadcast")).length, 1);
+    } finally {
+      await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
+      await stack.stop();
+    }
+  });
+
+  it("loses nothing when the sendmessage instance times out mid-fan-out: the rest comes from history", async () => {
+    // 1 s timeout, one post at a time at 100 ms: the fan-out to 20 members cannot finish.
+    const stack = await localStack(["--management-latency", "100", "--config", "fanoutConcurrency=1", "--config", "lambdaTimeoutSeconds=1"]);
+    const clients: Client[] = [];
+    try {
+      const room = `timeout-${Date.now()}`;
+      for (let i = 0; i < 21; i++) clients.push(await Client.open(stack.outputs.url, { room, name: `m${i}` }));
+      await Promise.all(clients.map((c) => c.connectionId()));
+      const [sender, ...members] = clients;
+      sender.send({ action: "sendmessage", message: "cut short", id: "to-1" });
+      await sender.waitFor((f) => f.includes("Internal server error"), 10_000); // the integration timed out
+      assert.match(stack.logs(), /sendmessage \S+ \S+ \d+ms error Sandbox\.Timedout/);
+      const liveCount = members.filter((c) => c.frames.some((f) => f.includes("cut short"))).length;
+      assert.ok(liveCount < members.length, `the timeout cut the fan-out short (${liveCount} of ${members.length} live)`);
+      for (const c of members) {
+        const history = await catchUp(c);
+        assert.deepEqual(history.map((f) => f.message), ["cut short"], "stored before the fan-out, so history has it");
+      }
+    } finally {
+      await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
+      await stack.stop();
+    }
+  });
+});
