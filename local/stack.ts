@@ -5,6 +5,7 @@
  * WebSocket gateway and management API, all on one port. Nothing about the chat is hard-coded:
  * a route or function added to index.ts is served here too.
  */
+import { randomBytes } from "crypto";
 import * as fs from "fs";
 import { createServer, Server } from "http";
 import type { AddressInfo } from "net";
@@ -14,9 +15,8 @@ import { answerPlainRequest, createGateway, Gateway, RouteTarget } from "./gatew
 import { createLambdaRuntime, FunctionSpec, LambdaRuntime } from "./lambda";
 import { arnMatches } from "./iam";
 import { handleManagementRequest, ManagementFaults } from "./management";
-import { servePage } from "./web";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, readProjectFile, RecordedResource } from "./program";
-import { randomBytes } from "crypto";
+import { servePage } from "./web";
 
 export interface LocalStackOptions {
   stack: string;
@@ -146,7 +146,9 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     });
     cleanups.unshift(() => dynamodb.close());
 
-    const functionsDir = path.join(stateDir, "functions");
+    // Per process: two local stacks of one stack (npm start beside npm test) never share archives.
+    const functionsDir = path.join(stateDir, `run-${process.pid}`, "functions");
+    cleanups.push(async () => fs.rmSync(path.dirname(functionsDir), { recursive: true, force: true }));
     const functions = of("aws:lambda/function:Function");
     const specs: FunctionSpec[] = functions.map((fn) => ({
       name: fn.state.name,
