@@ -62,6 +62,12 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
+/** ws error codes → the close status the client received. 1007 for invalid UTF-8 is RFC 6455's (?). */
+const PROTOCOL_CLOSES: Record<string, { code: number; reason: string }> = {
+  WS_ERR_UNSUPPORTED_MESSAGE_LENGTH: { code: 1009, reason: "Message too big" },
+  WS_ERR_INVALID_UTF8: { code: 1007, reason: "Invalid frame payload data" },
+};
+
 const DEFAULT_IDLE_MS = 10 * 60 * 1000;
 const DEFAULT_MAX_DURATION_MS = 2 * 60 * 60 * 1000;
 
@@ -143,7 +149,7 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
   function onOpen(conn: Connection, socket: WebSocket) {
     conn.socket = socket;
     conn.state = "open";
-    let tooLarge = false;
+    let protocolClose: { code: number; reason: string } | undefined;
     timers.set(conn.connectionId, {
       max: setTimeout(() => disconnect(conn.connectionId, 1001, "Going away"), options.maxDurationMs ?? DEFAULT_MAX_DURATION_MS), // code (?)
     });
@@ -151,8 +157,9 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
     socket.on("message", (data: Buffer, isBinary) => onMessage(conn, data, isBinary));
     socket.on("ping", () => touch(conn));
     socket.on("error", (err: Error & { code?: string }) => {
-      // ws closes an oversized message with 1009 but reports 1006 on this side; record 1009 ourselves.
-      if (err.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH") tooLarge = true;
+      // ws closes a protocol violation with its code (1009 too big, 1007 invalid UTF-8) but reports
+      // 1006 on this side; record the code the client saw ourselves.
+      protocolClose = PROTOCOL_CLOSES[err.code ?? ""] ?? protocolClose;
     });
     socket.on("close", (code, reasonBuffer) => {
       conn.state = "closed";
@@ -162,7 +169,7 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
       timers.delete(conn.connectionId);
       connections.delete(conn.connectionId);
       let status = conn.closing ?? { code, reason: reasonBuffer.toString("utf8") };
-      if (tooLarge) status = { code: 1009, reason: "Message too big" };
+      if (protocolClose) status = protocolClose;
       else if (!conn.closing && code === 1005) status = { code: 1005, reason: "Client-side close frame status not set" };
       else if (!conn.closing && code === 1006 && options.loseAbnormalDisconnects) {
         log(`[gateway] $disconnect ${conn.connectionId} lost (abnormal close, --lose-abnormal-disconnects)`);

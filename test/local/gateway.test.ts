@@ -267,6 +267,15 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
       assert.equal((await waitForEvent("$disconnect")).requestContext.disconnectStatusCode, 1009);
     });
 
+    it("closes with 1007 on invalid UTF-8, and reports 1007 to $disconnect", async () => {
+      await start(["$disconnect", "$default"]);
+      const c = await connect();
+      c.socket.send(Buffer.from([0x7b, 0xff, 0x7d]), { binary: false });
+      assert.equal((await c.closed).code, 1007);
+      assert.equal((await waitForEvent("$disconnect")).requestContext.disconnectStatusCode, 1007);
+      assert.equal(eventsFor("$default").length, 0);
+    });
+
     it("accepts a message of exactly 128 KB", async () => {
       await start(["$default"]);
       const c = await connect();
