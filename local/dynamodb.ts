@@ -75,6 +75,8 @@ export function tableSpec(resource: RecordedResource): TableSpec {
 export interface LocalDynamoDB {
   endpoint: string;
   client: DynamoDBDocumentClient;
+  /** Fault injection: every request arriving in the next `ms` milliseconds waits until then. */
+  stall(ms: number): void;
   /** Deletes every item whose TTL attribute is in the past; returns how many it removed. */
   sweepExpired(nowSeconds?: number): Promise<number>;
   close(): Promise<void>;
@@ -161,6 +163,7 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
   return {
     endpoint,
     client,
+    stall: (ms) => proxy.stall(ms),
     sweepExpired,
     async close() {
       if (sweeping.closed) return;

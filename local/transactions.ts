@@ -100,6 +100,8 @@ export async function transactWrite(client: DynamoDBClient, schemas: Map<string,
 
 export interface TransactionProxy {
   endpoint: string;
+  /** Fault injection: holds every request that arrives in the next `ms` milliseconds until then. */
+  stall(ms: number): void;
   close(): Promise<void>;
 }
 
@@ -153,10 +155,13 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
     }
   }
 
+  let stalledUntil = 0;
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
-    req.on("end", () => {
+    req.on("end", async () => {
+      const wait = stalledUntil - Date.now();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       const body = Buffer.concat(chunks);
       const operation = String(req.headers["x-amz-target"] ?? "").split(".")[1] ?? "";
       if (operation === "TransactWriteItems") void serialized(() => transact(body, res));
@@ -167,6 +172,9 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
   return {
     endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    stall(ms) {
+      stalledUntil = Date.now() + ms;
+    },
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

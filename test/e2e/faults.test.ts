@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { parseFaults } from "../../local/management";
 import { Client } from "./clients";
+import { startLocalStack } from "../../local/stack";
 import { E2EStack, localStack } from "./stack";
 
 type Frame = { type: string; cursor?: string; message?: string; more?: boolean };
@@ -127,6 +128,34 @@ describe("hardening: members and instances that die mid-broadcast", function () 
       for (const c of members) {
         const history = await catchUp(c);
         assert.deepEqual(history.map((f) => f.message), ["cut short"], "stored before the fan-out, so history has it");
+      }
+    } finally {
+      await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
+      await stack.stop();
+    }
+  });
+});
+
+describe("hardening: the embedded DynamoDB stalls", function () {
+  this.timeout(120_000);
+
+  it("delivers everything sent during a 2 s stall once it ends, each message once, in a gap-free history", async () => {
+    const stack = await startLocalStack({ stack: "dev", port: 0, log: () => undefined });
+    const clients: Client[] = [];
+    try {
+      const room = `stall-${Date.now()}`;
+      for (const name of ["ann", "bo", "cy"]) clients.push(await Client.open(stack.outputs.url, { room, name }));
+      await Promise.all(clients.map((c) => c.connectionId()));
+      const [ann, bo, cy] = clients;
+      stack.dynamodb.stall(2_000);
+      const stalledAt = Date.now();
+      for (let i = 0; i < 5; i++) ann.send({ action: "sendmessage", message: `during stall ${i}`, id: `st-${i}` });
+      await ann.waitFor(() => ann.json().filter((f) => f.type === "ack").length === 5, 20_000);
+      assert.ok(Date.now() - stalledAt >= 1_900, "the acks waited for the stall to end");
+      for (const member of [bo, cy]) {
+        await member.waitFor(() => member.json().filter((f) => f.type === "message").length === 5, 10_000);
+        const cursors = member.json().filter((f) => f.type === "message").map((f) => Number(f.cursor));
+        assert.deepEqual([...cursors].sort((a, b) => a - b), [1, 2, 3, 4, 5]);
       }
     } finally {
       await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
