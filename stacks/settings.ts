@@ -48,7 +48,7 @@ export const SETTINGS_SCHEMA = {
   },
   tableProtection: {
     type: "boolean",
-    description: "Point-in-time recovery and deletion protection on the connections table.",
+    description: "Point-in-time recovery and deletion protection on both tables (connections and messages).",
   },
   maxMessageBytes: {
     type: "integer", min: RANGES.maxMessageBytes.min, max: RANGES.maxMessageBytes.max,
