@@ -66,8 +66,30 @@ abstract class Received {
     }
   }
 
+  /**
+   * Asks `history` (since a cursor, or the latest) and returns the replayed message frames and the
+   * closing history-end frame. Asks again when no history-end comes within `timeoutMs` (a fault
+   * may cut a replay short), up to `attempts` times.
+   */
+  async history(since?: string, { attempts = 1, timeoutMs = 10_000 } = {}): Promise<{ messages: Frame[]; end: Frame }> {
+    for (let attempt = 1; ; attempt++) {
+      const before = this.frames.length;
+      this.sendText(JSON.stringify({ action: "history", ...(since ? { since } : {}), limit: 100 }));
+      try {
+        await this.waitFor(() => this.frames.slice(before).some((f) => f.includes('"type":"history-end"')), timeoutMs);
+      } catch (err) {
+        if (attempt >= attempts) throw err;
+        continue;
+      }
+      const frames = this.frames.slice(before).map((f) => JSON.parse(f) as Frame);
+      return { messages: frames.filter((f) => f.type === "message"), end: frames.find((f) => f.type === "history-end")! };
+    }
+  }
+
   abstract sendText(text: string): void;
 }
+
+export type Frame = { type: string; cursor?: string; message?: string; more?: boolean; from?: { name: string }; [key: string]: unknown };
 
 /** The real wscat CLI, fed through its stdin, read from its stdout. */
 export class Wscat extends Received {

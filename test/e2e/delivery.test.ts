@@ -6,17 +6,8 @@ import assert from "node:assert/strict";
 import { Client } from "./clients";
 import { E2EStack, e2eAuthStack, e2eStack } from "./stack";
 
-type Frame = Record<string, unknown>;
 const messages = (c: Client) => c.json().filter((f) => f.type === "message");
 const isType = (type: string) => (f: string) => f.includes(`"type":"${type}"`);
-
-async function replay(client: Client, since?: string): Promise<{ frames: Frame[]; end: Frame }> {
-  const before = client.frames.length;
-  client.send({ action: "history", ...(since ? { since } : {}), limit: 100 });
-  await client.waitFor(() => client.frames.slice(before).some((f) => f.includes('"type":"history-end"')), 10_000);
-  const frames = client.frames.slice(before).map((f) => JSON.parse(f));
-  return { frames: frames.filter((f) => f.type === "message"), end: frames.find((f) => f.type === "history-end")! };
-}
 
 describe("e2e: delivery guarantees", function () {
   this.timeout(90_000);
@@ -48,7 +39,7 @@ describe("e2e: delivery guarantees", function () {
     }
 
     listener = await connect({ room, name: "listener" });
-    const { frames, end } = await replay(listener, seen.cursor as string);
+    const { messages: frames, end } = await listener.history(seen.cursor as string);
     assert.deepEqual(frames.map((f) => f.message), missed, "every missed message, once, in order");
     assert.deepEqual(frames.map((f) => (f.from as { name: string }).name), ["talker", "talker", "talker"]);
     assert.equal(end.more, false);
@@ -56,8 +47,8 @@ describe("e2e: delivery guarantees", function () {
     const cursors = [seen.cursor, ...frames.map((f) => f.cursor)].map(Number);
     assert.deepEqual(cursors, [cursors[0], cursors[0] + 1, cursors[0] + 2, cursors[0] + 3], "cursors are consecutive");
 
-    const again = await replay(listener, end.cursor as string);
-    assert.deepEqual([again.frames, again.end.more], [[], false], "nothing twice");
+    const again = await listener.history(end.cursor as string);
+    assert.deepEqual([again.messages, again.end.more], [[], false], "nothing twice");
   });
 
   it("a resent id is stored and delivered once, and acknowledged each time with the same cursor", async () => {
@@ -70,7 +61,7 @@ describe("e2e: delivery guarantees", function () {
     assert.equal(new Set(acks.map((a) => a.cursor)).size, 1);
     await new Promise((r) => setTimeout(r, 500));
     assert.equal(messages(other).length, 1);
-    const { frames } = await replay(other);
+    const { messages: frames } = await other.history();
     assert.deepEqual(frames.map((f) => f.message), ["only once"]);
   });
 

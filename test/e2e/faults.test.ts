@@ -4,11 +4,9 @@
  */
 import assert from "node:assert/strict";
 import { parseFaults } from "../../local/management";
-import { Client } from "./clients";
+import { Client, Frame } from "./clients";
 import { startLocalStack } from "../../local/stack";
 import { E2EStack, localStack } from "./stack";
-
-type Frame = { type: string; cursor?: string; message?: string; more?: boolean };
 
 describe("hardening: @connections answering 429 and 500", function () {
   this.timeout(120_000);
@@ -51,14 +49,7 @@ describe("hardening: @connections answering 429 and 500", function () {
       live += liveCursors.length;
       expected += total - (i < senders.length ? perSender : 0); // senders get nothing for their own
       // Catch up as a client does: history from the start of the room, asked again if a fault cut it short.
-      let page: Frame[] = [];
-      for (let attempt = 0; attempt < 5 && !page.some((f) => f.type === "history-end"); attempt++) {
-        const before = client.frames.length;
-        client.send({ action: "history", limit: 100 });
-        await client.waitFor(() => client.frames.slice(before).some((f) => f.includes("history-end")), 5_000).catch(() => undefined);
-        page = client.frames.slice(before).map((f) => JSON.parse(f) as Frame);
-      }
-      const history = page.filter((f) => f.type === "message");
+      const history = (await client.history(undefined, { attempts: 5, timeoutMs: 5_000 })).messages;
       const all = new Set([...liveCursors, ...history.map((f) => f.cursor!)]);
       assert.equal(all.size, total, `member ${i} holds every message`);
       assert.deepEqual(history.map((f) => Number(f.cursor)), Array.from({ length: total }, (_, k) => k + 1), `member ${i}: history is gap-free`);
@@ -72,16 +63,6 @@ describe("hardening: @connections answering 429 and 500", function () {
 
 describe("hardening: members and instances that die mid-broadcast", function () {
   this.timeout(120_000);
-
-  async function catchUp(client: Client): Promise<Frame[]> {
-    for (let attempt = 0; attempt < 3; attempt++) {
-      const before = client.frames.length;
-      client.send({ action: "history", limit: 100 });
-      const done = await client.waitFor(() => client.frames.slice(before).some((f) => f.includes("history-end")), 5_000).then(() => true, () => false);
-      if (done) return client.frames.slice(before).map((f) => JSON.parse(f) as Frame).filter((f) => f.type === "message");
-    }
-    throw new Error("history never completed");
-  }
 
   it("delivers to every live member and removes the records of members killed during the fan-out", async () => {
     // One post at a time, 40 ms each: a fan-out to 30 members takes over a second, time enough to kill some.
@@ -126,7 +107,7 @@ describe("hardening: members and instances that die mid-broadcast", function () 
       const liveCount = members.filter((c) => c.frames.some((f) => f.includes("cut short"))).length;
       assert.ok(liveCount < members.length, `the timeout cut the fan-out short (${liveCount} of ${members.length} live)`);
       for (const c of members) {
-        const history = await catchUp(c);
+        const { messages: history } = await c.history(undefined, { attempts: 3, timeoutMs: 5_000 });
         assert.deepEqual(history.map((f) => f.message), ["cut short"], "stored before the fan-out, so history has it");
       }
     } finally {
