@@ -18,6 +18,8 @@
     /** Highest cursor up to which every message is shown (null: nothing yet). */
     watermark: null,
     seen: new Set(),
+    /** Highest cursor shown: a gap exists while it is above the watermark. */
+    highest: null,
     /** Sent but not acknowledged, by client id: resent after a reconnect. */
     pending: new Map(),
   };
@@ -83,10 +85,11 @@
   /** Records a cursor as shown; moves the watermark over consecutive cursors; notices gaps. */
   function see(cursor) {
     state.seen.add(cursor);
+    if (state.highest === null || cursor > state.highest) state.highest = cursor;
     if (state.watermark === null) state.watermark = pad(Number(cursor) - 1);
     while (state.seen.has(pad(Number(state.watermark) + 1))) state.watermark = pad(Number(state.watermark) + 1);
     clearTimeout(state.gapTimer);
-    if ([...state.seen].some((c) => c > state.watermark)) {
+    if (state.highest > state.watermark) {
       // A later message came first: wait a moment for the one in flight, then ask history.
       state.gapTimer = setTimeout(() => requestHistory(state.watermark), GAP_WAIT_MS);
     }
@@ -198,6 +201,7 @@
       $("messages").replaceChildren();
       state.seen.clear();
       state.watermark = null;
+      state.highest = null;
     }
     $("leave-button").disabled = false;
     connect();
