@@ -84,7 +84,8 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
     const frame: MessageFrame = { type: "message", room: sender.room, from: { name: sender.name }, message: text, ts, id, cursor: stored.cursor };
     const data = JSON.stringify(frame);
     if (utf8Bytes(data) > MAX_FRAME_BYTES) {
-      // Unreachable with maxMessageBytes ≤ 64 KB (validated), kept as the last guard before 413s.
+      // Reachable only at the edge: a body near API Gateway's 128 KB limit (escaped control characters
+      // count 6 bytes each there) plus the envelope; refusing here beats a 413 from every recipient.
       return refuse("message_too_large", `the message does not fit in one ${MAX_FRAME_BYTES}-byte frame once wrapped`);
     }
 
