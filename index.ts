@@ -11,6 +11,8 @@ import { connectHandlerFactory } from "./handlers/connect";
 import { defaultHandlerFactory } from "./handlers/default";
 import { disconnectHandlerFactory } from "./handlers/disconnect";
 import { historyHandlerFactory } from "./handlers/history";
+import { fanoutHandlerFactory } from "./handlers/fanout";
+import { seedSendMessageHandlerFactory } from "./handlers/seed-sendmessage";
 import { sendMessageHandlerFactory } from "./handlers/sendmessage";
 import { ENV } from "./handlers/shared/env";
 import { chatFunction, ChatFunction } from "./infra/function";
@@ -88,30 +90,68 @@ const disconnect = chatFunction(`${project}-disconnect`, {
   statements: [{ Sid: "ForgetConnection", Effect: "Allow", Action: ["dynamodb:DeleteItem"], Resource: [connections.arn] }],
 });
 
-const sendMessage = chatFunction(`${project}-sendmessage`, {
-  factory: sendMessageHandlerFactory,
+// Fan-out of a large room's message, one chunk of recipients per run; sendmessage invokes it
+// asynchronously, so the chunks run on parallel instances (handlers/shared/fanout.ts).
+const fanout = chatFunction(`${project}-fanout`, {
+  factory: fanoutHandlerFactory,
   settings,
-  environment: {
-    ...connectionsEnv,
-    ...historyEnv,
-    [ENV.managementEndpoint]: managementEndpoint,
-    [ENV.maxMessageBytes]: String(settings.maxMessageBytes),
-    [ENV.fanoutConcurrency]: String(settings.fanoutConcurrency),
-    [ENV.rateLimitMessages]: String(settings.rateLimitMessages),
-    [ENV.rateLimitWindowSeconds]: String(settings.rateLimitWindowSeconds),
-  },
+  environment: { ...connectionsEnv, [ENV.managementEndpoint]: managementEndpoint, [ENV.fanoutConcurrency]: String(settings.fanoutConcurrency) },
   statements: [
-    // UpdateItem counts the sender's rate limit and returns its record (GetItem when refused);
-    // DeleteItem removes recipients that answered 410.
-    { Sid: "AdmitSenderRemoveStale", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
-    { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [pulumi.interpolate`${connections.arn}/index/${ROOM_INDEX}`] },
-    // Appending is one TransactWriteItems, which IAM authorizes action by action: UpdateItem (room
-    // head) and PutItem (message, client-id claim). GetItem reads the head and a repeated id's claim.
-    // Source: DynamoDB developer guide, "Using IAM with DynamoDB transactions".
-    { Sid: "AppendHistory", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [messages.arn] },
     { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
+    // Removes recipients that answered 410.
+    { Sid: "RemoveStale", Effect: "Allow", Action: ["dynamodb:DeleteItem"], Resource: [connections.arn] },
   ],
 });
+
+// Lambda's event queue retries a failed fanout run twice (its default, stated here): a chunk cut
+// short by a crash or timeout is delivered again, possibly twice to some members, who drop the
+// repeat by message id. After two minutes a chunk is stale for live delivery; clients fill gaps
+// from history. Source: https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html
+new aws.lambda.FunctionEventInvokeConfig("fanout", {
+  functionName: fanout.fn.name,
+  maximumRetryAttempts: 2,
+  maximumEventAgeInSeconds: 120,
+});
+
+const sendMessage = settings.benchSeedFanout
+  ? // Benchmark only (refused on prod): the seed's algorithm, with the permissions it uses.
+    chatFunction(`${project}-sendmessage`, {
+      factory: seedSendMessageHandlerFactory,
+      settings,
+      environment: { ...connectionsEnv, [ENV.managementEndpoint]: managementEndpoint },
+      statements: [
+        { Sid: "ScanConnections", Effect: "Allow", Action: ["dynamodb:Scan"], Resource: [connections.arn] },
+        { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
+      ],
+    })
+  : chatFunction(`${project}-sendmessage`, {
+      factory: sendMessageHandlerFactory,
+      settings,
+      environment: {
+        ...connectionsEnv,
+        ...historyEnv,
+        [ENV.managementEndpoint]: managementEndpoint,
+        [ENV.maxMessageBytes]: String(settings.maxMessageBytes),
+        [ENV.fanoutConcurrency]: String(settings.fanoutConcurrency),
+        [ENV.fanoutChunkSize]: String(settings.fanoutChunkSize),
+        [ENV.fanoutFunction]: fanout.fn.name,
+        [ENV.rateLimitMessages]: String(settings.rateLimitMessages),
+        [ENV.rateLimitWindowSeconds]: String(settings.rateLimitWindowSeconds),
+      },
+      statements: [
+        // UpdateItem counts the sender's rate limit and returns its record (GetItem when refused);
+        // DeleteItem removes recipients that answered 410.
+        { Sid: "AdmitSenderRemoveStale", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
+        { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [pulumi.interpolate`${connections.arn}/index/${ROOM_INDEX}`] },
+        // Appending is one TransactWriteItems, which IAM authorizes action by action: UpdateItem (room
+        // head) and PutItem (message, client-id claim). GetItem reads the head and a repeated id's claim.
+        // Source: DynamoDB developer guide, "Using IAM with DynamoDB transactions".
+        { Sid: "AppendHistory", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [messages.arn] },
+        { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
+        // Hands chunks of a large room to fanout (asynchronous Invoke).
+        { Sid: "HandOffChunks", Effect: "Allow", Action: ["lambda:InvokeFunction"], Resource: [fanout.fn.arn] },
+      ],
+    });
 
 const history = chatFunction(`${project}-history`, {
   factory: historyHandlerFactory,
@@ -287,12 +327,14 @@ if (settings.alarmsEnabled) {
       alarmActions: actions,
       okActions: actions,
     });
-  const functions: Record<string, ChatFunction> = { ...routeTargets, ...(authorizerFn ? { authorizer: authorizerFn } : {}) };
+  const functions: Record<string, ChatFunction> = { ...routeTargets, fanout, ...(authorizerFn ? { authorizer: authorizerFn } : {}) };
   for (const [routeKey, { fn }] of Object.entries(functions)) {
     const id = routeKey.replace(/^\$/, "");
     alarm(`${id}-errors`, "AWS/Lambda", "Errors", { FunctionName: fn.name }, `${routeKey} function failed`);
     alarm(`${id}-throttles`, "AWS/Lambda", "Throttles", { FunctionName: fn.name }, `${routeKey} function was throttled`);
   }
+  // A fan-out chunk dropped after its retries: members missed it live (history still has it).
+  alarm("fanout-dropped", "AWS/Lambda", "AsyncEventsDropped", { FunctionName: fanout.fn.name }, "fan-out chunks dropped after Lambda's retries");
   const stageDimensions = { ApiId: api.id, Stage: chatStage.name };
   alarm("api-integration-errors", "AWS/ApiGateway", "IntegrationError", stageDimensions, "integrations answered 4xx/5xx");
   alarm("api-execution-errors", "AWS/ApiGateway", "ExecutionError", stageDimensions, "API Gateway failed to call an integration (5xx)");

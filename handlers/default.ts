@@ -8,14 +8,14 @@ import { ENV, requireEnv } from "./shared/env";
 import { describeError } from "./shared/errors";
 import type { WebSocketEvent, WebSocketHandler } from "./shared/events";
 import { log } from "./shared/log";
-import { ConnectionInfo, createManagement, createManagementClient } from "./shared/management";
+import { ConnectionInfo, createManagement } from "./shared/management";
 import { echoText, errorFrame, parseBody, UsageReason, usageFrame } from "./shared/protocol";
 
 /** `$default` posts only to its caller, so a small socket pool is plenty. */
 const DEFAULT_ROUTE_SOCKETS = 4;
 
 export function defaultHandlerFactory(): WebSocketHandler<WebSocketEvent> {
-  const management = createManagement(createManagementClient(requireEnv(ENV.managementEndpoint), DEFAULT_ROUTE_SOCKETS));
+  const management = createManagement(requireEnv(ENV.managementEndpoint), DEFAULT_ROUTE_SOCKETS);
 
   return async (event, context) => {
     const { connectionId } = event.requestContext;

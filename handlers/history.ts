@@ -10,7 +10,7 @@ import { ENV, requireEnv } from "./shared/env";
 import { ClientErrorCode, describeError, isChatError } from "./shared/errors";
 import type { WebSocketEvent, WebSocketHandler } from "./shared/events";
 import { log } from "./shared/log";
-import { createManagement, createManagementClient } from "./shared/management";
+import { createManagement } from "./shared/management";
 import { CURSOR_PATTERN, messageStoreFromEnv } from "./shared/messages";
 import { errorFrame, historyEndFrame, MessageFrame, parseBody, validateHistoryRequest } from "./shared/protocol";
 
@@ -20,7 +20,7 @@ const HISTORY_SOCKETS = 1;
 export function historyHandlerFactory(): WebSocketHandler<WebSocketEvent> {
   const store = connectionsStoreFromEnv();
   const messages = messageStoreFromEnv();
-  const management = createManagement(createManagementClient(requireEnv(ENV.managementEndpoint), HISTORY_SOCKETS));
+  const management = createManagement(requireEnv(ENV.managementEndpoint), HISTORY_SOCKETS);
 
   return async (event, context) => {
     const { connectionId } = event.requestContext;

@@ -4,17 +4,19 @@
  * delivers it to every other member of the room. A repeated `id` is acknowledged again and
  * neither stored nor delivered twice. Members come from a paginated Query on the room index
  * (never a Scan); posts go out with bounded concurrency over a keep-alive pool; 429/5xx are
- * retried; a 410 removes that member's record. Problems the sender can act on come back as
+ * retried; a 410 removes that member's record. A room larger than one chunk is spread over
+ * parallel `fanout` runs (shared/fanout.ts): this function delivers the first chunk itself. Problems the sender can act on come back as
  * `{"type":"error",…}` frames, never as API Gateway's "Internal server error".
  */
 import { randomUUID } from "crypto";
-import { broadcast, deliver, FanoutStats } from "./shared/broadcaster";
+import { deliver, memberBroadcast, onePage } from "./shared/broadcaster";
 import { connectionsStoreFromEnv, RateLimit } from "./shared/connections";
 import { ENV, RANGES, requireEnv, requireIntEnv } from "./shared/env";
 import { ClientErrorCode, describeError, isChatError } from "./shared/errors";
 import type { WebSocketEvent, WebSocketHandler, WebSocketResult } from "./shared/events";
 import { log } from "./shared/log";
-import { createManagement, createManagementClient } from "./shared/management";
+import { createManagement } from "./shared/management";
+import { createDispatch, SpreadStats, spread } from "./shared/fanout";
 import { messageStoreFromEnv } from "./shared/messages";
 import { ackFrame, errorFrame, MAX_FRAME_BYTES, MessageFrame, parseBody, utf8Bytes, validateClientId, validateMessage } from "./shared/protocol";
 
@@ -27,7 +29,10 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
   };
   const store = connectionsStoreFromEnv();
   const history = messageStoreFromEnv();
-  const management = createManagement(createManagementClient(requireEnv(ENV.managementEndpoint), concurrency));
+  const chunkSize = requireIntEnv(ENV.fanoutChunkSize, RANGES.fanoutChunkSize.min, RANGES.fanoutChunkSize.max);
+  const management = createManagement(requireEnv(ENV.managementEndpoint), concurrency);
+  const deliverToMembers = memberBroadcast(management, concurrency, store);
+  const dispatch = createDispatch(requireEnv(ENV.fanoutFunction), requireEnv("AWS_REGION"));
 
   return async (event, context) => {
     const started = Date.now();
@@ -89,23 +94,19 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
       return refuse("message_too_large", `the message does not fit in one ${MAX_FRAME_BYTES}-byte frame once wrapped`);
     }
 
-    let stats: FanoutStats;
+    let stats: SpreadStats;
     try {
-      stats = await broadcast({
+      stats = await spread({
         pages: store.roomMembers(sender.room),
         exclude: senderId,
+        room: sender.room,
+        cursor: stored.cursor,
         data,
-        concurrency,
-        management,
-        async onGone(connectionId) {
-          try {
-            await store.remove(connectionId);
-          } catch (err) {
-            log("warn", "stale record not removed", { connectionId, error: describeError(err) });
-          }
-        },
-        onFailed(connectionId, delivery) {
-          log("warn", "delivery failed", { connectionId, attempts: delivery.attempts, failure: delivery.failure, error: delivery.error });
+        chunkSize,
+        deliver: (ids) => deliverToMembers(onePage(ids), senderId, data),
+        dispatch,
+        onDispatchFailed(chunk, err) {
+          log("warn", "fan-out hand-off failed; delivering that chunk here", { requestId, room: sender.room, cursor: stored.cursor, chunk, error: describeError(err) });
         },
       });
     } catch (err) {

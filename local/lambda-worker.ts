@@ -2,6 +2,9 @@
  * One Lambda instance: a child process that loads a function's archive (`__index.js`, exactly
  * the code Pulumi uploads) once, so its factory runs once, then runs one invocation at a time
  * as the parent sends them over IPC. The parent enforces the timeout by killing this process.
+ * Each result carries what Lambda's REPORT line shows (init time, peak memory) and the CPU time
+ * the invocation used. It runs as plain JavaScript (lambda.ts transpiles it), without ts-node,
+ * so its memory and start-up time are those of the function's own code.
  */
 import * as path from "path";
 
@@ -23,11 +26,14 @@ function serializeError(err: unknown) {
 }
 
 let handler: Handler;
+let initDurationMs: number | undefined;
 try {
+  const loading = performance.now();
   const archiveDir = process.env.LOCAL_LAMBDA_ARCHIVE_DIR!;
   const [file, exportName] = (process.env._HANDLER ?? "__index.handler").split(".");
   handler = require(path.join(archiveDir, file))[exportName];
   if (typeof handler !== "function") throw new Error(`${process.env._HANDLER} is not a function`);
+  initDurationMs = performance.now() - loading;
   send({ type: "ready" });
 } catch (err) {
   send({ type: "init-error", error: serializeError(err) });
@@ -47,13 +53,21 @@ process.on("message", async (message: InvokeMessage) => {
     callbackWaitsForEmptyEventLoop: true,
     getRemainingTimeInMillis: () => Math.max(0, message.deadline - Date.now()),
   };
+  const cpu = process.cpuUsage();
+  // Lambda reports init once, with the first invocation of an instance.
+  const report = () => ({
+    cpuMs: (({ user, system }) => (user + system) / 1000)(process.cpuUsage(cpu)),
+    maxMemoryUsedMb: Math.ceil(process.resourceUsage().maxRSS / 1024),
+    ...(initDurationMs === undefined ? {} : { initDurationMs }),
+  });
   try {
     const result = await handler(message.event, context);
-    send({ type: "result", id: message.id, result: result === undefined ? null : result });
+    send({ type: "result", id: message.id, result: result === undefined ? null : result, report: report() });
   } catch (err) {
     console.error(`ERROR\tInvoke Error\t${JSON.stringify(serializeError(err))}`);
-    send({ type: "result", id: message.id, error: serializeError(err) });
+    send({ type: "result", id: message.id, error: serializeError(err), report: report() });
   }
+  initDurationMs = undefined;
 });
 
 // An exception outside any invocation kills a real Lambda instance too.

@@ -3,11 +3,17 @@
  * processes running lambda-worker.ts over the function's own archive). One invocation runs at a
  * time per instance; under concurrent load more instances start, up to a limit, and the rest
  * queue. Timeouts kill the instance, as Lambda does. Each instance's output is prefixed with the
- * function's name.
+ * function's name, and every invocation ends with a REPORT line in Lambda's format (plus the CPU
+ * time it used, which Lambda does not print). Asynchronous invocations (InvocationType Event) are
+ * queued and retried on failure, as Lambda's event queue does.
  */
 import { ChildProcess, fork } from "child_process";
 import { randomUUID } from "crypto";
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
 import * as readline from "readline";
+import * as ts from "typescript";
 
 export interface FunctionSpec {
   /** The function's physical name, as Lambda would know it. */
@@ -19,6 +25,7 @@ export interface FunctionSpec {
   environment: Record<string, string>;
   timeoutSeconds: number;
   memoryMb: number;
+  async?: AsyncConfig;
 }
 
 export interface InvokeError {
@@ -26,12 +33,31 @@ export interface InvokeError {
   errorMessage: string;
 }
 
+/** What the worker measured: Lambda's REPORT figures, and CPU time. */
+export interface InvokeReport {
+  cpuMs: number;
+  maxMemoryUsedMb: number;
+  /** Loading the archive (the factory included); first invocation of an instance only. */
+  initDurationMs?: number;
+}
+
 export interface InvokeOutcome {
   result?: unknown;
   error?: InvokeError;
   durationMs: number;
   coldStart: boolean;
+  requestId?: string;
+  report?: InvokeReport;
 }
+
+/** Lambda's retry settings for asynchronous invocations (aws.lambda.FunctionEventInvokeConfig). */
+export interface AsyncConfig {
+  maximumRetryAttempts: number;
+  maximumEventAgeSeconds: number;
+}
+
+/** Lambda's defaults when a function has no FunctionEventInvokeConfig. */
+export const DEFAULT_ASYNC_CONFIG: AsyncConfig = { maximumRetryAttempts: 2, maximumEventAgeSeconds: 21_600 };
 
 export interface LambdaRuntimeOptions {
   functions: FunctionSpec[];
@@ -41,10 +67,26 @@ export interface LambdaRuntimeOptions {
   maxInstances?: number;
   /** Where prefixed instance output goes. */
   write?: (line: string) => void;
+  /**
+   * Delay before retry k (1-based) of a failed asynchronous invocation. Lambda waits about one
+   * minute, then two; locally the default is k seconds so a retry is seen while one waits.
+   */
+  asyncRetryDelayMs?: (retry: number) => number;
 }
 
 export interface LambdaRuntime {
   invoke(functionName: string, event: unknown): Promise<InvokeOutcome>;
+  /**
+   * Queues the event and returns at once, as Invoke with InvocationType Event does; a failed run
+   * is retried per the function's AsyncConfig. Resolves false for an unknown function.
+   */
+  invokeAsync(functionName: string, event: unknown): boolean;
+  /** Asynchronous invocations queued or running, for tests and diagnostics. */
+  pendingAsync(): number;
+  /** Resolves once every asynchronous invocation (retries included) has ended. */
+  drainAsync(): Promise<void>;
+  /** Finished invocations in order (the latest 10,000), for benchmarks and tests. */
+  reports(functionName?: string): (InvokeOutcome & { functionName: string })[];
   /** Instances alive per function, for tests and diagnostics. */
   instanceCount(functionName: string): number;
   close(): Promise<void>;
@@ -56,15 +98,47 @@ interface Instance {
   busy: boolean;
   used: boolean;
   exited: boolean;
-  onResult?: (message: { result?: unknown; error?: InvokeError }) => void;
+  onResult?: (message: { result?: unknown; error?: InvokeError; report?: InvokeReport }) => void;
   onExit?: (code: number | null, signal: NodeJS.Signals | null) => void;
 }
 
-const WORKER = require.resolve("./lambda-worker.ts");
+/**
+ * The worker runs as plain JavaScript: under ts-node an instance would carry the TypeScript
+ * compiler (about 65 MB of RSS and a slower start), which the function never has on Lambda.
+ */
+function compileWorker(): { file: string; dir: string } {
+  const source = fs.readFileSync(require.resolve("./lambda-worker.ts"), "utf8");
+  const { outputText } = ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 } });
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ws-chat-lambda-"));
+  const file = path.join(dir, "lambda-worker.js");
+  fs.writeFileSync(file, outputText);
+  return { file, dir };
+}
+
+const REPORTS_KEPT = 10_000;
+
+function reportLine(requestId: string, outcome: InvokeOutcome, memoryMb: number): string {
+  const r = outcome.report;
+  const fields = [
+    `REPORT RequestId: ${requestId}`,
+    `Duration: ${outcome.durationMs.toFixed(2)} ms`,
+    `Billed Duration: ${Math.max(1, Math.ceil(outcome.durationMs))} ms`,
+    `Memory Size: ${memoryMb} MB`,
+    ...(r ? [`Max Memory Used: ${r.maxMemoryUsedMb} MB`] : []),
+    ...(r?.initDurationMs !== undefined ? [`Init Duration: ${r.initDurationMs.toFixed(2)} ms`] : []),
+    ...(r ? [`CPU Time: ${r.cpuMs.toFixed(2)} ms`] : []),
+    ...(outcome.error ? [`Status: error\tError Type: ${outcome.error.errorType}`] : []),
+  ];
+  return fields.join("\t");
+}
 
 export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntime {
   const write = options.write ?? ((line: string) => process.stdout.write(line + "\n"));
   const maxInstances = options.maxInstances ?? 10;
+  const retryDelay = options.asyncRetryDelayMs ?? ((retry: number) => retry * 1000);
+  const worker = compileWorker();
+  const finished: (InvokeOutcome & { functionName: string })[] = [];
+  const asyncRuns = new Set<Promise<void>>();
   const specs = new Map(options.functions.map((f) => [f.name, f]));
   const pools = new Map<string, Instance[]>(options.functions.map((f) => [f.name, []]));
   const waiting = new Map<string, ((instance: Instance) => void)[]>(options.functions.map((f) => [f.name, []]));
@@ -76,8 +150,8 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
   }
 
   function spawn(spec: FunctionSpec): Instance {
-    const child = fork(WORKER, [], {
-      execArgv: ["--require", "ts-node/register/transpile-only", `--max-old-space-size=${spec.memoryMb}`],
+    const child = fork(worker.file, [], {
+      execArgv: [`--max-old-space-size=${spec.memoryMb}`],
       env: {
         PATH: process.env.PATH ?? "",
         AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true", // Node 20 here; Lambda runs 22
@@ -96,7 +170,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     pipeLines(child.stderr, `[${spec.name}]`);
     const instance: Instance = { child, busy: false, used: false, exited: false, ready: Promise.resolve() };
     instance.ready = new Promise<void>((resolve, reject) => {
-      child.on("message", (message: { type: string; error?: InvokeError; result?: unknown }) => {
+      child.on("message", (message: { type: string; error?: InvokeError; result?: unknown; report?: InvokeReport }) => {
         if (message.type === "ready") resolve();
         else if (message.type === "init-error") reject(Object.assign(new Error(message.error?.errorMessage), { errorType: "Runtime.InitError" }));
         else if (message.type === "result") instance.onResult?.(message);
@@ -155,6 +229,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
       return { error: { errorType: "Runtime.InitError", errorMessage: (err as Error).message }, durationMs: Date.now() - started, coldStart };
     }
     const deadline = Date.now() + spec.timeoutSeconds * 1000;
+    const requestId = randomUUID();
     const outcome = await new Promise<Omit<InvokeOutcome, "durationMs" | "coldStart">>((resolve) => {
       const timer = setTimeout(() => {
         retire(spec, instance); // never handed another invocation
@@ -163,22 +238,56 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
       }, spec.timeoutSeconds * 1000);
       instance.onResult = (message) => {
         clearTimeout(timer);
-        resolve(message.error ? { error: message.error } : { result: message.result });
+        resolve(message.error ? { error: message.error, report: message.report } : { result: message.result, report: message.report });
       };
       instance.onExit = (code, signal) => {
         clearTimeout(timer);
         resolve({ error: { errorType: "Runtime.ExitError", errorMessage: `instance exited (code ${code}, signal ${signal})` } });
       };
-      instance.child.send({ type: "invoke", id: 1, event, requestId: randomUUID(), deadline });
+      instance.child.send({ type: "invoke", id: 1, event, requestId, deadline });
     });
     instance.onResult = undefined;
     instance.onExit = undefined;
     release(spec, instance);
-    return { ...outcome, durationMs: Date.now() - started, coldStart };
+    const done: InvokeOutcome = { ...outcome, durationMs: Date.now() - started, coldStart, requestId };
+    write(`[${spec.name}] ${reportLine(requestId, done, spec.memoryMb)}`);
+    finished.push({ ...done, functionName });
+    if (finished.length > REPORTS_KEPT) finished.splice(0, finished.length - REPORTS_KEPT);
+    return done;
+  }
+
+  /** Runs once, then retries a failed run (error, timeout, crash) as Lambda's event queue does. */
+  async function runAsync(spec: FunctionSpec, event: unknown): Promise<void> {
+    const config = spec.async ?? DEFAULT_ASYNC_CONFIG;
+    const queuedAt = Date.now();
+    for (let attempt = 0; ; attempt++) {
+      const outcome = await invoke(spec.name, event);
+      if (!outcome.error || closing) return;
+      const age = (Date.now() - queuedAt) / 1000;
+      if (attempt >= config.maximumRetryAttempts || age >= config.maximumEventAgeSeconds) {
+        write(`[${spec.name}] async invocation dropped after ${attempt + 1} attempt(s): ${outcome.error.errorType}: ${outcome.error.errorMessage}`);
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, retryDelay(attempt + 1)));
+      if (closing) return;
+    }
+  }
+
+  function invokeAsync(functionName: string, event: unknown): boolean {
+    const spec = specs.get(functionName);
+    if (!spec) return false;
+    const run = runAsync(spec, event).finally(() => asyncRuns.delete(run));
+    asyncRuns.add(run);
+    return true;
+  }
+
+  async function drainAsync(): Promise<void> {
+    while (asyncRuns.size) await Promise.all([...asyncRuns]);
   }
 
   async function close() {
     closing = true;
+    for (const waiters of waiting.values()) waiters.splice(0).forEach((resolve) => resolve(deadInstance()));
     const all = [...pools.values()].flat();
     await Promise.all(
       all.map(
@@ -196,9 +305,23 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     );
   }
 
+  /** Handed to invocations still waiting for an instance at close: they fail as Runtime.Shutdown would. */
+  function deadInstance(): Instance {
+    const ready = Promise.reject(new Error("the local stack is stopping"));
+    ready.catch(() => undefined); // observed by the invocation that waits on it
+    return { child: undefined as unknown as ChildProcess, ready, busy: true, used: true, exited: true };
+  }
+
   return {
     invoke,
+    invokeAsync,
+    pendingAsync: () => asyncRuns.size,
+    drainAsync,
+    reports: (functionName) => (functionName ? finished.filter((r) => r.functionName === functionName) : [...finished]),
     instanceCount: (name) => pools.get(name)?.filter((i) => !i.exited).length ?? 0,
-    close,
+    close: async () => {
+      await close();
+      fs.rmSync(worker.dir, { recursive: true, force: true });
+    },
   };
 }

@@ -12,7 +12,8 @@ import type { AddressInfo } from "net";
 import * as path from "path";
 import { LocalDynamoDB, startDynamoDB, tableSpec } from "./dynamodb";
 import { answerPlainRequest, createGateway, Gateway, RouteTarget } from "./gateway";
-import { createLambdaRuntime, FunctionSpec, LambdaRuntime } from "./lambda";
+import { createLambdaRuntime, DEFAULT_ASYNC_CONFIG, FunctionSpec, LambdaRuntime } from "./lambda";
+import { handleLambdaApiRequest } from "./lambda-api";
 import { arnMatches } from "./iam";
 import { handleManagementRequest, ManagementFaults } from "./management";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, readProjectFile, RecordedResource } from "./program";
@@ -104,6 +105,14 @@ function writeArchive(program: LoadedProgram, fn: RecordedResource, root: string
   return dir;
 }
 
+/** A FunctionEventInvokeConfig's retry settings, Lambda's defaults for what it leaves out. */
+function asyncConfig(config?: RecordedResource): FunctionSpec["async"] {
+  return {
+    maximumRetryAttempts: config?.inputs.maximumRetryAttempts ?? DEFAULT_ASYNC_CONFIG.maximumRetryAttempts,
+    maximumEventAgeSeconds: config?.inputs.maximumEventAgeInSeconds ?? DEFAULT_ASYNC_CONFIG.maximumEventAgeSeconds,
+  };
+}
+
 export async function startLocalStack(options: LocalStackOptions): Promise<LocalStack> {
   const log = options.log ?? ((line: string) => console.log(line));
   const host = options.host ?? "127.0.0.1";
@@ -150,6 +159,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     const functionsDir = path.join(stateDir, `run-${process.pid}`, "functions");
     cleanups.push(async () => fs.rmSync(path.dirname(functionsDir), { recursive: true, force: true }));
     const functions = of("aws:lambda/function:Function");
+    const invokeConfigs = of("aws:lambda/functionEventInvokeConfig:FunctionEventInvokeConfig");
     const specs: FunctionSpec[] = functions.map((fn) => ({
       name: fn.state.name,
       arn: fn.state.arn,
@@ -158,6 +168,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       environment: fn.inputs.environment?.variables ?? {},
       timeoutSeconds: fn.inputs.timeout ?? 3,
       memoryMb: fn.inputs.memorySize ?? 128,
+      async: asyncConfig(invokeConfigs.find((c) => [fn.state.name, fn.state.arn].includes(c.inputs.functionName))),
     }));
     const lambdas = createLambdaRuntime({
       functions: specs,
@@ -168,6 +179,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
         AWS_ACCESS_KEY_ID: "local",
         AWS_SECRET_ACCESS_KEY: "local",
         AWS_ENDPOINT_URL_DYNAMODB: dynamodb.endpoint,
+        AWS_ENDPOINT_URL_LAMBDA: `http://${host}:${port}`,
       },
       write: log,
     });
@@ -226,6 +238,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     const pageUrl = `http://${host}:${port}/`;
     server.on("request", (req, res) => {
       if (handleManagementRequest({ stage, gateway, latencyMs: options.managementLatencyMs, faults: options.managementFaults, log }, req, res)) return;
+      if (handleLambdaApiRequest({ runtime: lambdas, functionNames: specs.map((f) => f.name), log }, req, res)) return;
       if (servePage({ url: outputs.url, authEnabled }, req, res)) return;
       answerPlainRequest(stage, req, res);
     });

@@ -18,6 +18,9 @@ export interface StackConfig extends StackSettings {
 export function loadStackSettings(): StackConfig {
   const config = new pulumi.Config();
   const settings = parseSettings(config.name, (key) => config.get(key));
+  if (settings.benchSeedFanout && pulumi.getStack() === "prod") {
+    throw new SettingsError([`${config.name}:benchSeedFanout serves the seed's sendmessage, which loses messages; it is for benchmarks and refused on prod`]);
+  }
   if (!settings.authEnabled) return settings;
   if (config.get("tokenKey") === undefined) {
     throw new SettingsError([

@@ -58,6 +58,14 @@ export const SETTINGS_SCHEMA = {
     type: "integer", min: RANGES.fanoutConcurrency.min, max: RANGES.fanoutConcurrency.max,
     description: "Posts in flight at once during one sendmessage fan-out (and the size of its keep-alive socket pool).",
   },
+  fanoutChunkSize: {
+    type: "integer", min: RANGES.fanoutChunkSize.min, max: RANGES.fanoutChunkSize.max,
+    description: "Recipients per fan-out chunk: a room larger than this is spread over parallel fanout runs, one chunk each.",
+  },
+  benchSeedFanout: {
+    type: "boolean",
+    description: "Benchmark only: route sendmessage to the seed's algorithm (one Scan, unbounded Promise.all, default client) for npm run bench. Refused on prod.",
+  },
   apiLoggingLevel: {
     type: "string", oneOf: API_LOGGING_LEVELS, rule: "one of OFF, ERROR, INFO",
     description: "API Gateway execution logging level for the stage.",

@@ -3,6 +3,8 @@
  * concurrent posts (`broadcast`). Delivery is at least once per live recipient: a retried 5xx may
  * have reached the client already, which is why every message frame carries a server `id`.
  */
+import { describeError } from "./errors";
+import { log } from "./log";
 import { classifyFailure, FailureKind, Management } from "./management";
 
 export type Outcome = "delivered" | "gone" | "failed";
@@ -103,4 +105,33 @@ export async function broadcast(options: BroadcastOptions): Promise<FanoutStats>
   const rejected = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
   if (rejected) throw rejected.reason;
   return stats;
+}
+
+export type MemberBroadcast = (pages: AsyncIterable<string[]>, exclude: string, data: string) => Promise<FanoutStats>;
+
+/** `broadcast` with the handlers' policy: a 410 removes that member's record; a failure is logged. */
+export function memberBroadcast(management: Management, concurrency: number, store: { remove(connectionId: string): Promise<void> }): MemberBroadcast {
+  return (pages, exclude, data) =>
+    broadcast({
+      pages,
+      exclude,
+      data,
+      concurrency,
+      management,
+      async onGone(connectionId) {
+        try {
+          await store.remove(connectionId);
+        } catch (err) {
+          log("warn", "stale record not removed", { connectionId, error: describeError(err) });
+        }
+      },
+      onFailed(connectionId, delivery) {
+        log("warn", "delivery failed", { connectionId, attempts: delivery.attempts, failure: delivery.failure, error: delivery.error });
+      },
+    });
+}
+
+/** One page, for delivering a list already in hand. */
+export async function* onePage(connectionIds: string[]): AsyncGenerator<string[], void, undefined> {
+  yield connectionIds;
 }

@@ -29,6 +29,8 @@ export const ENV = {
   managementEndpoint: "MANAGEMENT_ENDPOINT",
   maxMessageBytes: "MAX_MESSAGE_BYTES",
   fanoutConcurrency: "FANOUT_CONCURRENCY",
+  fanoutChunkSize: "FANOUT_CHUNK_SIZE",
+  fanoutFunction: "FANOUT_FUNCTION",
   messagesTable: "MESSAGES_TABLE",
   historyRetentionDays: "HISTORY_RETENTION_DAYS",
   rateLimitMessages: "RATE_LIMIT_MESSAGES",
@@ -40,6 +42,7 @@ export const ENV = {
 export const RANGES = {
   maxMessageBytes: { min: 1, max: 65_536 },
   fanoutConcurrency: { min: 1, max: 512 },
+  fanoutChunkSize: { min: 2, max: 10_000 },
   historyRetentionDays: { min: 1, max: 365 },
   rateLimitMessages: { min: 1, max: 10_000 },
   rateLimitWindowSeconds: { min: 1, max: 3_600 },

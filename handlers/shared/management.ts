@@ -1,14 +1,11 @@
 /**
  * The API Gateway management API (@connections): one client per container over a keep-alive
- * socket pool, with SDK errors translated here into the four outcomes the handlers act on.
+ * socket pool, with failures translated here into the four outcomes the handlers act on.
+ * Requests are signed and sent by aws-http.ts, not the SDK client: fan-out makes one call per
+ * recipient, and the SDK's per-call CPU was the cost that bounded it.
  */
-import {
-  ApiGatewayManagementApiClient,
-  GetConnectionCommand,
-  PostToConnectionCommand,
-} from "@aws-sdk/client-apigatewaymanagementapi";
-import * as http from "http";
-import * as https from "https";
+import { createAwsClient } from "./aws-http";
+import { requireEnv } from "./env";
 
 /**
  * - `gone`: 410 GoneException. The connection is closed or unknown; its record is stale.
@@ -19,8 +16,8 @@ import * as https from "https";
 export type FailureKind = "gone" | "too_large" | "retryable" | "rejected";
 
 /**
- * SDK v3 names the error from the `x-amzn-ErrorType` header; `$metadata.httpStatusCode` is the
- * fallback. The v2-era `err.statusCode` does not exist in v3 and is deliberately not read.
+ * Errors are named from the `x-amzn-ErrorType` header (aws-http.ts, as the SDK v3 does);
+ * `$metadata.httpStatusCode` is the fallback. The v2-era `err.statusCode` is deliberately not read.
  */
 export function classifyFailure(err: unknown): FailureKind {
   const name = (err as { name?: string })?.name;
@@ -45,35 +42,25 @@ export interface Management {
 }
 
 /**
- * `maxSockets` bounds the keep-alive pool; it should equal the caller's concurrency bound so no
- * request waits for a socket. `maxAttempts: 1` leaves retrying to `deliver` (one retry layer, whose
- * policy the tests pin down), instead of stacking the SDK's three attempts under ours.
- * `requestHandler` as a plain options object needs SDK ≥ 3.521 (the nodejs22.x runtime ships newer).
+ * A Management over the lean signed client (aws-http.ts): `endpoint` is the stage's
+ * `https://{api}.execute-api.{region}.amazonaws.com/{stage}`. `maxSockets` bounds the keep-alive
+ * pool and should equal the caller's concurrency bound, so no request waits for a socket. There is
+ * no retry here: `deliver` is the one retry layer, whose policy the tests pin down.
  */
-export function createManagementClient(endpoint: string, maxSockets: number): ApiGatewayManagementApiClient {
-  return new ApiGatewayManagementApiClient({
-    endpoint,
-    maxAttempts: 1,
-    requestHandler: {
-      httpsAgent: new https.Agent({ keepAlive: true, maxSockets }),
-      httpAgent: new http.Agent({ keepAlive: true, maxSockets }),
-      connectionTimeout: 3_000,
-      requestTimeout: 5_000,
-    },
-  });
-}
-
-export function createManagement(client: ApiGatewayManagementApiClient): Management {
+export function createManagement(endpoint: string, maxSockets: number, region = requireEnv("AWS_REGION")): Management {
+  const request = createAwsClient({ service: "execute-api", region, maxSockets, timeoutMs: 5_000 });
+  const base = endpoint.replace(/\/+$/, "");
+  const urlOf = (connectionId: string) => new URL(`${base}/@connections/${encodeURIComponent(connectionId)}`);
   return {
     async post(connectionId, data) {
-      await client.send(new PostToConnectionCommand({ ConnectionId: connectionId, Data: data }));
+      await request("POST", urlOf(connectionId), data);
     },
     async getConnection(connectionId) {
-      const out = await client.send(new GetConnectionCommand({ ConnectionId: connectionId }));
+      const out = JSON.parse((await request("GET", urlOf(connectionId))).body || "{}") as ConnectionInfo;
       return {
-        connectedAt: out.ConnectedAt?.toISOString(),
-        lastActiveAt: out.LastActiveAt?.toISOString(),
-        identity: out.Identity ? { sourceIp: out.Identity.SourceIp, userAgent: out.Identity.UserAgent } : undefined,
+        connectedAt: out.connectedAt,
+        lastActiveAt: out.lastActiveAt,
+        identity: out.identity ? { sourceIp: out.identity.sourceIp, userAgent: out.identity.userAgent } : undefined,
       };
     },
   };

@@ -1,32 +1,23 @@
-import {
-  ApiGatewayManagementApiClient,
-  GetConnectionCommand,
-  PostToConnectionCommand,
-} from "@aws-sdk/client-apigatewaymanagementapi";
-import { mockClient } from "aws-sdk-client-mock";
 import assert from "node:assert/strict";
 import { defaultHandlerFactory } from "../../handlers/default";
-import { lambdaContext, messageEvent, stubClient, withEnv, withLogs } from "./fixtures";
+import { FORBIDDEN, GONE, withFakeAws } from "./fake-aws";
+import { lambdaContext, messageEvent, withLogs } from "./fixtures";
 
 const CALLER = "BFaT_fALIAMCKug=";
 
 describe("$default", () => {
-  const stub = stubClient(() => mockClient(ApiGatewayManagementApiClient));
-  withEnv({ MANAGEMENT_ENDPOINT: "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/dev" });
+  const aws = withFakeAws();
   const logs = withLogs();
-  let mgmt: ReturnType<typeof stub>;
-  beforeEach(() => {
-    mgmt = stub();
-    mgmt.on(PostToConnectionCommand).resolves({});
-    mgmt.on(GetConnectionCommand).resolves({
-      ConnectedAt: new Date("2024-11-11T11:35:19Z"),
-      LastActiveAt: new Date("2024-11-11T11:35:24Z"),
-      Identity: { SourceIp: "203.0.113.7", UserAgent: "wscat/6.1.0" },
-    });
+  // GetConnection's answer, as API Gateway sends it.
+  const CONNECTION = JSON.stringify({
+    connectedAt: "2024-11-11T11:35:19.000Z",
+    identity: { sourceIp: "203.0.113.7", userAgent: "wscat/6.1.0" },
+    lastActiveAt: "2024-11-11T11:35:24.000Z",
   });
+  beforeEach(() => aws().reply((call) => (call.method === "GET" ? { status: 200, body: CONNECTION } : undefined)));
 
   function posts() {
-    return mgmt.commandCalls(PostToConnectionCommand).map((c) => ({ to: c.args[0].input.ConnectionId, data: String(c.args[0].input.Data) }));
+    return aws().posts();
   }
 
   async function send(body: string) {
@@ -37,7 +28,7 @@ describe("$default", () => {
 
   it("answers the second seed's echo action with the text frame 'Echo: <data>'", async () => {
     assert.deepEqual(await send(JSON.stringify({ action: "echo", data: "hi" })), [{ to: CALLER, data: "Echo: hi" }]);
-    assert.equal(mgmt.commandCalls(GetConnectionCommand).length, 0);
+    assert.equal(aws().calls.filter((c) => c.method === "GET").length, 0);
   });
 
   it("answers echo without string data with an invalid_data error frame", async () => {
@@ -73,18 +64,18 @@ describe("$default", () => {
         lastActiveAt: "2024-11-11T11:35:24.000Z",
         identity: { sourceIp: "203.0.113.7", userAgent: "wscat/6.1.0" },
       });
-      assert.deepEqual(mgmt.commandCalls(GetConnectionCommand)[0].args[0].input, { ConnectionId: CALLER });
+      assert.deepEqual(aws().calls.filter((c) => c.method === "GET").map((c) => c.connectionId), [CALLER]);
     });
   }
 
   it("still answers with usage when GetConnection fails (unlike the tutorial, which crashed)", async () => {
-    mgmt.on(GetConnectionCommand).rejects(Object.assign(new Error("denied"), { name: "ForbiddenException", $metadata: { httpStatusCode: 403 } }));
+    aws().reply((call) => (call.method === "GET" ? FORBIDDEN : undefined));
     const [reply] = await send("not json");
     assert.deepEqual(JSON.parse(reply.data).connection, { connectionId: CALLER });
   });
 
   it("does not throw when the caller is already gone", async () => {
-    mgmt.on(PostToConnectionCommand).rejects(Object.assign(new Error("Gone"), { name: "GoneException", $metadata: { httpStatusCode: 410 } }));
+    aws().reply((call) => (call.method === "POST" ? GONE : undefined));
     await send('{"action":"echo","data":"x"}');
     assert.ok(logs().some((l) => l.msg === "default route" && l.outcome === "gone"));
   });

@@ -1,34 +1,32 @@
-import { ApiGatewayManagementApiClient, PostToConnectionCommand } from "@aws-sdk/client-apigatewaymanagementapi";
 import { DynamoDBDocumentClient, GetCommand, QueryCommand } from "@aws-sdk/lib-dynamodb";
 import { mockClient } from "aws-sdk-client-mock";
 import assert from "node:assert/strict";
 import { historyHandlerFactory } from "../../handlers/history";
 import { cursorOf } from "../../handlers/shared/messages";
+import { withFakeAws } from "./fake-aws";
 import { lambdaContext, messageEvent, stubClient, withEnv, withLogs } from "./fixtures";
 
 const CALLER = "BFaT_fALIAMCKug=";
 
 describe("history", () => {
   const ddbStub = stubClient(() => mockClient(DynamoDBDocumentClient));
-  const mgmtStub = stubClient(() => mockClient(ApiGatewayManagementApiClient));
+  const aws = withFakeAws();
   withEnv({
     CONNECTIONS_TABLE: "connections-test",
     ROOM_INDEX: "byRoom",
     MESSAGES_TABLE: "messages-test",
     HISTORY_RETENTION_DAYS: "1",
-    MANAGEMENT_ENDPOINT: "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/dev",
   });
   withLogs();
   const stored = (n: number) => ({ room: "ops", cursor: cursorOf(n), id: `id-${n}`, from: { name: "bo" }, message: `m${n}`, ts: 1_700_000_000_000 + n, expiresAt: 9_999_999_999 });
 
   beforeEach(() => {
     ddbStub().on(GetCommand).resolves({ Item: { connectionId: CALLER, room: "ops", name: "ann" } });
-    mgmtStub().on(PostToConnectionCommand).resolves({});
   });
 
   async function ask(body: unknown) {
     await historyHandlerFactory()(messageEvent(CALLER, JSON.stringify(body), "history"), lambdaContext);
-    return mgmtStub().commandCalls(PostToConnectionCommand).map((c) => JSON.parse(String(c.args[0].input.Data)));
+    return aws().posts().map((p) => JSON.parse(p.data));
   }
 
   it("replays the caller's room after since, in order, as message frames, then history-end", async () => {

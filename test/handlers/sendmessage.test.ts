@@ -1,23 +1,19 @@
-import {
-  ApiGatewayManagementApiClient,
-  GoneException,
-  LimitExceededException,
-  PostToConnectionCommand,
-} from "@aws-sdk/client-apigatewaymanagementapi";
 import { ConditionalCheckFailedException, TransactionCanceledException } from "@aws-sdk/client-dynamodb";
 import { DeleteCommand, DynamoDBDocumentClient, GetCommand, QueryCommand, ScanCommand, TransactWriteCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import { mockClient } from "aws-sdk-client-mock";
 import assert from "node:assert/strict";
 import { sendMessageHandlerFactory } from "../../handlers/sendmessage";
-import { connId, lambdaContext, messageEvent, stubClient, withEnv, withLogs } from "./fixtures";
+import { FORBIDDEN, GONE, SERVER_ERROR, THROTTLED, withFakeAws } from "./fake-aws";
+import { connId, lambdaContext, messageEvent, stubClient, useEnv, withEnv, withLogs } from "./fixtures";
 
 const SENDER = connId(0);
 const ENV = {
   CONNECTIONS_TABLE: "connections-test",
   ROOM_INDEX: "byRoom",
-  MANAGEMENT_ENDPOINT: "https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/dev",
   MAX_MESSAGE_BYTES: "64",
   FANOUT_CONCURRENCY: "4",
+  FANOUT_CHUNK_SIZE: "1000",
+  FANOUT_FUNCTION: "ws-chat-fanout-dev",
   MESSAGES_TABLE: "messages-test",
   HISTORY_RETENTION_DAYS: "1",
   RATE_LIMIT_MESSAGES: "5",
@@ -26,26 +22,24 @@ const ENV = {
 const SENDER_RECORD = { connectionId: SENDER, room: "general", name: "alice", connectedAt: 1, expiresAt: 2 };
 const conditionFailed = () => new ConditionalCheckFailedException({ message: "The conditional request failed", $metadata: {} });
 
-const gone = () => new GoneException({ message: "Gone", $metadata: { httpStatusCode: 410 } });
-const throttled = () => new LimitExceededException({ message: "Limit exceeded", $metadata: { httpStatusCode: 429 } });
-const serverError = () => Object.assign(new Error("Internal"), { name: "InternalServerErrorException", $metadata: { httpStatusCode: 500 } });
-const forbidden = () => Object.assign(new Error("Forbidden"), { name: "ForbiddenException", $metadata: { httpStatusCode: 403 } });
+/** Answers the first `times` posts to `id` with `answer`, then 200. */
+function failing(id: string, answer: typeof GONE, times = Infinity) {
+  let left = times;
+  return (call: { connectionId?: string }) => (call.connectionId === id && left-- > 0 ? answer : undefined);
+}
 
 describe("sendmessage", () => {
   const ddbStub = stubClient(() => mockClient(DynamoDBDocumentClient));
-  const mgmtStub = stubClient(() => mockClient(ApiGatewayManagementApiClient));
+  const aws = withFakeAws();
   withEnv(ENV);
   const logs = withLogs();
   let ddb: ReturnType<typeof ddbStub>;
-  let mgmt: ReturnType<typeof mgmtStub>;
   beforeEach(() => {
     ddb = ddbStub();
-    mgmt = mgmtStub();
     ddb.on(UpdateCommand).resolves({ Attributes: SENDER_RECORD }); // rate limit admits, returns the sender
     ddb.on(GetCommand, { TableName: "messages-test" }).resolves({ Item: { room: "general", cursor: "#head", seq: 41 } });
     ddb.on(TransactWriteCommand).resolves({});
     ddb.on(DeleteCommand).resolves({});
-    mgmt.on(PostToConnectionCommand).resolves({});
   });
 
   /** The room's members, served in pages of `pageSize` through LastEvaluatedKey. */
@@ -59,7 +53,7 @@ describe("sendmessage", () => {
   }
 
   function posts() {
-    return mgmt.commandCalls(PostToConnectionCommand).map((c) => ({ to: c.args[0].input.ConnectionId!, data: String(c.args[0].input.Data) }));
+    return aws().posts();
   }
 
   async function send(body: unknown) {
@@ -107,7 +101,7 @@ describe("sendmessage", () => {
 
   it("removes exactly the record of a recipient that answers 410, and still delivers to the rest", async () => {
     roomOf([SENDER, connId(1), connId(2), connId(3)]);
-    mgmt.on(PostToConnectionCommand, { ConnectionId: connId(2) }).rejects(gone());
+    aws().reply(failing(connId(2), GONE));
     await send({ action: "sendmessage", message: "hi" });
     const deleted = ddb.commandCalls(DeleteCommand).map((c) => c.args[0].input.Key);
     assert.deepEqual(deleted, [{ connectionId: connId(2) }]);
@@ -117,12 +111,9 @@ describe("sendmessage", () => {
 
   it("retries 429 and 5xx with backoff until delivered", async () => {
     roomOf([SENDER, connId(1), connId(2)]);
-    mgmt
-      .on(PostToConnectionCommand, { ConnectionId: connId(1) })
-      .rejectsOnce(throttled())
-      .rejectsOnce(throttled())
-      .resolves({});
-    mgmt.on(PostToConnectionCommand, { ConnectionId: connId(2) }).rejectsOnce(serverError()).resolves({});
+    const first = failing(connId(1), THROTTLED, 2);
+    const second = failing(connId(2), SERVER_ERROR, 1);
+    aws().reply((call) => first(call) ?? second(call));
     const sent = await send({ action: "sendmessage", message: "hi" });
     assert.equal(sent.filter((p) => p.to === connId(1)).length, 3);
     assert.equal(sent.filter((p) => p.to === connId(2)).length, 2);
@@ -132,7 +123,7 @@ describe("sendmessage", () => {
 
   it("gives up after 4 attempts on a recipient that keeps answering 429, without deleting it", async () => {
     roomOf([SENDER, connId(1)]);
-    mgmt.on(PostToConnectionCommand, { ConnectionId: connId(1) }).rejects(throttled());
+    aws().reply(failing(connId(1), THROTTLED));
     const sent = await send({ action: "sendmessage", message: "hi" });
     assert.equal(sent.length, 4);
     assert.equal(fanoutLog().failed, 1);
@@ -142,7 +133,7 @@ describe("sendmessage", () => {
   it("must not let one failing recipient stop delivery to the others", async () => {
     const members = [SENDER, ...Array.from({ length: 9 }, (_, i) => connId(i + 1))];
     roomOf(members, 4);
-    mgmt.on(PostToConnectionCommand, { ConnectionId: connId(1) }).rejects(forbidden());
+    aws().reply(failing(connId(1), FORBIDDEN));
     const sent = await send({ action: "sendmessage", message: "hi" });
     assert.deepEqual(new Set(sent.map((p) => p.to)), new Set(members.slice(1)));
     assert.equal(fanoutLog().delivered, 8);
@@ -150,15 +141,54 @@ describe("sendmessage", () => {
     assert.ok(logs().some((l) => l.msg === "delivery failed" && l.connectionId === connId(1)));
   });
 
+  describe("a room larger than FANOUT_CHUNK_SIZE", () => {
+    let restore: () => void;
+    beforeEach(() => (restore = useEnv({ FANOUT_CHUNK_SIZE: "5" })));
+    afterEach(() => restore());
+    const members = [SENDER, ...Array.from({ length: 12 }, (_, i) => connId(i + 1))];
+
+    it("delivers the first chunk itself and hands each further chunk to fanout with an asynchronous Invoke", async () => {
+      roomOf(members, 4);
+      const sent = await send({ action: "sendmessage", message: "to many" });
+      assert.deepEqual(sent.map((p) => p.to).sort(), members.slice(1, 6).sort(), "the first 5 recipients, posted here");
+      const handed = aws().invocations();
+      assert.deepEqual(handed.map((i) => [i.functionName, i.type]), [["ws-chat-fanout-dev", "Event"], ["ws-chat-fanout-dev", "Event"]]);
+      const events = handed.map((i) => i.event as { kind: string; room: string; cursor: string; data: string; connectionIds: string[] });
+      assert.deepEqual(events.map((e) => e.connectionIds), [members.slice(6, 11), members.slice(11)]);
+      for (const e of events) {
+        assert.deepEqual([e.kind, e.room, e.cursor, e.data], ["chat.fanout", "general", "0000000000000042", sent[0].data]);
+      }
+      assert.deepEqual([fanoutLog().delivered, fanoutLog().dispatched, fanoutLog().handedRecipients], [5, 2, 7]);
+    });
+
+    it("must not lose a chunk whose hand-off is refused: sendmessage delivers it itself", async () => {
+      roomOf(members, 4);
+      let refused = 0;
+      aws().reply((call) => (call.functionName && refused++ === 0 ? { status: 429, type: "TooManyRequestsException", body: '{"message":"Rate exceeded"}' } : undefined));
+      const sent = await send({ action: "sendmessage", message: "to many" });
+      assert.deepEqual(sent.map((p) => p.to).sort(), members.slice(1, 11).sort(), "chunks 1 and 2 posted here");
+      assert.deepEqual(aws().invocations().length, 2, "both hand-offs were tried");
+      assert.ok(logs().some((l) => l.msg === "fan-out hand-off failed; delivering that chunk here" && (l.error as { name: string }).name === "TooManyRequestsException"));
+      assert.deepEqual([fanoutLog().delivered, fanoutLog().dispatched], [10, 1]);
+    });
+
+    it("never hands off a room that fits in one chunk", async () => {
+      roomOf(members.slice(0, 6), 4);
+      const sent = await send({ action: "sendmessage", message: "few" });
+      assert.equal(sent.length, 5);
+      assert.deepEqual(aws().invocations(), []);
+    });
+  });
+
   it("keeps at most FANOUT_CONCURRENCY posts in flight", async () => {
     roomOf([SENDER, ...Array.from({ length: 30 }, (_, i) => connId(i + 1))], 7);
     let inFlight = 0;
     let peak = 0;
-    mgmt.on(PostToConnectionCommand).callsFake(async () => {
+    aws().reply(async () => {
       peak = Math.max(peak, ++inFlight);
       await new Promise((r) => setTimeout(r, 5));
       inFlight--;
-      return {};
+      return undefined;
     });
     await send({ action: "sendmessage", message: "hi" });
     assert.equal(peak, 4);
@@ -217,6 +247,11 @@ describe("sendmessage", () => {
 
     it("persists the message before fan-out: head bumped from 41 to 42, message stored under cursor 42", async () => {
       roomOf([SENDER, connId(1)]);
+      const persistedAtFirstPost: number[] = [];
+      aws().reply(() => {
+        if (!persistedAtFirstPost.length) persistedAtFirstPost.push(ddb.commandCalls(TransactWriteCommand).length);
+        return undefined;
+      });
       await send({ action: "sendmessage", message: "kept" });
       const [items] = appended();
       assert.equal(items.length, 2, "no client id, no claim");
@@ -228,8 +263,7 @@ describe("sendmessage", () => {
       assert.equal(stored.message, "kept");
       assert.deepEqual(stored.from, { name: "alice" });
       assert.equal(stored.expiresAt, Math.floor(stored.ts / 1000) + 86_400);
-      const [persist, post] = [ddb.commandCalls(TransactWriteCommand)[0], mgmt.commandCalls(PostToConnectionCommand)[0]];
-      assert.ok(persist.calledBefore(post), "persisted before any delivery");
+      assert.deepEqual(persistedAtFirstPost, [1], "persisted before any delivery");
     });
 
     it("without an id, the sender gets nothing, as in the tutorial", async () => {

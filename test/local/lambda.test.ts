@@ -111,6 +111,32 @@ describe("local Lambda runtime", function () {
     assert.ok(lines.includes("[chat-fn] hello from the handler"), JSON.stringify(lines));
   });
 
+  it("ends every invocation with a REPORT line in Lambda's format: duration, memory, init on a cold start, CPU time", async () => {
+    start();
+    const cold = await runtime.invoke("chat-fn", {});
+    await runtime.invoke("chat-fn", {});
+    const reports = lines.filter((l) => l.startsWith("[chat-fn] REPORT RequestId: "));
+    assert.equal(reports.length, 2);
+    assert.match(reports[0], new RegExp(`^\\[chat-fn\\] REPORT RequestId: ${cold.requestId}\tDuration: [\\d.]+ ms\tBilled Duration: \\d+ ms\tMemory Size: 128 MB\tMax Memory Used: \\d+ MB\tInit Duration: [\\d.]+ ms\tCPU Time: [\\d.]+ ms$`));
+    assert.doesNotMatch(reports[1], /Init Duration/, "init is reported once per instance");
+    assert.ok(cold.report!.maxMemoryUsedMb > 10 && cold.report!.maxMemoryUsedMb < 128, `${cold.report!.maxMemoryUsedMb} MB: plain Node, no TypeScript compiler in the instance`);
+  });
+
+  it("runs an asynchronous invocation later, and retries a failed one as Lambda's event queue does", async () => {
+    runtime = createLambdaRuntime({
+      functions: [spec({ async: { maximumRetryAttempts: 2, maximumEventAgeSeconds: 60 } })],
+      baseEnv: {},
+      write: (l) => lines.push(l),
+      asyncRetryDelayMs: () => 10,
+    });
+    assert.equal(runtime.invokeAsync("chat-fn", { fail: "always" }), true);
+    assert.equal(runtime.invokeAsync("no-such-fn", {}), false);
+    assert.equal(runtime.pendingAsync(), 1);
+    await runtime.drainAsync();
+    assert.equal(runtime.reports("chat-fn").length, 3, "the first run and two retries");
+    assert.ok(lines.some((l) => /async invocation dropped after 3 attempt\(s\): ChatBroke: always/.test(l)));
+  });
+
   it("reports an archive that fails to load as an init error", async () => {
     fs.writeFileSync(path.join(dir, "__index.js"), "throw new Error('bad archive');");
     start();

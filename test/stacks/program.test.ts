@@ -31,7 +31,7 @@ for (const stack of ["dev", "prod"] as const) {
 
     const config = (key: string) => program.config[`ws-chat:${key}`];
     const prod = stack === "prod";
-    const functionNames = () => [...Object.values(ROUTE_FUNCTIONS), ...(prod ? ["authorizer"] : [])];
+    const functionNames = () => [...Object.values(ROUTE_FUNCTIONS), "fanout", ...(prod ? ["authorizer"] : [])];
     const fn = (route: string) => one(program, "aws:lambda/function:Function", `ws-chat-${route}`);
     const api = () => one(program, "aws:apigatewayv2/api:Api");
 
@@ -172,12 +172,15 @@ for (const stack of ["dev", "prod"] as const) {
       assert.deepEqual(fn("disconnect").inputs.environment.variables, connectionsEnv);
       assert.deepEqual(fn("default").inputs.environment.variables, { MANAGEMENT_ENDPOINT: endpoint });
       assert.deepEqual(fn("history").inputs.environment.variables, { ...connectionsEnv, ...historyEnv, MANAGEMENT_ENDPOINT: endpoint });
+      assert.deepEqual(fn("fanout").inputs.environment.variables, { ...connectionsEnv, MANAGEMENT_ENDPOINT: endpoint, FANOUT_CONCURRENCY: config("fanoutConcurrency") });
       assert.deepEqual(fn("sendmessage").inputs.environment.variables, {
         ...connectionsEnv,
         ...historyEnv,
         MANAGEMENT_ENDPOINT: endpoint,
         MAX_MESSAGE_BYTES: config("maxMessageBytes"),
         FANOUT_CONCURRENCY: config("fanoutConcurrency"),
+        FANOUT_CHUNK_SIZE: config("fanoutChunkSize"),
+        FANOUT_FUNCTION: fn("fanout").state.name,
         RATE_LIMIT_MESSAGES: config("rateLimitMessages"),
         RATE_LIMIT_WINDOW_SECONDS: config("rateLimitWindowSeconds"),
       });
@@ -218,13 +221,27 @@ for (const stack of ["dev", "prod"] as const) {
       it("disconnect may only DeleteItem on the connections table", () => {
         assert.deepEqual(statements("disconnect"), [{ Action: ["dynamodb:DeleteItem"], Resource: [tableArn()] }]);
       });
-      it("sendmessage may admit the sender, Query the room index, append to history and POST to this stage's @connections", () => {
+      it("sendmessage may admit the sender, Query the room index, append to history, POST to this stage's @connections and invoke fanout", () => {
         assert.deepEqual(statements("sendmessage"), [
           { Action: ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [tableArn()] },
           { Action: ["dynamodb:Query"], Resource: [`${tableArn()}/index/byRoom`] },
           { Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [tableArn("messages")] },
           { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
+          { Action: ["lambda:InvokeFunction"], Resource: [fn("fanout").state.arn] },
         ]);
+      });
+      it("fanout may only POST to this stage's @connections and DeleteItem stale records", () => {
+        assert.deepEqual(statements("fanout"), [
+          { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
+          { Action: ["dynamodb:DeleteItem"], Resource: [tableArn()] },
+        ]);
+      });
+      it("fanout is retried by Lambda's event queue at most twice, for at most two minutes", () => {
+        const config = one(program, "aws:lambda/functionEventInvokeConfig:FunctionEventInvokeConfig");
+        assert.deepEqual(
+          [config.inputs.functionName, config.inputs.maximumRetryAttempts, config.inputs.maximumEventAgeInSeconds],
+          [fn("fanout").state.name, 2, 120],
+        );
       });
       it("history may read the caller, Query the messages table and POST to this stage's @connections", () => {
         assert.deepEqual(statements("history"), [
@@ -260,7 +277,7 @@ for (const stack of ["dev", "prod"] as const) {
       });
     });
 
-    it(prod ? "alarms on every function's errors and throttles (the authorizer's too), API errors and DynamoDB throttling, to an SNS topic" : "must not create alarms or a topic in dev", () => {
+    it(prod ? "alarms on every function's errors and throttles (the authorizer's too), dropped fan-out chunks, API errors and DynamoDB throttling, to an SNS topic" : "must not create alarms or a topic in dev", () => {
       const alarms = byType(program, "aws:cloudwatch/metricAlarm:MetricAlarm");
       const topics = byType(program, "aws:sns/topic:Topic");
       if (!prod) {
@@ -271,6 +288,7 @@ for (const stack of ["dev", "prod"] as const) {
       const metric = (a: RecordedResource) => `${a.inputs.namespace} ${a.inputs.metricName} ${JSON.stringify(a.inputs.dimensions)}`;
       const expected = [
         ...functionNames().flatMap((f) => ["Errors", "Throttles"].map((m) => `AWS/Lambda ${m} ${JSON.stringify({ FunctionName: fn(f).state.name })}`)),
+        `AWS/Lambda AsyncEventsDropped ${JSON.stringify({ FunctionName: fn("fanout").state.name })}`,
         ...["IntegrationError", "ExecutionError"].map((m) => `AWS/ApiGateway ${m} ${JSON.stringify({ ApiId: api().id, Stage: "prod" })}`),
         ...["connections", "messages"].flatMap((t) =>
           ["ReadThrottleEvents", "WriteThrottleEvents"].map((m) => `AWS/DynamoDB ${m} ${JSON.stringify({ TableName: one(program, "aws:dynamodb/table:Table", t).state.name })}`),
@@ -343,6 +361,7 @@ for (const stack of ["dev", "prod"] as const) {
         const dir = fs.mkdtempSync(path.join(PROJECT_DIR, ".local", "archive-test-"));
         const restore = { ...process.env };
         for (const name of functionNames()) Object.assign(process.env, fn(name).inputs.environment.variables);
+        process.env.AWS_REGION = program.region; // Lambda sets it in every instance
         try {
           for (const [name, archive] of program.archives) {
             const file = path.join(dir, `${name}.js`);

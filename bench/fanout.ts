@@ -1,0 +1,178 @@
+/**
+ * Fan-out: one message to N members of one room; time from send to the last delivery, how many
+ * got it, CPU per recipient and peak RSS of the instances that did the work. Three
+ * implementations on this machine: ours and the seed's (both through the local stack, with the
+ * management API's injected latency), and a raw `ws` relay (the floor).
+ */
+import { fork } from "child_process";
+import { randomBytes } from "crypto";
+import * as path from "path";
+import WebSocket from "ws";
+import { localStack } from "../test/e2e/stack";
+import { parseReports, reportsOf } from "./reports";
+import { sleep } from "./stats";
+import { Swarm } from "./swarm";
+
+export type Implementation = "ours" | "seed" | "floor";
+
+export interface FanoutSample {
+  implementation: Implementation;
+  members: number;
+  recipients: number;
+  delivered: number;
+  /** Send to last delivery. */
+  timeMs: number;
+  /** CPU of the function instances (or the floor's process) per recipient. */
+  cpuMsPerRecipient: number;
+  /** Highest "Max Memory Used" of any instance that worked on the message (the floor: its process). */
+  peakRssMb: number;
+  /** Function runs that worked on the message (1 + fanout chunks), 1 for the floor. */
+  invocations: number;
+}
+
+export interface FanoutOptions {
+  sizes: number[];
+  runs: number;
+  latencyMs: number;
+  /** Swarm processes. */
+  processes: number;
+  log: (line: string) => void;
+}
+
+interface Target {
+  url: string;
+  /** CPU ms, peak RSS and invocation count of what worked on the message sent since `mark`. */
+  usage(mark: unknown): Promise<{ cpuMs: number; peakRssMb: number; invocations: number }>;
+  mark(): Promise<unknown>;
+  stop(): Promise<void>;
+}
+
+async function stackTarget(implementation: "ours" | "seed", latencyMs: number): Promise<Target> {
+  const stack = await localStack([
+    "--management-latency", String(latencyMs),
+    "--idle-timeout", "7200",
+    "--config", "rateLimitMessages=10000",
+    ...(implementation === "seed" ? ["--config", "benchSeedFanout=true"] : []),
+  ]);
+  return {
+    url: `${stack.outputs.url}?room=bench`,
+    mark: async () => stack.logs().length,
+    async usage(mark) {
+      // Wait until the runs that worked on this message have all printed their REPORT lines.
+      let count = -1;
+      for (;;) {
+        const reports = reportsOf(parseReports(stack.logs().slice(mark as number)), "-sendmessage-", "-fanout-");
+        const done = reports.some((r) => r.functionName.includes("-sendmessage-"));
+        if (done && reports.length === count) {
+          if (process.env.BENCH_DEBUG) console.log(stack.logs().slice(mark as number).split("\n").filter((l) => /"msg":"(message|fan-out chunk|delivery failed)|hand-off|dropped/.test(l)).join("\n"));
+          return {
+            cpuMs: reports.reduce((n, r) => n + r.cpuMs, 0),
+            peakRssMb: Math.max(...reports.map((r) => r.maxMemoryUsedMb)),
+            invocations: reports.length,
+          };
+        }
+        count = reports.length;
+        await sleep(500);
+      }
+    },
+    stop: () => stack.stop(),
+  };
+}
+
+async function floorTarget(): Promise<Target> {
+  const child = fork(path.join(__dirname, "floor-server.ts"), [], { execArgv: ["--require", "ts-node/register/transpile-only"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  const next = (type: string) => new Promise<Record<string, number>>((resolve) => {
+    const on = (m: Record<string, number> & { type: string }) => {
+      if (m.type !== type) return;
+      child.off("message", on);
+      resolve(m);
+    };
+    child.on("message", on);
+  });
+  const port = (await next("listening")).port;
+  const usage = async () => {
+    const u = next("usage");
+    child.send({ type: "usage" });
+    return u;
+  };
+  return {
+    url: `ws://127.0.0.1:${port}`,
+    mark: usage,
+    async usage(mark) {
+      const now = await usage();
+      return { cpuMs: now.cpuMs - (mark as Record<string, number>).cpuMs, peakRssMb: now.maxRssMb, invocations: 1 };
+    },
+    async stop() {
+      child.kill();
+    },
+  };
+}
+
+function openSender(url: string): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { perMessageDeflate: false });
+    ws.once("open", () => resolve(ws));
+    ws.once("error", reject);
+  });
+}
+
+/** Polls until every recipient has the marker, or nothing new arrives for `stallMs`. */
+async function waitForDeliveries(swarm: Swarm, marker: string, expected: number, stallMs = 5_000) {
+  let last = { count: -1, first: 0, last: 0 };
+  let changedAt = Date.now();
+  for (;;) {
+    await sleep(100);
+    const receipt = await swarm.receipt(marker);
+    if (receipt.count >= expected) return receipt;
+    if (receipt.count !== last.count) changedAt = Date.now();
+    else if (Date.now() - changedAt > stallMs) return receipt;
+    last = receipt;
+  }
+}
+
+export async function runFanout(implementation: Implementation, options: FanoutOptions): Promise<FanoutSample[]> {
+  const target = implementation === "floor" ? await floorTarget() : await stackTarget(implementation, options.latencyMs);
+  const swarm = new Swarm(options.processes);
+  const samples: FanoutSample[] = [];
+  try {
+    const sender = await openSender(target.url);
+    for (const members of [...options.sizes].sort((a, b) => a - b)) {
+      const recipients = members - 1;
+      const growBy = recipients - swarm.size;
+      const opened = Date.now();
+      await swarm.grow(target.url, growBy);
+      options.log(`  ${implementation}: ${members} members connected (+${growBy} in ${((Date.now() - opened) / 1000).toFixed(1)} s)`);
+      await sleep(1_000); // let $connect writes and logs settle
+      for (let run = 1; run <= options.runs; run++) {
+        const marker = `bench-${members}-${run}-${randomBytes(4).toString("hex")}`;
+        await swarm.expect(marker);
+        const mark = await target.mark();
+        const sentAt = Date.now();
+        sender.send(implementation === "floor" ? marker : JSON.stringify({ action: "sendmessage", message: marker }));
+        const receipt = await waitForDeliveries(swarm, marker, recipients);
+        const usage = await target.usage(mark);
+        const sample: FanoutSample = {
+          implementation,
+          members,
+          recipients,
+          delivered: receipt.count,
+          timeMs: receipt.count ? receipt.last - sentAt : NaN,
+          cpuMsPerRecipient: usage.cpuMs / recipients,
+          peakRssMb: usage.peakRssMb,
+          invocations: usage.invocations,
+        };
+        samples.push(sample);
+        options.log(
+          `  ${implementation} N=${members} run ${run}: ${sample.delivered}/${recipients} delivered in ${sample.timeMs} ms, ` +
+            `${sample.cpuMsPerRecipient.toFixed(3)} CPU ms/recipient, peak ${sample.peakRssMb} MB, ${sample.invocations} run(s)`,
+        );
+        await sleep(500);
+      }
+    }
+    sender.terminate();
+  } finally {
+    await swarm.close();
+    await target.stop();
+  }
+  return samples;
+}
