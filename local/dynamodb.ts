@@ -77,6 +77,8 @@ export interface LocalDynamoDB {
   client: DynamoDBDocumentClient;
   /** Fault injection: every request arriving in the next `ms` milliseconds waits until then. */
   stall(ms: number): void;
+  /** Fault injection: connections reset and refused for `ms` milliseconds, data kept (transactions.ts). */
+  restart(ms: number): void;
   /** Deletes every item whose TTL attribute is in the past; returns how many it removed. */
   sweepExpired(nowSeconds?: number): Promise<number>;
   close(): Promise<void>;
@@ -164,6 +166,7 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
     endpoint,
     client,
     stall: (ms) => proxy.stall(ms),
+    restart: (ms) => proxy.restart(ms),
     sweepExpired,
     async close() {
       if (sweeping.closed) return;

@@ -102,6 +102,12 @@ export interface TransactionProxy {
   endpoint: string;
   /** Fault injection: holds every request that arrives in the next `ms` milliseconds until then. */
   stall(ms: number): void;
+  /**
+   * Fault injection: a restart as clients see it. Open connections are reset (requests in flight
+   * get no answer) and every connection in the next `ms` milliseconds is reset on arrival; then
+   * service resumes with the data intact, as a DynamoDB endpoint restarting over --data-dir.
+   */
+  restart(ms: number): void;
   close(): Promise<void>;
 }
 
@@ -156,7 +162,9 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
   }
 
   let stalledUntil = 0;
+  let downUntil = 0;
   const server: Server = createServer((req, res) => {
+    if (Date.now() < downUntil) return req.socket.destroy();
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", async () => {
@@ -174,6 +182,10 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
     endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     stall(ms) {
       stalledUntil = Date.now() + ms;
+    },
+    restart(ms) {
+      downUntil = Date.now() + ms;
+      server.closeAllConnections();
     },
     close: () =>
       new Promise<void>((resolve) => {
