@@ -10,7 +10,7 @@ import dynalite = require("dynalite");
 import * as fs from "fs";
 import type { AddressInfo } from "net";
 import type { RecordedResource } from "./program";
-import { startTransactionProxy } from "./transactions";
+import { CapacityMeter, startTransactionProxy } from "./transactions";
 
 export interface TableSpec {
   name: string;
@@ -76,6 +76,8 @@ export interface LocalDynamoDB {
   endpoint: string;
   client: DynamoDBDocumentClient;
   /** Fault injection: every request arriving in the next `ms` milliseconds waits until then. */
+  /** Capacity consumed so far, per ReturnConsumedCapacity (transactions.ts). */
+  meter: CapacityMeter;
   stall(ms: number): void;
   /** Fault injection: connections reset and refused for `ms` milliseconds, data kept (transactions.ts). */
   restart(ms: number): void;
@@ -165,6 +167,7 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
   return {
     endpoint,
     client,
+    meter: proxy.meter,
     stall: (ms) => proxy.stall(ms),
     restart: (ms) => proxy.restart(ms),
     sweepExpired,

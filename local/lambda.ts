@@ -85,6 +85,8 @@ export interface LambdaRuntime {
   pendingAsync(): number;
   /** Resolves once every asynchronous invocation (retries included) has ended. */
   drainAsync(): Promise<void>;
+  /** Invocations finished so far, per function (never trimmed). */
+  invocationCounts(): Record<string, number>;
   /** Finished invocations in order (the latest 10,000), for benchmarks and tests. */
   reports(functionName?: string): (InvokeOutcome & { functionName: string })[];
   /** Instances alive per function, for tests and diagnostics. */
@@ -139,6 +141,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
   const worker = compileWorker();
   const finished: (InvokeOutcome & { functionName: string })[] = [];
   const asyncRuns = new Set<Promise<void>>();
+  const counts: Record<string, number> = {};
   const specs = new Map(options.functions.map((f) => [f.name, f]));
   const pools = new Map<string, Instance[]>(options.functions.map((f) => [f.name, []]));
   const waiting = new Map<string, ((instance: Instance) => void)[]>(options.functions.map((f) => [f.name, []]));
@@ -252,6 +255,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     const done: InvokeOutcome = { ...outcome, durationMs: Date.now() - started, coldStart, requestId };
     write(`[${spec.name}] ${reportLine(requestId, done, spec.memoryMb)}`);
     finished.push({ ...done, functionName });
+    counts[functionName] = (counts[functionName] ?? 0) + 1;
     if (finished.length > REPORTS_KEPT) finished.splice(0, finished.length - REPORTS_KEPT);
     return done;
   }
@@ -316,6 +320,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     invoke,
     invokeAsync,
     pendingAsync: () => asyncRuns.size,
+    invocationCounts: () => ({ ...counts }),
     drainAsync,
     reports: (functionName) => (functionName ? finished.filter((r) => r.functionName === functionName) : [...finished]),
     instanceCount: (name) => pools.get(name)?.filter((i) => !i.exited).length ?? 0,

@@ -14,6 +14,8 @@ export interface ManagementOptions {
   latencyMs?: number;
   /** Fault injection: the share of calls answered 429 (LimitExceededException) and 500 instead. */
   faults?: ManagementFaults;
+  /** Calls answered so far, per method (for the cost benchmark). */
+  calls?: Record<string, number>;
   log?: (line: string) => void;
 }
 
@@ -55,6 +57,7 @@ export function handleManagementRequest(options: ManagementOptions, req: Incomin
     if (size <= MAX_MESSAGE_BYTES + 1) chunks.push(chunk);
   });
   req.on("end", () => {
+    if (options.calls) options.calls[req.method ?? "GET"] = (options.calls[req.method ?? "GET"] ?? 0) + 1;
     const answer = () => respond(options, req.method ?? "GET", connectionId, Buffer.concat(chunks), size, res);
     if (options.latencyMs) setTimeout(answer, options.latencyMs);
     else answer();

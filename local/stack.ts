@@ -7,7 +7,7 @@
  */
 import { randomBytes } from "crypto";
 import * as fs from "fs";
-import { createServer, Server } from "http";
+import { createServer, Server, ServerResponse } from "http";
 import type { AddressInfo } from "net";
 import * as path from "path";
 import { LocalDynamoDB, startDynamoDB, tableSpec } from "./dynamodb";
@@ -16,6 +16,7 @@ import { createLambdaRuntime, DEFAULT_ASYNC_CONFIG, FunctionSpec, LambdaRuntime 
 import { handleLambdaApiRequest } from "./lambda-api";
 import { arnMatches } from "./iam";
 import { handleManagementRequest, ManagementFaults } from "./management";
+import type { CapacityMeter } from "./transactions";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, readProjectFile, RecordedResource } from "./program";
 import { servePage } from "./web";
 
@@ -103,6 +104,15 @@ function writeArchive(program: LoadedProgram, fn: RecordedResource, root: string
     fs.writeFileSync(path.join(dir, file), content);
   }
   return dir;
+}
+
+/** What the stack counted so far, for benchmarks: DynamoDB capacity, @connections calls, invocations. */
+export const METRICS_PATH = "/_local/metrics";
+
+function serveMetrics(res: ServerResponse, sources: { dynamodb: CapacityMeter; management: Record<string, number>; lambda: LambdaRuntime }) {
+  const invocations = sources.lambda.invocationCounts();
+  res.writeHead(200, { "Content-Type": "application/json" });
+  res.end(JSON.stringify({ dynamodb: sources.dynamodb, management: sources.management, invocations }));
 }
 
 /** A FunctionEventInvokeConfig's retry settings, Lambda's defaults for what it leaves out. */
@@ -236,8 +246,10 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     const outputs = program.outputs as StackOutputs;
     const authEnabled = routes.some((r) => r.authorizer);
     const pageUrl = `http://${host}:${port}/`;
+    const managementCalls: Record<string, number> = {};
     server.on("request", (req, res) => {
-      if (handleManagementRequest({ stage, gateway, latencyMs: options.managementLatencyMs, faults: options.managementFaults, log }, req, res)) return;
+      if (handleManagementRequest({ stage, gateway, latencyMs: options.managementLatencyMs, faults: options.managementFaults, calls: managementCalls, log }, req, res)) return;
+      if (req.url === METRICS_PATH) return serveMetrics(res, { dynamodb: dynamodb.meter, management: managementCalls, lambda: lambdas });
       if (handleLambdaApiRequest({ runtime: lambdas, functionNames: specs.map((f) => f.name), log }, req, res)) return;
       if (servePage({ url: outputs.url, authEnabled }, req, res)) return;
       answerPlainRequest(stage, req, res);

@@ -98,8 +98,27 @@ export async function transactWrite(client: DynamoDBClient, schemas: Map<string,
   return { cancelled: undefined };
 }
 
+/** Capacity consumed since start, as DynamoDB reports it with ReturnConsumedCapacity, per operation. */
+export interface CapacityMeter {
+  requests: Record<string, number>;
+  readUnits: number;
+  writeUnits: number;
+}
+
+const READS = new Set(["GetItem", "BatchGetItem", "Query", "Scan"]);
+
+/** Transactional writes cost twice a standard write: 2 WCU per KB of each item (DynamoDB pricing). */
+function transactionWriteUnits(items: TransactWriteItem[]): number {
+  return items.reduce((units, action) => {
+    const item = action.Put?.Item ?? action.Update?.Key ?? action.Delete?.Key ?? action.ConditionCheck?.Key ?? {};
+    return units + 2 * Math.max(1, Math.ceil(Buffer.byteLength(JSON.stringify(item)) / 1024));
+  }, 0);
+}
+
 export interface TransactionProxy {
   endpoint: string;
+  /** What every request so far consumed (requests are metered with ReturnConsumedCapacity: TOTAL). */
+  meter: CapacityMeter;
   /** Fault injection: holds every request that arrives in the next `ms` milliseconds until then. */
   stall(ms: number): void;
   /**
@@ -121,14 +140,49 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
     return next;
   };
 
-  function forward(req: IncomingMessage, body: Buffer, res: ServerResponse): Promise<void> {
+  const meter: CapacityMeter = { requests: {}, readUnits: 0, writeUnits: 0 };
+
+  /**
+   * Forwards to dynalite, asking for ConsumedCapacity on every request so the meter sees all of it;
+   * the figure is removed from the answer when the caller did not ask for it.
+   */
+  function forward(req: IncomingMessage, original: Buffer, res: ServerResponse, operation: string): Promise<void> {
+    let body = original;
+    let asked = true;
+    try {
+      const input = JSON.parse(original.toString("utf8")) as { ReturnConsumedCapacity?: string };
+      if (!input.ReturnConsumedCapacity || input.ReturnConsumedCapacity === "NONE") {
+        asked = false;
+        body = Buffer.from(JSON.stringify({ ...input, ReturnConsumedCapacity: "TOTAL" }));
+      }
+    } catch {
+      // not JSON: dynalite answers it as DynamoDB would
+    }
+    meter.requests[operation] = (meter.requests[operation] ?? 0) + 1;
     return new Promise((resolve) => {
       const upstream = request(
-        { hostname: targetUrl.hostname, port: targetUrl.port, path: req.url, method: req.method, headers: req.headers },
+        { hostname: targetUrl.hostname, port: targetUrl.port, path: req.url, method: req.method, headers: { ...req.headers, "content-length": String(body.length) } },
         (answer) => {
-          res.writeHead(answer.statusCode ?? 500, answer.headers);
-          answer.pipe(res);
-          answer.on("end", resolve);
+          const chunks: Buffer[] = [];
+          answer.on("data", (c: Buffer) => chunks.push(c));
+          answer.on("end", () => {
+            let out = Buffer.concat(chunks);
+            try {
+              const parsed = JSON.parse(out.toString("utf8")) as { ConsumedCapacity?: { CapacityUnits?: number } | { CapacityUnits?: number }[] };
+              const consumed = [parsed.ConsumedCapacity ?? []].flat().reduce((n, c) => n + (c.CapacityUnits ?? 0), 0);
+              if (READS.has(operation)) meter.readUnits += consumed;
+              else meter.writeUnits += consumed;
+              if (!asked && parsed.ConsumedCapacity) {
+                delete parsed.ConsumedCapacity;
+                out = Buffer.from(JSON.stringify(parsed));
+              }
+            } catch {
+              // not JSON: passed through as it is
+            }
+            res.writeHead(answer.statusCode ?? 500, { ...answer.headers, "content-length": String(out.length) });
+            res.end(out);
+            resolve();
+          });
         },
       );
       upstream.on("error", (err) => {
@@ -148,6 +202,8 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
   async function transact(body: Buffer, res: ServerResponse) {
     try {
       const input = JSON.parse(body.toString("utf8")) as { TransactItems?: TransactWriteItem[] };
+      meter.requests.TransactWriteItems = (meter.requests.TransactWriteItems ?? 0) + 1;
+      meter.writeUnits += transactionWriteUnits(input.TransactItems ?? []);
       const { cancelled } = await transactWrite(client, schemas, input.TransactItems ?? []);
       if (!cancelled) return reply(res, 200, {});
       reply(res, 400, {
@@ -164,7 +220,10 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
   let stalledUntil = 0;
   let downUntil = 0;
   const server: Server = createServer((req, res) => {
-    if (Date.now() < downUntil) return req.socket.destroy();
+    if (Date.now() < downUntil) {
+      req.socket.destroy();
+      return;
+    }
     const chunks: Buffer[] = [];
     req.on("data", (c: Buffer) => chunks.push(c));
     req.on("end", async () => {
@@ -173,13 +232,14 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
       const body = Buffer.concat(chunks);
       const operation = String(req.headers["x-amz-target"] ?? "").split(".")[1] ?? "";
       if (operation === "TransactWriteItems") void serialized(() => transact(body, res));
-      else if (WRITES.has(operation)) void serialized(() => forward(req, body, res));
-      else void forward(req, body, res);
+      else if (WRITES.has(operation)) void serialized(() => forward(req, body, res, operation));
+      else void forward(req, body, res, operation);
     });
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
   return {
     endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    meter,
     stall(ms) {
       stalledUntil = Date.now() + ms;
     },

@@ -1,0 +1,42 @@
+/** The fan-out chart: median time to the last delivery against N, one line per implementation, as SVG. */
+import type { FanoutSample } from "./fanout";
+import { median } from "./stats";
+
+const COLORS: Record<string, string> = { ours: "#1b6ac9", seed: "#c2410c", floor: "#4b5563" };
+const LABELS: Record<string, string> = { ours: "ours (sendmessage + fanout)", seed: "seed (Scan + Promise.all)", floor: "raw ws relay (floor)" };
+
+export function fanoutChart(samples: FanoutSample[], title: string): string {
+  const width = 640;
+  const height = 380;
+  const pad = { left: 64, right: 24, top: 40, bottom: 56 };
+  const impls = [...new Set(samples.map((s) => s.implementation))];
+  const sizes = [...new Set(samples.map((s) => s.members))].sort((a, b) => a - b);
+  const series = impls.map((impl) => ({
+    impl,
+    points: sizes.map((n) => ({ n, ms: median(samples.filter((s) => s.implementation === impl && s.members === n).map((s) => s.timeMs)) })).filter((p) => Number.isFinite(p.ms)),
+  }));
+  const maxMs = Math.max(1, ...series.flatMap((s) => s.points.map((p) => p.ms)));
+  const maxN = Math.max(...sizes);
+  const x = (n: number) => pad.left + (n / maxN) * (width - pad.left - pad.right);
+  const y = (ms: number) => height - pad.bottom - (ms / maxMs) * (height - pad.top - pad.bottom);
+  const ticks = Array.from({ length: 5 }, (_, i) => (maxMs * (i + 1)) / 5);
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
+    `<rect width="100%" height="100%" fill="#ffffff"/>`,
+    `<text x="${width / 2}" y="22" text-anchor="middle" font-size="14" font-weight="bold">${title}</text>`,
+    `<line x1="${pad.left}" y1="${height - pad.bottom}" x2="${width - pad.right}" y2="${height - pad.bottom}" stroke="#111"/>`,
+    `<line x1="${pad.left}" y1="${pad.top}" x2="${pad.left}" y2="${height - pad.bottom}" stroke="#111"/>`,
+    ...ticks.map((t) => `<line x1="${pad.left}" y1="${y(t)}" x2="${width - pad.right}" y2="${y(t)}" stroke="#e5e7eb"/><text x="${pad.left - 6}" y="${y(t) + 4}" text-anchor="end">${(t / 1000).toFixed(1)} s</text>`),
+    ...sizes.map((n) => `<text x="${x(n)}" y="${height - pad.bottom + 18}" text-anchor="middle">${n.toLocaleString("en-US")}</text>`),
+    `<text x="${width / 2}" y="${height - 14}" text-anchor="middle">members of the room (N)</text>`,
+    `<text x="16" y="${height / 2}" text-anchor="middle" transform="rotate(-90 16 ${height / 2})">send → last delivery (median)</text>`,
+    ...series.map(
+      (s) =>
+        `<polyline fill="none" stroke="${COLORS[s.impl]}" stroke-width="2.5" points="${s.points.map((p) => `${x(p.n)},${y(p.ms)}`).join(" ")}"/>` +
+        s.points.map((p) => `<circle cx="${x(p.n)}" cy="${y(p.ms)}" r="4" fill="${COLORS[s.impl]}"/>`).join(""),
+    ),
+    ...series.map((s, i) => `<rect x="${pad.left + 12}" y="${pad.top + 6 + i * 18}" width="12" height="12" fill="${COLORS[s.impl]}"/><text x="${pad.left + 30}" y="${pad.top + 16 + i * 18}">${LABELS[s.impl]}</text>`),
+    `</svg>`,
+  ];
+  return parts.join("\n") + "\n";
+}

@@ -1,0 +1,112 @@
+/**
+ * Cold start and package size, per function: the archive Pulumi uploads (bytes, and deflated as
+ * in the zip), CallbackFunction's default packaging of the same code (every package in
+ * `dependencies` copied in), and the time to load the archive in a fresh Node process (the
+ * factory included) against the time to `require` just the AWS SDK modules that archive uses.
+ */
+import * as pulumi from "@pulumi/pulumi";
+import { execFileSync } from "child_process";
+import * as fs from "fs";
+import * as path from "path";
+import { deflateRawSync } from "zlib";
+import { loadProgram, PROJECT_DIR } from "../local/program";
+import { median } from "./stats";
+
+export interface ColdStartRow {
+  function: string;
+  archiveBytes: number;
+  zippedBytes: number;
+  defaultPackagingBytes: number;
+  defaultPackagingFiles: number;
+  defaultPackagingEntries: number;
+  initMs: number;
+  sdkRequireMs: number;
+  initRatio: number;
+  sdkModules: string[];
+}
+
+function walk(dir: string): { bytes: number; files: number } {
+  let bytes = 0;
+  let files = 0;
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+    const full = path.join(dir, entry.name);
+    if (entry.isDirectory()) {
+      const sub = walk(full);
+      bytes += sub.bytes;
+      files += sub.files;
+    } else if (entry.isFile()) {
+      bytes += fs.statSync(full).size;
+      files++;
+    }
+  }
+  return { bytes, files };
+}
+
+/** What CallbackFunction packs by default: every package reachable from `dependencies` (minus @pulumi/*). */
+async function defaultPackaging(): Promise<{ bytes: number; files: number; entries: number }> {
+  const cwd = process.cwd();
+  process.chdir(PROJECT_DIR);
+  try {
+    const paths = await pulumi.runtime.computeCodePaths();
+    let bytes = 0;
+    let files = 0;
+    for (const [, archive] of paths) {
+      const dir = await (archive as pulumi.asset.FileArchive).path;
+      const size = walk(path.resolve(PROJECT_DIR, dir));
+      bytes += size.bytes;
+      files += size.files;
+    }
+    return { bytes, files, entries: paths.size };
+  } finally {
+    process.chdir(cwd);
+  }
+}
+
+/** Milliseconds to run `code` in a fresh Node process, measured inside it; median of `runs`. */
+function timeInFreshProcess(code: string, env: Record<string, string>, runs: number): number {
+  const samples: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const out = execFileSync(process.execPath, ["-e", `const t = performance.now(); ${code}; process.stdout.write(String(performance.now() - t));`], {
+      cwd: PROJECT_DIR,
+      env: { PATH: process.env.PATH ?? "", AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true", ...env },
+      encoding: "utf8",
+    });
+    samples.push(Number(out));
+  }
+  return median(samples);
+}
+
+export async function runColdStart(runs: number, log: (line: string) => void): Promise<ColdStartRow[]> {
+  const program = await loadProgram({ stack: "prod", apiEndpoint: () => "wss://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com", secrets: { "ws-chat:tokenKey": "k".repeat(48) } });
+  const packaging = await defaultPackaging();
+  const dir = fs.mkdtempSync(path.join(PROJECT_DIR, ".local", "bench-cold-"));
+  const rows: ColdStartRow[] = [];
+  try {
+    for (const fn of program.resources.filter((r) => r.type === "aws:lambda/function:Function")) {
+      const code = program.archives.get(fn.name)!.get("__index.js")!;
+      const file = path.join(dir, `${fn.name}.js`);
+      fs.writeFileSync(file, code);
+      const sdkModules = [...new Set([...code.toString("utf8").matchAll(/require\("(@aws-sdk\/[^"]+)"\)/g)].map((m) => m[1]))].sort();
+      const env = { ...fn.inputs.environment?.variables, AWS_REGION: "us-east-1", AWS_ACCESS_KEY_ID: "x", AWS_SECRET_ACCESS_KEY: "x" };
+      const initMs = timeInFreshProcess(`require(${JSON.stringify(file)})`, env, runs);
+      const sdkRequireMs = sdkModules.length ? timeInFreshProcess(sdkModules.map((m) => `require(${JSON.stringify(m)})`).join(";"), env, runs) : 0;
+      const row: ColdStartRow = {
+        function: fn.name,
+        archiveBytes: code.length,
+        zippedBytes: deflateRawSync(code).length,
+        defaultPackagingBytes: packaging.bytes + code.length,
+        defaultPackagingFiles: packaging.files + 1,
+        defaultPackagingEntries: packaging.entries + 1,
+        initMs,
+        sdkRequireMs,
+        initRatio: sdkRequireMs ? initMs / sdkRequireMs : NaN,
+        sdkModules,
+      };
+      rows.push(row);
+      log(`  ${fn.name}: ${row.archiveBytes} B (${row.zippedBytes} B zipped) vs ${(row.defaultPackagingBytes / 1e6).toFixed(1)} MB default; init ${initMs.toFixed(1)} ms vs SDK require ${sdkRequireMs.toFixed(1)} ms`);
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  return rows;
+}

@@ -1,0 +1,199 @@
+/**
+ * `npm run bench`: fan-out (ours, the seed's, the raw ws floor), cold start and package size,
+ * end-to-end latency and cost per message, all on this machine through the local stack. Prints
+ * one table, writes bench/results.json and bench/fanout.svg. Options:
+ *   --sizes 1000,5000,20000   fan-out room sizes (members)
+ *   --runs 3                  measured runs per size (after --warmup runs), the median is reported
+ *   --warmup 1                unmeasured runs per size and implementation
+ *   --latency 15              ms added to every @connections answer (the AWS network)
+ *   --only fanout,coldstart,latency,cost
+ *   --quick                   small sizes and short runs, to check the benchmark itself
+ */
+import * as fs from "fs";
+import * as os from "os";
+import * as path from "path";
+import { parseArgs } from "util";
+import { fanoutChart } from "./chart";
+import { ColdStartRow, runColdStart } from "./coldstart";
+import { CostSample, measureCost } from "./cost";
+import { FanoutSample, Implementation, runFanout } from "./fanout";
+import { LatencySample, measureLatency } from "./latency";
+import { localStack } from "../test/e2e/stack";
+import { median } from "./stats";
+import { fork } from "child_process";
+
+const log = (line: string) => console.log(line);
+
+/** File descriptors one process may hold; the local stack holds one per member (and the floor too). */
+function openFileLimit(): number {
+  const line = fs.readFileSync("/proc/self/limits", "utf8").split("\n").find((l) => l.startsWith("Max open files"));
+  return Number(line?.split(/\s+/)[3] ?? 1024);
+}
+
+function fanoutSummary(samples: FanoutSample[]) {
+  const keys = [...new Set(samples.map((s) => `${s.implementation}|${s.members}`))];
+  return keys.map((key) => {
+    const group = samples.filter((s) => `${s.implementation}|${s.members}` === key);
+    return {
+      implementation: group[0].implementation,
+      members: group[0].members,
+      recipients: group[0].recipients,
+      runs: group.length,
+      medianTimeMs: median(group.map((s) => s.timeMs)),
+      minDelivered: Math.min(...group.map((s) => s.delivered)),
+      medianCpuMsPerRecipient: median(group.map((s) => s.cpuMsPerRecipient)),
+      peakRssMb: Math.max(...group.map((s) => s.peakRssMb)),
+      invocations: median(group.map((s) => s.invocations)),
+    };
+  });
+}
+
+async function floorUrl(): Promise<{ url: string; stop: () => void }> {
+  const child = fork(path.join(__dirname, "floor-server.ts"), [], { execArgv: ["--require", "ts-node/register/transpile-only"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  const port = await new Promise<number>((resolve) => child.on("message", (m: { type: string; port: number }) => m.type === "listening" && resolve(m.port)));
+  return { url: `ws://127.0.0.1:${port}`, stop: () => child.kill() };
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      sizes: { type: "string", default: "1000,5000,20000" },
+      runs: { type: "string", default: "3" },
+      warmup: { type: "string", default: "1" },
+      latency: { type: "string", default: "15" },
+      only: { type: "string", default: "fanout,coldstart,latency,cost" },
+      quick: { type: "boolean", default: false },
+    },
+    strict: true,
+  });
+  const quick = values.quick!;
+  const only = new Set(values.only!.split(","));
+  const requested = (quick ? "200,1000" : values.sizes!).split(",").map(Number);
+  const runs = quick ? 1 : Number(values.runs);
+  const warmup = quick ? 0 : Number(values.warmup);
+  const latencyMs = Number(values.latency);
+  for (const [name, n] of [["runs", runs], ["warmup", warmup], ["latency", latencyMs], ...requested.map((s) => ["sizes", s] as const)] as const) {
+    if (!Number.isInteger(n) || n < 0 || (name === "sizes" && n < 2)) throw new Error(`--${name} must be a whole number${name === "sizes" ? " ≥ 2" : ""}; got ${n}`);
+  }
+  // The stack's process holds a socket per member plus about 400 more (DynamoDB, pools, pipes).
+  const maxMembers = openFileLimit() - 400;
+  const sizes = requested.map((n) => Math.min(n, maxMembers));
+  const clamped = requested.filter((n) => n > maxMembers).map((n) => ({ requested: n, ran: maxMembers, reason: `the open-file limit here is ${openFileLimit()} per process and cannot be raised (no CAP_SYS_RESOURCE); the gateway needs one per member` }));
+  for (const c of clamped) log(`note: N=${c.requested} runs as N=${c.ran}: ${c.reason}`);
+
+  const results: Record<string, unknown> = {
+    date: new Date().toISOString(),
+    command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
+    machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryGb: Math.round(os.totalmem() / 1e9), node: process.version },
+    settings: { sizes, runs, warmup, managementLatencyMs: latencyMs, clamped },
+  };
+
+  let fanout: FanoutSample[] = [];
+  if (only.has("fanout")) {
+    log(`\n== Fan-out: N = ${sizes.join(", ")}; ${warmup} warm-up + ${runs} measured runs each; @connections latency ${latencyMs} ms`);
+    for (const impl of ["floor", "ours", "seed"] as Implementation[]) {
+      const all = await runFanout(impl, { sizes, runs: runs + warmup, latencyMs, processes: 4, log });
+      // The first `warmup` runs of each size are dropped.
+      fanout.push(...sizes.flatMap((n) => all.filter((s) => s.members === n).slice(warmup)));
+    }
+    results.fanout = { samples: fanout, summary: fanoutSummary(fanout) };
+    fs.writeFileSync(path.join(__dirname, "fanout.svg"), fanoutChart(fanout, `Fan-out to one room, ${os.cpus().length} cores, ${latencyMs} ms @connections latency`));
+  }
+
+  let cold: ColdStartRow[] = [];
+  if (only.has("coldstart")) {
+    log("\n== Cold start and package size (prod stack, every function)");
+    cold = await runColdStart(quick ? 3 : 9, log);
+    results.coldStart = cold;
+  }
+
+  const latency: LatencySample[] = [];
+  if (only.has("latency")) {
+    const opts = { members: 100, rate: 50, seconds: quick ? 5 : 30 };
+    log(`\n== End-to-end latency: room of ${opts.members}, ${opts.rate} messages/s for ${opts.seconds} s`);
+    const floor = await floorUrl();
+    latency.push(await measureLatency("floor", floor.url, opts));
+    floor.stop();
+    const stack = await localStack(["--config", "rateLimitMessages=10000"]);
+    try {
+      latency.push(await measureLatency("ours", `${stack.outputs.url}?room=latency`, opts));
+      // The same room at a fifth of the rate: what the local stack does when these 2 cores are not saturated.
+      latency.push(await measureLatency("ours", `${stack.outputs.url}?room=latency-slow`, { ...opts, rate: opts.rate / 5 }));
+    } finally {
+      await stack.stop();
+    }
+    for (const l of latency) log(`  ${l.implementation} at ${l.rate} msg/s: p50 ${l.p50Ms} ms, p99 ${l.p99Ms} ms (${l.deliveries}/${l.expected} deliveries)`);
+    results.latency = latency;
+  }
+
+  const cost: CostSample[] = [];
+  if (only.has("cost")) {
+    const opts = { connections: quick ? 1_000 : 10_000, rooms: quick ? 10 : 100, processes: 4, log };
+    log(`\n== Cost per message: a room of ${opts.connections / opts.rooms} in a table of ${opts.connections} connections`);
+    for (const impl of ["ours", "seed"] as const) {
+      const c = await measureCost(impl, opts);
+      cost.push(c);
+      log(`  ${impl}: ${c.readUnits} RCU, ${c.writeUnits} WCU, ${c.managementCalls} @connections calls, ${c.invocations} invocation(s); requests ${JSON.stringify(c.dynamodbRequests)}`);
+    }
+    results.cost = cost;
+  }
+
+  // Targets (issue 5), judged at the largest size run.
+  const top = Math.max(...sizes);
+  const sum = fanoutSummary(fanout);
+  const at = (impl: Implementation) => sum.find((s) => s.implementation === impl && s.members === top);
+  const targets = [];
+  if (at("ours") && at("seed")) {
+    const ours = at("ours")!;
+    const seed = at("seed")!;
+    targets.push(
+      { target: `fan-out N=${top}: 100% delivered`, value: `${ours.minDelivered}/${ours.recipients}`, met: ours.minDelivered === ours.recipients },
+      { target: `fan-out N=${top}: peak RSS of every instance ≤ 128 MB`, value: `${ours.peakRssMb} MB`, met: ours.peakRssMb <= 128 },
+      { target: `fan-out N=${top}: time ≤ 1/5 of the seed's`, value: `${(ours.medianTimeMs / seed.medianTimeMs).toFixed(2)} of it (${ours.medianTimeMs} vs ${seed.medianTimeMs} ms)`, met: ours.medianTimeMs * 5 <= seed.medianTimeMs },
+    );
+  }
+  if (cold.length) {
+    targets.push(
+      { target: "every archive ≤ 64 KB", value: `largest ${Math.max(...cold.map((c) => c.archiveBytes))} B`, met: cold.every((c) => c.archiveBytes <= 65_536) },
+      { target: "init ≤ 1.1× requiring its SDK clients", value: `worst ${Math.max(...cold.filter((c) => c.sdkRequireMs).map((c) => c.initRatio)).toFixed(2)}×`, met: cold.every((c) => !c.sdkRequireMs || c.initRatio <= 1.1) },
+    );
+  }
+  results.targets = targets;
+  fs.writeFileSync(path.join(__dirname, "results.json"), JSON.stringify(results, null, 2) + "\n");
+
+  log("\n== Results (medians)");
+  if (sum.length) {
+    log("| implementation | N | delivered | send → last delivery | CPU ms / recipient | peak RSS | runs of the function |");
+    log("|---|---:|---:|---:|---:|---:|---:|");
+    for (const s of sum) log(`| ${s.implementation} | ${s.members.toLocaleString("en-US")} | ${s.minDelivered}/${s.recipients} | ${(s.medianTimeMs / 1000).toFixed(2)} s | ${s.medianCpuMsPerRecipient.toFixed(3)} | ${s.peakRssMb} MB | ${s.invocations} |`);
+  }
+  if (cold.length) {
+    log("\n| function | archive | zipped | default packaging | init (load + factory) | its SDK require | ratio |");
+    log("|---|---:|---:|---:|---:|---:|---:|");
+    for (const c of cold) log(`| ${c.function} | ${c.archiveBytes.toLocaleString("en-US")} B | ${c.zippedBytes.toLocaleString("en-US")} B | ${(c.defaultPackagingBytes / 1e6).toFixed(1)} MB, ${c.defaultPackagingFiles} files | ${c.initMs.toFixed(1)} ms | ${c.sdkRequireMs ? c.sdkRequireMs.toFixed(1) + " ms" : "no SDK"} | ${c.sdkRequireMs ? c.initRatio.toFixed(2) + "×" : "–"} |`);
+  }
+  if (latency.length) {
+    log("\n| latency, room of 100 | rate | p50 | p99 | delivered |");
+    log("|---|---:|---:|---:|---:|");
+    for (const l of latency) log(`| ${l.implementation} | ${l.rate} msg/s | ${l.p50Ms} ms | ${l.p99Ms} ms | ${l.deliveries}/${l.expected} |`);
+  }
+  if (cost.length) {
+    log("\n| cost of one message | read units | write units | @connections calls | invocations | DynamoDB requests |");
+    log("|---|---:|---:|---:|---:|---|");
+    for (const c of cost) log(`| ${c.implementation} | ${c.readUnits} | ${c.writeUnits} | ${c.managementCalls} | ${c.invocations} | ${Object.entries(c.dynamodbRequests).map(([k, v]) => `${k} ${v}`).join(", ")} |`);
+  }
+  if (targets.length) {
+    log("\n| target | result | met |");
+    log("|---|---|---|");
+    for (const t of targets) log(`| ${t.target} | ${t.value} | ${t.met ? "yes" : "NO"} |`);
+  }
+  log(`\nWrote ${path.relative(process.cwd(), path.join(__dirname, "results.json"))}${fanout.length ? " and bench/fanout.svg" : ""}`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(`bench failed: ${(err as Error).stack ?? err}`);
+    process.exit(1);
+  },
+);
