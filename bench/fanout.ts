@@ -28,6 +28,10 @@ export interface FanoutSample {
   peakRssMb: number;
   /** Function runs that worked on the message (1 + fanout chunks), 1 for the floor. */
   invocations: number;
+  /** How runs ended that failed (e.g. Runtime.ExitError when an instance ran out of memory). */
+  errors: string[];
+  /** Posts our handlers gave up on after retries (from their log lines); 0 for the others. */
+  failedPosts: number;
 }
 
 export interface FanoutOptions {
@@ -42,7 +46,7 @@ export interface FanoutOptions {
 interface Target {
   url: string;
   /** CPU ms, peak RSS and invocation count of what worked on the message sent since `mark`. */
-  usage(mark: unknown): Promise<{ cpuMs: number; peakRssMb: number; invocations: number }>;
+  usage(mark: unknown): Promise<{ cpuMs: number; peakRssMb: number; invocations: number; errors: string[]; failedPosts: number }>;
   mark(): Promise<unknown>;
   stop(): Promise<void>;
 }
@@ -58,17 +62,21 @@ async function stackTarget(implementation: "ours" | "seed", latencyMs: number): 
     url: `${stack.outputs.url}?room=bench`,
     mark: async () => stack.logs().length,
     async usage(mark) {
-      // Wait until the runs that worked on this message have all printed their REPORT lines.
+      // Wait until the runs that worked on this message have all printed their REPORT lines
+      // (at most two minutes: a sendmessage timeout is at most 29 s, fanout retries 3 s).
       let count = -1;
-      for (;;) {
+      for (const deadline = Date.now() + 120_000; ; ) {
         const reports = reportsOf(parseReports(stack.logs().slice(mark as number)), "-sendmessage-", "-fanout-");
         const done = reports.some((r) => r.functionName.includes("-sendmessage-"));
-        if (done && reports.length === count) {
+        if ((done && reports.length === count) || Date.now() > deadline) {
           if (process.env.BENCH_DEBUG) console.log(stack.logs().slice(mark as number).split("\n").filter((l) => /"msg":"(message|fan-out chunk|delivery failed)|hand-off|dropped/.test(l)).join("\n"));
+          // An instance that died could not measure itself: Lambda would show its memory size as used.
           return {
-            cpuMs: reports.reduce((n, r) => n + r.cpuMs, 0),
-            peakRssMb: Math.max(...reports.map((r) => r.maxMemoryUsedMb)),
+            cpuMs: reports.reduce((n, r) => n + (r.cpuMs ?? NaN), 0),
+            peakRssMb: Math.max(...reports.map((r) => r.maxMemoryUsedMb ?? NaN)),
             invocations: reports.length,
+            errors: reports.flatMap((r) => (r.error ? [r.error] : [])),
+            failedPosts: failedPosts(stack.logs().slice(mark as number)),
           };
         }
         count = reports.length;
@@ -77,6 +85,13 @@ async function stackTarget(implementation: "ours" | "seed", latencyMs: number): 
     },
     stop: () => stack.stop(),
   };
+}
+
+/** Sums `failed` over our handlers' "message" and "fan-out chunk" log lines. */
+function failedPosts(logs: string): number {
+  let failed = 0;
+  for (const m of logs.matchAll(/"msg":"(?:message|fan-out chunk)".*?"failed":(\d+)/g)) failed += Number(m[1]);
+  return failed;
 }
 
 async function floorTarget(): Promise<Target> {
@@ -100,7 +115,7 @@ async function floorTarget(): Promise<Target> {
     mark: usage,
     async usage(mark) {
       const now = await usage();
-      return { cpuMs: now.cpuMs - (mark as Record<string, number>).cpuMs, peakRssMb: now.maxRssMb, invocations: 1 };
+      return { cpuMs: now.cpuMs - (mark as Record<string, number>).cpuMs, peakRssMb: now.maxRssMb, invocations: 1, errors: [], failedPosts: 0 };
     },
     async stop() {
       child.kill();
@@ -160,11 +175,15 @@ export async function runFanout(implementation: Implementation, options: FanoutO
           cpuMsPerRecipient: usage.cpuMs / recipients,
           peakRssMb: usage.peakRssMb,
           invocations: usage.invocations,
+          errors: usage.errors,
+          failedPosts: usage.failedPosts,
         };
         samples.push(sample);
         options.log(
           `  ${implementation} N=${members} run ${run}: ${sample.delivered}/${recipients} delivered in ${sample.timeMs} ms, ` +
-            `${sample.cpuMsPerRecipient.toFixed(3)} CPU ms/recipient, peak ${sample.peakRssMb} MB, ${sample.invocations} run(s)`,
+            `${sample.cpuMsPerRecipient.toFixed(3)} CPU ms/recipient, peak ${sample.peakRssMb} MB, ${sample.invocations} run(s)` +
+            (sample.errors.length ? `, failed: ${sample.errors.join(", ")}` : "") +
+            (sample.failedPosts ? `, ${sample.failedPosts} posts given up after retries` : ""),
         );
         await sleep(500);
       }

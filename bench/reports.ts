@@ -3,13 +3,14 @@
 export interface Report {
   functionName: string;
   durationMs: number;
-  maxMemoryUsedMb: number;
+  /** Absent when the instance died (crash, timeout): it could not measure itself. */
+  maxMemoryUsedMb?: number;
   initDurationMs?: number;
-  cpuMs: number;
+  cpuMs?: number;
   error?: string;
 }
 
-const LINE = /^\[([^\]]+)\] REPORT RequestId: \S+\tDuration: ([\d.]+) ms\t.*Max Memory Used: (\d+) MB(?:\tInit Duration: ([\d.]+) ms)?\tCPU Time: ([\d.]+) ms(?:\tStatus: error\tError Type: (\S+))?/;
+const LINE = /^\[([^\]]+)\] REPORT RequestId: \S+\tDuration: ([\d.]+) ms\tBilled Duration: \d+ ms\tMemory Size: \d+ MB(?:\tMax Memory Used: (\d+) MB)?(?:\tInit Duration: ([\d.]+) ms)?(?:\tCPU Time: ([\d.]+) ms)?(?:\tStatus: error\tError Type: (\S+))?/;
 
 export function parseReports(text: string): Report[] {
   const reports: Report[] = [];
@@ -19,9 +20,9 @@ export function parseReports(text: string): Report[] {
     reports.push({
       functionName: m[1],
       durationMs: Number(m[2]),
-      maxMemoryUsedMb: Number(m[3]),
+      ...(m[3] ? { maxMemoryUsedMb: Number(m[3]) } : {}),
       ...(m[4] ? { initDurationMs: Number(m[4]) } : {}),
-      cpuMs: Number(m[5]),
+      ...(m[5] ? { cpuMs: Number(m[5]) } : {}),
       ...(m[6] ? { error: m[6] } : {}),
     });
   }

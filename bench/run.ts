@@ -44,6 +44,8 @@ function fanoutSummary(samples: FanoutSample[]) {
       medianCpuMsPerRecipient: median(group.map((s) => s.cpuMsPerRecipient)),
       peakRssMb: Math.max(...group.map((s) => s.peakRssMb)),
       invocations: median(group.map((s) => s.invocations)),
+      failedRuns: group.flatMap((s) => s.errors),
+      failedPosts: group.reduce((n, s) => n + s.failedPosts, 0),
     };
   });
 }
@@ -75,8 +77,10 @@ async function main() {
   for (const [name, n] of [["runs", runs], ["warmup", warmup], ["latency", latencyMs], ...requested.map((s) => ["sizes", s] as const)] as const) {
     if (!Number.isInteger(n) || n < 0 || (name === "sizes" && n < 2)) throw new Error(`--${name} must be a whole number${name === "sizes" ? " ≥ 2" : ""}; got ${n}`);
   }
-  // The stack's process holds a socket per member plus about 400 more (DynamoDB, pools, pipes).
-  const maxMembers = openFileLimit() - 400;
+  // The stack's process holds a socket per member, plus up to about 1,000 more under load: three per
+  // DynamoDB request in flight (instance → proxy → dynalite, all in that process), the functions'
+  // @connections and Invoke pools, pipes. At 400 spare, a 19,600-member run lost handshakes.
+  const maxMembers = openFileLimit() - 1_000;
   const sizes = requested.map((n) => Math.min(n, maxMembers));
   const clamped = requested.filter((n) => n > maxMembers).map((n) => ({ requested: n, ran: maxMembers, reason: `the open-file limit here is ${openFileLimit()} per process and cannot be raised (no CAP_SYS_RESOURCE); the gateway needs one per member` }));
   for (const c of clamped) log(`note: N=${c.requested} runs as N=${c.ran}: ${c.reason}`);
@@ -163,9 +167,15 @@ async function main() {
 
   log("\n== Results (medians)");
   if (sum.length) {
-    log("| implementation | N | delivered | send → last delivery | CPU ms / recipient | peak RSS | runs of the function |");
-    log("|---|---:|---:|---:|---:|---:|---:|");
-    for (const s of sum) log(`| ${s.implementation} | ${s.members.toLocaleString("en-US")} | ${s.minDelivered}/${s.recipients} | ${(s.medianTimeMs / 1000).toFixed(2)} s | ${s.medianCpuMsPerRecipient.toFixed(3)} | ${s.peakRssMb} MB | ${s.invocations} |`);
+    log("| implementation | N | delivered (worst run) | send → last delivery | CPU ms / recipient | peak RSS | function runs | failures |");
+    log("|---|---:|---:|---:|---:|---:|---:|---|");
+    for (const s of sum) {
+      const failures = [...new Set(s.failedRuns)].map((e) => `${e} ×${s.failedRuns.filter((f) => f === e).length}`).concat(s.failedPosts ? [`${s.failedPosts} posts given up`] : []);
+      log(
+        `| ${s.implementation} | ${s.members.toLocaleString("en-US")} | ${s.minDelivered}/${s.recipients} | ${(s.medianTimeMs / 1000).toFixed(2)} s | ` +
+          `${Number.isFinite(s.medianCpuMsPerRecipient) ? s.medianCpuMsPerRecipient.toFixed(3) : "–"} | ${Number.isFinite(s.peakRssMb) ? `${s.peakRssMb} MB` : "died"} | ${s.invocations} | ${failures.join(", ") || "none"} |`,
+      );
+    }
   }
   if (cold.length) {
     log("\n| function | archive | zipped | default packaging | init (load + factory) | its SDK require | ratio |");

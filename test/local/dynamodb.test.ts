@@ -1,6 +1,6 @@
 import { DescribeTableCommand, DynamoDBClient } from "@aws-sdk/client-dynamodb";
 import { TransactionCanceledException } from "@aws-sdk/client-dynamodb";
-import { GetCommand, PutCommand, QueryCommand, ScanCommand, TransactWriteCommand } from "@aws-sdk/lib-dynamodb";
+import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, TransactWriteCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -25,6 +25,16 @@ describe("local DynamoDB", () => {
     assert.equal(Table?.GlobalSecondaryIndexes?.[0].IndexName, "byRoom");
     assert.deepEqual(Table?.GlobalSecondaryIndexes?.[0].Projection, { ProjectionType: "KEYS_ONLY" });
     assert.equal(table.ttlAttribute, "expiresAt");
+  });
+
+  it("must not lose an index entry when two keys share dynalite's 24-bit digest prefix (conn-1224 and conn-4718 do)", async () => {
+    const room = `collide-${Date.now()}`;
+    for (const connectionId of ["conn-1224", "conn-4718"]) await db.client.send(new PutCommand({ TableName: table.name, Item: { connectionId, room } }));
+    const { Items } = await db.client.send(
+      new QueryCommand({ TableName: table.name, IndexName: "byRoom", KeyConditionExpression: "room = :r", ExpressionAttributeValues: { ":r": room } }),
+    );
+    assert.deepEqual(Items?.map((i) => i.connectionId).sort(), ["conn-1224", "conn-4718"]);
+    for (const connectionId of ["conn-1224", "conn-4718"]) await db.client.send(new DeleteCommand({ TableName: table.name, Key: { connectionId } }));
   });
 
   it("honours TTL: the sweep removes expired items and keeps live ones", async () => {

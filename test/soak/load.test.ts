@@ -110,7 +110,7 @@ describe(`soak: ${CONNECTIONS} connections in ${ROOMS} rooms, ${RATE} messages/s
       p50Ms: quantile(latencies, 0.5),
       p99Ms: quantile(latencies, 0.99),
       stackPeakRssMb: peakRssMb(pid),
-      instancePeakRssMb: Math.max(...instances.map((r) => r.maxMemoryUsedMb)),
+      instancePeakRssMb: Math.max(...instances.map((r) => r.maxMemoryUsedMb ?? 0)),
     };
     console.log(`      ${JSON.stringify(summary)}`);
     assert.deepEqual({ lost, duplicated }, { lost: 0, duplicated: 0 });

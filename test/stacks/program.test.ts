@@ -416,6 +416,21 @@ describe("the program under mocks: bad settings", () => {
   it("must refuse a token key shorter than 32 characters", async () => {
     await assert.rejects(loadProgram({ stack: "prod", secrets: { "ws-chat:tokenKey": "short" } }), /ws-chat:tokenKey must be at least 32 characters/);
   });
+  it("must refuse the benchmark-only seed fan-out on prod", async () => {
+    await assert.rejects(
+      loadProgram({ stack: "prod", configOverrides: { "ws-chat:benchSeedFanout": "true" }, secrets: { "ws-chat:tokenKey": "k".repeat(48) } }),
+      /ws-chat:benchSeedFanout serves the seed's sendmessage, which loses messages; it is for benchmarks and refused on prod/,
+    );
+  });
+  it("with the benchmark-only seed fan-out on dev, routes sendmessage to the seed's algorithm with only Scan and POST", async () => {
+    const program = await loadProgram({ stack: "dev", configOverrides: { "ws-chat:benchSeedFanout": "true" } });
+    const fn = program.resources.find((r) => r.type === "aws:lambda/function:Function" && r.name === "ws-chat-sendmessage")!;
+    assert.match(program.archives.get(fn.name)!.get("__index.js")!.toString("utf8"), /ScanCommand/);
+    const role = program.resources.find((r) => r.type === "aws:iam/role:Role" && r.name === "ws-chat-sendmessage")!;
+    const policy = program.resources.find((r) => r.type === "aws:iam/rolePolicy:RolePolicy" && r.inputs.role === role.id)!;
+    const actions = (JSON.parse(policy.inputs.policy).Statement as { Action: string[] }[]).flatMap((st) => st.Action);
+    assert.deepEqual(actions, ["dynamodb:Scan", "execute-api:ManageConnections", "logs:CreateLogStream", "logs:PutLogEvents"]);
+  });
   it("must fail to load an unknown stack, listing the stacks there are", async () => {
     await assert.rejects(loadProgram({ stack: "staging" }), /no stack "staging".*stacks: dev, prod/);
   });
