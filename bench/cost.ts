@@ -45,14 +45,14 @@ export async function measureCost(implementation: "ours" | "seed", options: { co
     const before = await metrics();
     await swarm.expect("cost-probe");
     sender.send(JSON.stringify({ action: "sendmessage", message: "cost-probe" }));
-    // Settled when the management call count stops moving.
+    // Settled once sendmessage's run has ended and the @connections count has not moved for 1 s.
     let last = -1;
     let after = await metrics();
     for (let i = 0; i < 600; i++) {
       await sleep(500);
       after = await metrics();
       const calls = total(after.management);
-      if (calls === last) break;
+      if (total(after.invocations) > total(before.invocations) && calls === last) break;
       last = calls;
     }
     sender.terminate();

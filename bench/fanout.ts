@@ -11,7 +11,7 @@ import WebSocket from "ws";
 import { localStack } from "../test/e2e/stack";
 import { parseReports, reportsOf } from "./reports";
 import { sleep } from "./stats";
-import { Swarm } from "./swarm";
+import { Receipt, Swarm } from "./swarm";
 
 export type Implementation = "ours" | "seed" | "floor";
 
@@ -43,45 +43,53 @@ export interface FanoutOptions {
   log: (line: string) => void;
 }
 
+interface Usage {
+  cpuMs: number;
+  peakRssMb: number;
+  invocations: number;
+  errors: string[];
+  failedPosts: number;
+}
+
 interface Target {
   url: string;
-  /** CPU ms, peak RSS and invocation count of what worked on the message sent since `mark`. */
-  usage(mark: unknown): Promise<{ cpuMs: number; peakRssMb: number; invocations: number; errors: string[]; failedPosts: number }>;
   mark(): Promise<unknown>;
+  /** Whether the runs working on the message sent since `mark` have ended, and how many reported. */
+  progress(mark: unknown): Promise<{ ended: boolean; reports: number }>;
+  /** CPU ms, peak RSS and invocation count of what worked on that message. */
+  usage(mark: unknown): Promise<Usage>;
   stop(): Promise<void>;
 }
 
 async function stackTarget(implementation: "ours" | "seed", latencyMs: number): Promise<Target> {
+  // Both get the longest timeout API Gateway allows an integration (29 s), so the seed's fan-out
+  // is timed to its end rather than cut at the dev stack's 10 s.
   const stack = await localStack([
     "--management-latency", String(latencyMs),
     "--idle-timeout", "7200",
     "--config", "rateLimitMessages=10000",
+    "--config", "lambdaTimeoutSeconds=29",
     ...(implementation === "seed" ? ["--config", "benchSeedFanout=true"] : []),
   ]);
+  const reportsSince = (mark: unknown) => reportsOf(parseReports(stack.logs().slice(mark as number)), "-sendmessage-", "-fanout-");
   return {
     url: `${stack.outputs.url}?room=bench`,
     mark: async () => stack.logs().length,
+    async progress(mark) {
+      const reports = reportsSince(mark);
+      return { ended: reports.some((r) => r.functionName.includes("-sendmessage-")), reports: reports.length };
+    },
     async usage(mark) {
-      // Wait until the runs that worked on this message have all printed their REPORT lines
-      // (at most two minutes: a sendmessage timeout is at most 29 s, fanout retries 3 s).
-      let count = -1;
-      for (const deadline = Date.now() + 120_000; ; ) {
-        const reports = reportsOf(parseReports(stack.logs().slice(mark as number)), "-sendmessage-", "-fanout-");
-        const done = reports.some((r) => r.functionName.includes("-sendmessage-"));
-        if ((done && reports.length === count) || Date.now() > deadline) {
-          if (process.env.BENCH_DEBUG) console.log(stack.logs().slice(mark as number).split("\n").filter((l) => /"msg":"(message|fan-out chunk|delivery failed)|hand-off|dropped/.test(l)).join("\n"));
-          // An instance that died could not measure itself: Lambda would show its memory size as used.
-          return {
-            cpuMs: reports.reduce((n, r) => n + (r.cpuMs ?? NaN), 0),
-            peakRssMb: Math.max(...reports.map((r) => r.maxMemoryUsedMb ?? NaN)),
-            invocations: reports.length,
-            errors: reports.flatMap((r) => (r.error ? [r.error] : [])),
-            failedPosts: failedPosts(stack.logs().slice(mark as number)),
-          };
-        }
-        count = reports.length;
-        await sleep(500);
-      }
+      const reports = reportsSince(mark);
+      if (process.env.BENCH_DEBUG) console.log(stack.logs().slice(mark as number).split("\n").filter((l) => /"msg":"(message|fan-out chunk|delivery failed)|hand-off|dropped/.test(l)).join("\n"));
+      // An instance that died could not measure itself: Lambda would show its memory size as used.
+      return {
+        cpuMs: reports.reduce((n, r) => n + (r.cpuMs ?? NaN), 0),
+        peakRssMb: Math.max(...reports.map((r) => r.maxMemoryUsedMb ?? NaN)),
+        invocations: reports.length,
+        errors: reports.flatMap((r) => (r.error ? [r.error] : [])),
+        failedPosts: failedPosts(stack.logs().slice(mark as number)),
+      };
     },
     stop: () => stack.stop(),
   };
@@ -113,6 +121,7 @@ async function floorTarget(): Promise<Target> {
   return {
     url: `ws://127.0.0.1:${port}`,
     mark: usage,
+    progress: async () => ({ ended: true, reports: 0 }),
     async usage(mark) {
       const now = await usage();
       return { cpuMs: now.cpuMs - (mark as Record<string, number>).cpuMs, peakRssMb: now.maxRssMb, invocations: 1, errors: [], failedPosts: 0 };
@@ -131,17 +140,24 @@ function openSender(url: string): Promise<WebSocket> {
   });
 }
 
-/** Polls until every recipient has the marker, or nothing new arrives for `stallMs`. */
-async function waitForDeliveries(swarm: Swarm, marker: string, expected: number, stallMs = 5_000) {
-  let last = { count: -1, first: 0, last: 0 };
-  let changedAt = Date.now();
-  for (;;) {
-    await sleep(100);
+/**
+ * Polls until every recipient has the marker and the runs have ended, or, once the runs have
+ * ended, nothing has moved for 3 s (at most three minutes in all).
+ */
+async function waitForDeliveries(swarm: Swarm, target: Target, mark: unknown, marker: string, expected: number): Promise<Receipt> {
+  let last = { count: -1, reports: -1 };
+  let stableSince = Date.now();
+  for (const deadline = Date.now() + 180_000; ; ) {
+    await sleep(250);
     const receipt = await swarm.receipt(marker);
-    if (receipt.count >= expected) return receipt;
-    if (receipt.count !== last.count) changedAt = Date.now();
-    else if (Date.now() - changedAt > stallMs) return receipt;
-    last = receipt;
+    const progress = await target.progress(mark);
+    if (receipt.count !== last.count || progress.reports !== last.reports) {
+      last = { count: receipt.count, reports: progress.reports };
+      stableSince = Date.now();
+    }
+    const quiet = Date.now() - stableSince;
+    if (progress.ended && ((receipt.count >= expected && quiet > 600) || quiet > 3_000)) return receipt;
+    if (Date.now() > deadline) return receipt;
   }
 }
 
@@ -164,7 +180,7 @@ export async function runFanout(implementation: Implementation, options: FanoutO
         const mark = await target.mark();
         const sentAt = Date.now();
         sender.send(implementation === "floor" ? marker : JSON.stringify({ action: "sendmessage", message: marker }));
-        const receipt = await waitForDeliveries(swarm, marker, recipients);
+        const receipt = await waitForDeliveries(swarm, target, mark, marker, recipients);
         const usage = await target.usage(mark);
         const sample: FanoutSample = {
           implementation,

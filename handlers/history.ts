@@ -5,7 +5,7 @@
  * messages. With `since` = the last cursor a client has, it gets exactly what it missed.
  */
 import { deliver } from "./shared/broadcaster";
-import { connectionsStoreFromEnv } from "./shared/connections";
+import { connectionsStoreFromEnv, createDocumentClient } from "./shared/connections";
 import { ENV, requireEnv } from "./shared/env";
 import { ClientErrorCode, describeError, isChatError } from "./shared/errors";
 import type { WebSocketEvent, WebSocketHandler } from "./shared/events";
@@ -18,8 +18,9 @@ import { errorFrame, historyEndFrame, MessageFrame, parseBody, validateHistoryRe
 const HISTORY_SOCKETS = 1;
 
 export function historyHandlerFactory(): WebSocketHandler<WebSocketEvent> {
-  const store = connectionsStoreFromEnv();
-  const messages = messageStoreFromEnv();
+  const doc = createDocumentClient();
+  const store = connectionsStoreFromEnv(doc);
+  const messages = messageStoreFromEnv(doc);
   const management = createManagement(requireEnv(ENV.managementEndpoint), HISTORY_SOCKETS);
 
   return async (event, context) => {

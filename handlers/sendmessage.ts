@@ -10,7 +10,7 @@
  */
 import { randomUUID } from "crypto";
 import { deliver, memberBroadcast, onePage } from "./shared/broadcaster";
-import { connectionsStoreFromEnv, RateLimit } from "./shared/connections";
+import { connectionsStoreFromEnv, createDocumentClient, RateLimit } from "./shared/connections";
 import { ENV, RANGES, requireEnv, requireIntEnv } from "./shared/env";
 import { ClientErrorCode, describeError, isChatError } from "./shared/errors";
 import type { WebSocketEvent, WebSocketHandler, WebSocketResult } from "./shared/events";
@@ -27,8 +27,9 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
     messages: requireIntEnv(ENV.rateLimitMessages, RANGES.rateLimitMessages.min, RANGES.rateLimitMessages.max),
     windowSeconds: requireIntEnv(ENV.rateLimitWindowSeconds, RANGES.rateLimitWindowSeconds.min, RANGES.rateLimitWindowSeconds.max),
   };
-  const store = connectionsStoreFromEnv();
-  const history = messageStoreFromEnv();
+  const doc = createDocumentClient();
+  const store = connectionsStoreFromEnv(doc);
+  const history = messageStoreFromEnv(doc);
   const chunkSize = requireIntEnv(ENV.fanoutChunkSize, RANGES.fanoutChunkSize.min, RANGES.fanoutChunkSize.max);
   const management = createManagement(requireEnv(ENV.managementEndpoint), concurrency);
   const deliverToMembers = memberBroadcast(management, concurrency, store);
@@ -39,9 +40,11 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
     const { connectionId: senderId, messageId, requestTimeEpoch } = event.requestContext;
     const requestId = context.awsRequestId;
 
+    // Set once the client's id is known valid: every refusal after that names it.
+    let clientId: string | undefined;
     async function refuse(code: ClientErrorCode, message: string): Promise<WebSocketResult> {
-      const delivery = await deliver(management, senderId, errorFrame(code, message));
-      log("warn", "message refused", { connectionId: senderId, requestId, code, reason: message, reply: delivery.outcome });
+      const delivery = await deliver(management, senderId, errorFrame(code, message, clientId));
+      log("warn", "message refused", { connectionId: senderId, requestId, code, reason: message, clientId, reply: delivery.outcome });
       return { statusCode: 200 };
     }
 
@@ -49,10 +52,9 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
     if (!parsed.ok) return refuse("invalid_json", "the body must be a JSON object");
 
     let text: string;
-    let clientId: string | undefined;
     try {
-      text = validateMessage(parsed.value.message, maxMessageBytes);
       clientId = validateClientId(parsed.value.id);
+      text = validateMessage(parsed.value.message, maxMessageBytes);
     } catch (err) {
       if (!isChatError(err)) throw err;
       return refuse(err.code as ClientErrorCode, err.message);

@@ -10,7 +10,8 @@
  * nodejs22.x runtime ships the complete AWS SDK v3 (every client and lib-dynamodb) under
  * /var/runtime/node_modules, and the serialized code requires exactly those packages by their
  * `main` file (`@aws-sdk/<pkg>/dist-cjs/index.js`, a path every v3 release has had). The handlers
- * use only long-stable commands and the `requestHandler` options object (SDK ≥ 3.521).
+ * use only long-stable DynamoDB commands (the management API and Lambda Invoke are called through
+ * handlers/shared/aws-http.ts, which needs no SDK at all).
  * Source: https://docs.aws.amazon.com/lambda/latest/dg/lambda-nodejs.html (SDK versions included
  * in the runtime).
  */

@@ -70,6 +70,9 @@ process.on("message", async (message: InvokeMessage) => {
   initDurationMs = undefined;
 });
 
+// Shutdown ends the process normally, so exit hooks (--cpu-prof) still run.
+process.on("SIGTERM", () => process.exit(0));
+
 // An exception outside any invocation kills a real Lambda instance too.
 process.on("uncaughtException", (err) => {
   console.error(`ERROR\tUncaught Exception\t${JSON.stringify(serializeError(err))}`);

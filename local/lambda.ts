@@ -154,7 +154,8 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
 
   function spawn(spec: FunctionSpec): Instance {
     const child = fork(worker.file, [], {
-      execArgv: [`--max-old-space-size=${spec.memoryMb}`],
+      // LOCAL_LAMBDA_NODE_OPTIONS adds flags to every instance, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
+      execArgv: [`--max-old-space-size=${spec.memoryMb}`, ...(process.env.LOCAL_LAMBDA_NODE_OPTIONS ?? "").split(" ").filter(Boolean)],
       env: {
         PATH: process.env.PATH ?? "",
         AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true", // Node 20 here; Lambda runs 22

@@ -2,9 +2,10 @@
  * TransactWriteItems for the embedded DynamoDB, which dynalite lacks. A proxy in front of dynalite
  * forwards every request, but runs all writes one at a time (PutItem, UpdateItem, DeleteItem,
  * BatchWriteItem and TransactWriteItems share one queue), so a transaction is isolated from every
- * other write. A transaction applies its actions in order, each with its own condition; when one
- * fails, the items already changed are restored and the caller gets a TransactionCanceledException
- * with CancellationReasons, as DynamoDB answers.
+ * other write. A transaction reads every item it touches, then applies all its actions at once
+ * (they touch distinct items, as DynamoDB requires), each with its own condition; when any fails,
+ * the items already changed are restored and the caller gets a TransactionCanceledException with
+ * a CancellationReason per item, as DynamoDB answers.
  */
 import {
   AttributeValue,
@@ -72,29 +73,37 @@ export async function transactWrite(client: DynamoDBClient, schemas: Map<string,
   if (items.length === 0 || items.length > 100) {
     throw Object.assign(new Error("TransactItems must have from 1 to 100 items"), { type: "ValidationException" });
   }
-  const before: { table: string; key: Key; item?: Key }[] = [];
   const reasons = items.map(() => ({ Code: "None" }) as { Code: string; Message?: string });
+  // Every item's state before the transaction, read at once (for the rollback); writes are serialized
+  // by the caller, so nothing changes them between these reads and the steps.
+  const targets = await Promise.all(
+    items.map(async (action) => {
+      const putItem = action.Put?.Item;
+      const table = (action.Put ?? action.Update ?? action.Delete ?? action.ConditionCheck)?.TableName ?? "";
+      const key = putItem ? await keyOf(client, schemas, table, putItem) : (action.Update ?? action.Delete ?? action.ConditionCheck)?.Key ?? {};
+      const read = async () => (await client.send(new GetItemCommand({ TableName: table, Key: key, ConsistentRead: true }))).Item;
+      return { table, key, read, previous: await read() };
+    }),
+  );
+  // DynamoDB allows one action per item in a transaction, so the steps touch distinct items and
+  // can run at once; if any fails, every step that succeeded is undone.
+  const outcomes = await Promise.allSettled(items.map((action, i) => stepFor(client, action, targets[i].read).run()));
+  const failed = outcomes.findIndex((o) => o.status === "rejected");
+  if (failed < 0) return { cancelled: undefined };
   for (let i = 0; i < items.length; i++) {
-    const action = items[i];
-    const putItem = action.Put?.Item;
-    const table = (action.Put ?? action.Update ?? action.Delete ?? action.ConditionCheck)?.TableName ?? "";
-    const key = putItem ? await keyOf(client, schemas, table, putItem) : (action.Update ?? action.Delete ?? action.ConditionCheck)?.Key ?? {};
-    const read = async () => (await client.send(new GetItemCommand({ TableName: table, Key: key, ConsistentRead: true }))).Item;
-    const previous = await read();
-    const step = stepFor(client, action, read);
-    try {
-      await step.run();
-      if (!action.ConditionCheck) before.push({ table, key, item: previous });
-    } catch (err) {
-      if ((err as Error).name !== "ConditionalCheckFailedException") throw err;
+    const outcome = outcomes[i];
+    if (outcome.status === "fulfilled") {
+      if (items[i].ConditionCheck) continue;
+      const { table, key, previous } = targets[i];
+      if (previous) await client.send(new PutItemCommand({ TableName: table, Item: previous }));
+      else await client.send(new DeleteItemCommand({ TableName: table, Key: key }));
+    } else if ((outcome.reason as Error).name === "ConditionalCheckFailedException") {
       reasons[i] = { Code: "ConditionalCheckFailed", Message: "The conditional request failed" };
-      for (const undo of before.reverse()) {
-        if (undo.item) await client.send(new PutItemCommand({ TableName: undo.table, Item: undo.item }));
-        else await client.send(new DeleteItemCommand({ TableName: undo.table, Key: undo.key }));
-      }
-      return { cancelled: reasons };
     }
   }
+  const unexpected = outcomes.find((o): o is PromiseRejectedResult => o.status === "rejected" && (o.reason as Error).name !== "ConditionalCheckFailedException");
+  if (unexpected) throw unexpected.reason;
+  return { cancelled: reasons };
   return { cancelled: undefined };
 }
 

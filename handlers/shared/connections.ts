@@ -139,9 +139,12 @@ export function createConnectionsStore(doc: DynamoDBDocumentClient, config: Stor
   return store;
 }
 
-/** The store as configured by the program's environment variables. */
-export function connectionsStoreFromEnv(env: NodeJS.ProcessEnv = process.env): ConnectionsStore {
-  return createConnectionsStore(createDocumentClient(), {
+/**
+ * The store as configured by the program's environment variables. Pass `doc` to share one client
+ * (and its socket pool) with the message store: building a client is most of a factory's cost.
+ */
+export function connectionsStoreFromEnv(doc: DynamoDBDocumentClient = createDocumentClient(), env: NodeJS.ProcessEnv = process.env): ConnectionsStore {
+  return createConnectionsStore(doc, {
     tableName: requireEnv(ENV.tableName, env),
     roomIndexName: requireEnv(ENV.roomIndexName, env),
   });

@@ -166,9 +166,9 @@ export function createMessageStore(doc: DynamoDBDocumentClient, tableName: strin
 }
 
 /** The message store as configured by the program's environment variables. */
-export function messageStoreFromEnv(env: NodeJS.ProcessEnv = process.env): MessageStore {
+export function messageStoreFromEnv(doc: DynamoDBDocumentClient = createDocumentClient(), env: NodeJS.ProcessEnv = process.env): MessageStore {
   return createMessageStore(
-    createDocumentClient(),
+    doc,
     requireEnv(ENV.messagesTable, env),
     requireIntEnv(ENV.historyRetentionDays, RANGES.historyRetentionDays.min, RANGES.historyRetentionDays.max, env),
   );

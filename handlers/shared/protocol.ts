@@ -110,10 +110,12 @@ export interface ErrorFrame {
   type: "error";
   code: ClientErrorCode;
   message: string;
+  /** The client's `id` of the sendmessage refused, when it sent a valid one: which send to retry. */
+  id?: string;
 }
 
-export function errorFrame(code: ClientErrorCode, message: string): string {
-  const frame: ErrorFrame = { type: "error", code, message };
+export function errorFrame(code: ClientErrorCode, message: string, id?: string): string {
+  const frame: ErrorFrame = { type: "error", code, message, ...(id === undefined ? {} : { id }) };
   return JSON.stringify(frame);
 }
 

@@ -312,7 +312,15 @@ describe("sendmessage", () => {
       roomOf([SENDER, connId(1)]);
       ddb.on(TransactWriteCommand).rejects(new Error("connection reset"));
       const sent = await send({ action: "sendmessage", message: "hi", id: "c-9" });
-      assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code]), [[SENDER, "unavailable"]]);
+      assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code, JSON.parse(p.data).id]), [[SENDER, "unavailable", "c-9"]], "names the send to retry");
+    });
+
+    it("names a valid id in any refusal, even of the message itself, and no id when the id is the problem", async () => {
+      const [tooLong] = await send({ action: "sendmessage", message: "x".repeat(65), id: "c-10" });
+      assert.deepEqual(JSON.parse(tooLong.data), { type: "error", code: "message_too_large", message: JSON.parse(tooLong.data).message, id: "c-10" });
+      aws().calls.length = 0;
+      const [badId] = await send({ action: "sendmessage", message: "hi", id: "a b" });
+      assert.equal("id" in JSON.parse(badId.data), false);
     });
 
     const badIds: [string, unknown][] = [["an empty id", ""], ["a numeric id", 7], ["an id with spaces", "a b"], ["a 65-character id", "i".repeat(65)]];
@@ -340,7 +348,7 @@ describe("sendmessage", () => {
       ddb.on(UpdateCommand).rejects(conditionFailed());
       ddb.on(GetCommand, { TableName: "connections-test" }).resolves({ Item: SENDER_RECORD });
       const sent = await send({ action: "sendmessage", message: "one too many", id: "c-2" });
-      assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code]), [[SENDER, "rate_limited"]]);
+      assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code, JSON.parse(p.data).id]), [[SENDER, "rate_limited", "c-2"]]);
       assert.equal(ddb.commandCalls(TransactWriteCommand).length, 0);
       assert.equal(ddb.commandCalls(QueryCommand).length, 0);
     });

@@ -407,15 +407,7 @@ for (const stack of ["dev", "prod"] as const) {
 }
 
 describe("the program under mocks: bad settings", () => {
-  it("must fail to load, naming the key and the allowed range", async () => {
-    await assert.rejects(loadProgram({ stack: "dev", configOverrides: { "ws-chat:lambdaMemoryMb": "1" } }), /ws-chat:lambdaMemoryMb must be an integer from 128 to 10240; got "1"/);
-  });
-  it("must refuse auth without a token key, saying how to set one", async () => {
-    await assert.rejects(loadProgram({ stack: "prod" }), /ws-chat:tokenKey is required when authEnabled is true: pulumi config set --secret tokenKey/);
-  });
-  it("must refuse a token key shorter than 32 characters", async () => {
-    await assert.rejects(loadProgram({ stack: "prod", secrets: { "ws-chat:tokenKey": "short" } }), /ws-chat:tokenKey must be at least 32 characters/);
-  });
+  // First: a refused token key's late rejection (an apply) must not land inside these loads.
   it("must refuse the benchmark-only seed fan-out on prod", async () => {
     await assert.rejects(
       loadProgram({ stack: "prod", configOverrides: { "ws-chat:benchSeedFanout": "true" }, secrets: { "ws-chat:tokenKey": "k".repeat(48) } }),
@@ -430,6 +422,15 @@ describe("the program under mocks: bad settings", () => {
     const policy = program.resources.find((r) => r.type === "aws:iam/rolePolicy:RolePolicy" && r.inputs.role === role.id)!;
     const actions = (JSON.parse(policy.inputs.policy).Statement as { Action: string[] }[]).flatMap((st) => st.Action);
     assert.deepEqual(actions, ["dynamodb:Scan", "execute-api:ManageConnections", "logs:CreateLogStream", "logs:PutLogEvents"]);
+  });
+  it("must fail to load, naming the key and the allowed range", async () => {
+    await assert.rejects(loadProgram({ stack: "dev", configOverrides: { "ws-chat:lambdaMemoryMb": "1" } }), /ws-chat:lambdaMemoryMb must be an integer from 128 to 10240; got "1"/);
+  });
+  it("must refuse auth without a token key, saying how to set one", async () => {
+    await assert.rejects(loadProgram({ stack: "prod" }), /ws-chat:tokenKey is required when authEnabled is true: pulumi config set --secret tokenKey/);
+  });
+  it("must refuse a token key shorter than 32 characters", async () => {
+    await assert.rejects(loadProgram({ stack: "prod", secrets: { "ws-chat:tokenKey": "short" } }), /ws-chat:tokenKey must be at least 32 characters/);
   });
   it("must fail to load an unknown stack, listing the stacks there are", async () => {
     await assert.rejects(loadProgram({ stack: "staging" }), /no stack "staging".*stacks: dev, prod/);
