@@ -1,8 +1,8 @@
 /**
  * TransactWriteItems for the embedded DynamoDB, which dynalite lacks. A proxy in front of dynalite
- * forwards every request, but runs all writes one at a time (PutItem, UpdateItem, DeleteItem,
- * BatchWriteItem and TransactWriteItems share one queue), so a transaction is isolated from every
- * other write. A transaction reads every item it touches, then applies all its actions at once
+ * forwards every request, but runs the writes to each table one at a time (PutItem, UpdateItem,
+ * DeleteItem, BatchWriteItem and TransactWriteItems share the queues of the tables they name), so a
+ * transaction is isolated from every other write to its tables. A transaction reads every item it touches, then applies all its actions at once
  * (they touch distinct items, as DynamoDB requires), each with its own condition; when any fails,
  * the items already changed are restored and the caller gets a TransactionCanceledException with
  * a CancellationReason per item, as DynamoDB answers.
@@ -73,7 +73,7 @@ export async function transactWrite(client: DynamoDBClient, schemas: Map<string,
   if (items.length === 0 || items.length > 100) {
     throw Object.assign(new Error("TransactItems must have from 1 to 100 items"), { type: "ValidationException" });
   }
-  const reasons = items.map(() => ({ Code: "None" }) as { Code: string; Message?: string });
+  const reasons = items.map(() => ({ Code: "None" }) as { Code: string; Message?: string; Item?: Key });
   // Every item's state before the transaction, read at once (for the rollback); writes are serialized
   // by the caller, so nothing changes them between these reads and the steps.
   const targets = await Promise.all(
@@ -98,7 +98,11 @@ export async function transactWrite(client: DynamoDBClient, schemas: Map<string,
       if (previous) await client.send(new PutItemCommand({ TableName: table, Item: previous }));
       else await client.send(new DeleteItemCommand({ TableName: table, Key: key }));
     } else if ((outcome.reason as Error).name === "ConditionalCheckFailedException") {
-      reasons[i] = { Code: "ConditionalCheckFailed", Message: "The conditional request failed" };
+      // With ReturnValuesOnConditionCheckFailure ALL_OLD the reason carries the item as it is (read
+      // above; writes to its table are queued behind this one, so it has not changed).
+      const action = items[i].Put ?? items[i].Update ?? items[i].Delete ?? items[i].ConditionCheck;
+      const current = action?.ReturnValuesOnConditionCheckFailure === "ALL_OLD" ? targets[i].previous : undefined;
+      reasons[i] = { Code: "ConditionalCheckFailed", Message: "The conditional request failed", ...(current ? { Item: current } : {}) };
     }
   }
   const unexpected = outcomes.find((o): o is PromiseRejectedResult => o.status === "rejected" && (o.reason as Error).name !== "ConditionalCheckFailedException");
@@ -142,11 +146,27 @@ export interface TransactionProxy {
 /** Starts the proxy in front of `target` (dynalite's URL). `schemas` maps table name → key attribute names. */
 export async function startTransactionProxy(target: string, client: DynamoDBClient, schemas: Map<string, string[]>): Promise<TransactionProxy> {
   const targetUrl = new URL(target);
-  let queue: Promise<unknown> = Promise.resolve();
-  const serialized = <T>(work: () => Promise<T>): Promise<T> => {
-    const next = queue.then(work, work);
-    queue = next.catch(() => undefined);
+  // One write queue per table: a write waits for the earlier writes to its tables only, so the
+  // connections table's writes never queue behind the messages table's transactions. A transaction
+  // joins the queues of every table it touches, all at once (no lock order, so no deadlock).
+  const queues = new Map<string, Promise<unknown>>();
+  const serialized = <T>(tables: string[], work: () => Promise<T>): Promise<T> => {
+    const unique = [...new Set(tables)];
+    const next = Promise.all(unique.map((t) => queues.get(t))).then(work, work);
+    const settled = next.catch(() => undefined);
+    for (const t of unique) queues.set(t, settled);
     return next;
+  };
+  /** The tables a write names (an unreadable body queues with every other unreadable one). */
+  const tablesOf = (body: Buffer): string[] => {
+    try {
+      const input = JSON.parse(body.toString("utf8")) as { TableName?: string; TransactItems?: TransactWriteItem[]; RequestItems?: Record<string, unknown> };
+      if (input.TransactItems) return input.TransactItems.map((a) => (a.Put ?? a.Update ?? a.Delete ?? a.ConditionCheck)?.TableName ?? "");
+      if (input.RequestItems) return Object.keys(input.RequestItems);
+      return [input.TableName ?? ""];
+    } catch {
+      return [""];
+    }
   };
 
   const meter: CapacityMeter = { requests: {}, readUnits: 0, writeUnits: 0 };
@@ -240,8 +260,8 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       const body = Buffer.concat(chunks);
       const operation = String(req.headers["x-amz-target"] ?? "").split(".")[1] ?? "";
-      if (operation === "TransactWriteItems") void serialized(() => transact(body, res));
-      else if (WRITES.has(operation)) void serialized(() => forward(req, body, res, operation));
+      if (operation === "TransactWriteItems") void serialized(tablesOf(body), () => transact(body, res));
+      else if (WRITES.has(operation)) void serialized(tablesOf(body), () => forward(req, body, res, operation));
       else void forward(req, body, res, operation);
     });
   });

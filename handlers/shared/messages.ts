@@ -86,8 +86,11 @@ export function createMessageStore(doc: DynamoDBDocumentClient, tableName: strin
   return {
     async append(message) {
       const expiresAt = Math.floor(message.ts / 1000) + retentionDays * 86_400;
+      // The head as the last lost race showed it (ALL_OLD): the next attempt needs no read.
+      let known: number | undefined;
       for (let attempt = 1; attempt <= APPEND_ATTEMPTS; attempt++) {
-        const previous = Number((await getItem(message.room, HEAD))?.seq ?? 0);
+        const previous = known ?? Number((await getItem(message.room, HEAD))?.seq ?? 0);
+        known = undefined;
         const cursor = cursorOf(previous + 1);
         const item: StoredMessage = { ...message, cursor, expiresAt };
         try {
@@ -101,6 +104,7 @@ export function createMessageStore(doc: DynamoDBDocumentClient, tableName: strin
                     UpdateExpression: "SET seq = :next",
                     ConditionExpression: previous === 0 ? "attribute_not_exists(seq)" : "seq = :previous",
                     ExpressionAttributeValues: { ":next": previous + 1, ...(previous === 0 ? {} : { ":previous": previous }) },
+                    ReturnValuesOnConditionCheckFailure: "ALL_OLD",
                   },
                 },
                 { Put: { TableName: tableName, Item: item, ConditionExpression: "attribute_not_exists(#cursor)", ExpressionAttributeNames: CURSOR_NAME } },
@@ -125,7 +129,11 @@ export function createMessageStore(doc: DynamoDBDocumentClient, tableName: strin
             const claim = await getItem(message.room, claimKey(message));
             if (claim?.messageCursor) return { cursor: String(claim.messageCursor), duplicate: true };
           }
-          // Another sender took this sequence number: read the head again, after a short jittered pause.
+          // Another sender took this sequence number. The reason carries the head as it is now (as
+          // AttributeValues: the document client does not translate errors); without it, read again.
+          const head = reasons[0]?.Code === "ConditionalCheckFailed" ? (reasons[0].Item as { seq?: { N?: string } } | undefined)?.seq?.N : undefined;
+          if (head !== undefined) known = Number(head);
+          // A short jittered pause, so racing senders spread out.
           await sleep(Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt));
         }
       }

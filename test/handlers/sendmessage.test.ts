@@ -308,6 +308,20 @@ describe("sendmessage", () => {
       assert.equal(fanoutLog().delivered, 1);
     });
 
+    it("after a lost race, takes the head from the cancellation reason (ALL_OLD) instead of reading it again", async () => {
+      roomOf([SENDER, connId(1)]);
+      const lost = { Code: "ConditionalCheckFailed", Item: { room: { S: "general" }, cursor: { S: "#head" }, seq: { N: "45" } } };
+      ddb.on(TransactWriteCommand)
+        .rejectsOnce(new TransactionCanceledException({ message: "cancelled", $metadata: {}, CancellationReasons: [lost, { Code: "None" }] }))
+        .resolves({});
+      await send({ action: "sendmessage", message: "hi" });
+      const [first, second] = appended();
+      assert.equal(first[0].Update?.ReturnValuesOnConditionCheckFailure, "ALL_OLD");
+      assert.deepEqual(second[0].Update?.ExpressionAttributeValues, { ":next": 46, ":previous": 45 });
+      assert.equal(second[1].Put?.Item?.cursor, "0000000000000046");
+      assert.equal(ddb.commandCalls(GetCommand, { TableName: "messages-test" }).length, 1, "the head was read once, before the first attempt");
+    });
+
     it("answers 'unavailable', and delivers nothing, when the message cannot be stored", async () => {
       roomOf([SENDER, connId(1)]);
       ddb.on(TransactWriteCommand).rejects(new Error("connection reset"));

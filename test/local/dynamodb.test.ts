@@ -115,6 +115,14 @@ describe("local DynamoDB", () => {
       assert.equal((await get("tx-taken"))?.room, "first", "the Update was rolled back");
     });
 
+    it("returns the item that failed its condition when asked (ReturnValuesOnConditionCheckFailure ALL_OLD)", async () => {
+      await db.client.send(new PutCommand({ TableName: table.name, Item: { connectionId: "tx-old", room: "kept" } }));
+      const err = (await db.client
+        .send(new TransactWriteCommand({ TransactItems: [{ ...claim("tx-old", "other"), Put: { ...claim("tx-old", "other").Put!, ReturnValuesOnConditionCheckFailure: "ALL_OLD" } }] }))
+        .catch((e: unknown) => e)) as TransactionCanceledException;
+      assert.deepEqual(err.CancellationReasons?.[0].Item, { connectionId: { S: "tx-old" }, room: { S: "kept" } });
+    });
+
     it("isolates concurrent transactions: of 20 racing claims on one item, exactly one wins", async () => {
       const results = await Promise.allSettled(
         Array.from({ length: 20 }, (_, i) => db.client.send(new TransactWriteCommand({ TransactItems: [claim("tx-race", `w${i}`), claim(`tx-race-${i}`, `w${i}`)] }))),
