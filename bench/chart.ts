@@ -13,7 +13,13 @@ export function fanoutChart(samples: FanoutSample[], title: string): string {
   const sizes = [...new Set(samples.map((s) => s.members))].sort((a, b) => a - b);
   const series = impls.map((impl) => ({
     impl,
-    points: sizes.map((n) => ({ n, ms: median(samples.filter((s) => s.implementation === impl && s.members === n).map((s) => s.timeMs)) })).filter((p) => Number.isFinite(p.ms)),
+    points: sizes
+      .map((n) => {
+        const group = samples.filter((s) => s.implementation === impl && s.members === n);
+        const reached = Math.min(...group.map((s) => s.delivered / s.recipients));
+        return { n, ms: median(group.map((s) => s.timeMs)), reached };
+      })
+      .filter((p) => Number.isFinite(p.ms)),
   }));
   const maxMs = Math.max(1, ...series.flatMap((s) => s.points.map((p) => p.ms)));
   const maxN = Math.max(...sizes);
@@ -33,7 +39,12 @@ export function fanoutChart(samples: FanoutSample[], title: string): string {
     ...series.map(
       (s) =>
         `<polyline fill="none" stroke="${COLORS[s.impl]}" stroke-width="2.5" points="${s.points.map((p) => `${x(p.n)},${y(p.ms)}`).join(" ")}"/>` +
-        s.points.map((p) => `<circle cx="${x(p.n)}" cy="${y(p.ms)}" r="4" fill="${COLORS[s.impl]}"/>`).join(""),
+        s.points.map((p) => `<circle cx="${x(p.n)}" cy="${y(p.ms)}" r="4" fill="${COLORS[s.impl]}"/>`).join("") +
+        // A run that did not reach everyone says so beside its point.
+        s.points
+          .filter((p) => p.reached < 1)
+          .map((p) => `<text x="${x(p.n) - 8}" y="${y(p.ms) + 18}" text-anchor="end" fill="${COLORS[s.impl]}">only ${Math.round(p.reached * 100)}% reached</text>`)
+          .join(""),
     ),
     ...series.map((s, i) => `<rect x="${pad.left + 12}" y="${pad.top + 6 + i * 18}" width="12" height="12" fill="${COLORS[s.impl]}"/><text x="${pad.left + 30}" y="${pad.top + 16 + i * 18}">${LABELS[s.impl]}</text>`),
     `</svg>`,

@@ -7,6 +7,7 @@
  *   --warmup 1                unmeasured runs per size and implementation
  *   --latency 15              ms added to every @connections answer (the AWS network)
  *   --only fanout,coldstart,latency,cost
+ *   --only chart              redraw bench/fanout.svg from bench/results.json
  *   --quick                   small sizes and short runs, to check the benchmark itself
  */
 import * as fs from "fs";
@@ -50,6 +51,8 @@ function fanoutSummary(samples: FanoutSample[]) {
   });
 }
 
+const chartTitle = (cpus: number, latencyMs: number) => `Fan-out to one room, ${cpus} cores, ${latencyMs} ms @connections latency`;
+
 async function floorUrl(): Promise<{ url: string; stop: () => void }> {
   const child = fork(path.join(__dirname, "floor-server.ts"), [], { execArgv: ["--require", "ts-node/register/transpile-only"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
   const port = await new Promise<number>((resolve) => child.on("message", (m: { type: string; port: number }) => m.type === "listening" && resolve(m.port)));
@@ -70,6 +73,12 @@ async function main() {
   });
   const quick = values.quick!;
   const only = new Set(values.only!.split(","));
+  if (only.has("chart")) {
+    const saved = JSON.parse(fs.readFileSync(path.join(__dirname, "results.json"), "utf8")) as { machine: { cpus: number }; settings: { managementLatencyMs: number }; fanout: { samples: FanoutSample[] } };
+    fs.writeFileSync(path.join(__dirname, "fanout.svg"), fanoutChart(saved.fanout.samples, chartTitle(saved.machine.cpus, saved.settings.managementLatencyMs)));
+    log("Wrote bench/fanout.svg from bench/results.json");
+    return;
+  }
   const requested = (quick ? "200,1000" : values.sizes!).split(",").map(Number);
   const runs = quick ? 1 : Number(values.runs);
   const warmup = quick ? 0 : Number(values.warmup);
@@ -101,7 +110,7 @@ async function main() {
       fanout.push(...sizes.flatMap((n) => all.filter((s) => s.members === n).slice(warmup)));
     }
     results.fanout = { samples: fanout, summary: fanoutSummary(fanout) };
-    fs.writeFileSync(path.join(__dirname, "fanout.svg"), fanoutChart(fanout, `Fan-out to one room, ${os.cpus().length} cores, ${latencyMs} ms @connections latency`));
+    fs.writeFileSync(path.join(__dirname, "fanout.svg"), fanoutChart(fanout, chartTitle(os.cpus().length, latencyMs)));
   }
 
   let cold: ColdStartRow[] = [];
