@@ -4,11 +4,10 @@
  * implementations on this machine: ours and the seed's (both through the local stack, with the
  * management API's injected latency), and a raw `ws` relay (the floor).
  */
-import { fork } from "child_process";
 import { randomBytes } from "crypto";
-import * as path from "path";
 import WebSocket from "ws";
 import { localStack } from "../test/e2e/stack";
+import { startFloor } from "./floor";
 import { parseReports, reportsOf } from "./reports";
 import { sleep } from "./stats";
 import { Receipt, Swarm } from "./swarm";
@@ -103,31 +102,17 @@ function failedPosts(logs: string): number {
 }
 
 async function floorTarget(): Promise<Target> {
-  const child = fork(path.join(__dirname, "floor-server.ts"), [], { execArgv: ["--require", "ts-node/register/transpile-only"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
-  const next = (type: string) => new Promise<Record<string, number>>((resolve) => {
-    const on = (m: Record<string, number> & { type: string }) => {
-      if (m.type !== type) return;
-      child.off("message", on);
-      resolve(m);
-    };
-    child.on("message", on);
-  });
-  const port = (await next("listening")).port;
-  const usage = async () => {
-    const u = next("usage");
-    child.send({ type: "usage" });
-    return u;
-  };
+  const floor = await startFloor();
   return {
-    url: `ws://127.0.0.1:${port}`,
-    mark: usage,
+    url: floor.url,
+    mark: () => floor.usage(),
     progress: async () => ({ ended: true, reports: 0 }),
     async usage(mark) {
-      const now = await usage();
-      return { cpuMs: now.cpuMs - (mark as Record<string, number>).cpuMs, peakRssMb: now.maxRssMb, invocations: 1, errors: [], failedPosts: 0 };
+      const now = await floor.usage();
+      return { cpuMs: now.cpuMs - (mark as { cpuMs: number }).cpuMs, peakRssMb: now.maxRssMb, invocations: 1, errors: [], failedPosts: 0 };
     },
     async stop() {
-      child.kill();
+      floor.stop();
     },
   };
 }

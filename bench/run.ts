@@ -18,10 +18,10 @@ import { fanoutChart } from "./chart";
 import { ColdStartRow, runColdStart } from "./coldstart";
 import { CostSample, measureCost } from "./cost";
 import { FanoutSample, Implementation, runFanout } from "./fanout";
+import { startFloor } from "./floor";
 import { LatencySample, measureLatency } from "./latency";
 import { localStack } from "../test/e2e/stack";
 import { median } from "./stats";
-import { fork } from "child_process";
 
 const log = (line: string) => console.log(line);
 
@@ -52,12 +52,6 @@ function fanoutSummary(samples: FanoutSample[]) {
 }
 
 const chartTitle = (cpus: number, latencyMs: number) => `Fan-out to one room, ${cpus} cores, ${latencyMs} ms @connections latency`;
-
-async function floorUrl(): Promise<{ url: string; stop: () => void }> {
-  const child = fork(path.join(__dirname, "floor-server.ts"), [], { execArgv: ["--require", "ts-node/register/transpile-only"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
-  const port = await new Promise<number>((resolve) => child.on("message", (m: { type: string; port: number }) => m.type === "listening" && resolve(m.port)));
-  return { url: `ws://127.0.0.1:${port}`, stop: () => child.kill() };
-}
 
 async function main() {
   const { values } = parseArgs({
@@ -124,7 +118,7 @@ async function main() {
   if (only.has("latency")) {
     const opts = { members: 100, rate: 50, seconds: quick ? 5 : 30 };
     log(`\n== End-to-end latency: room of ${opts.members}, ${opts.rate} messages/s for ${opts.seconds} s`);
-    const floor = await floorUrl();
+    const floor = await startFloor();
     latency.push(await measureLatency("floor", floor.url, opts));
     floor.stop();
     const stack = await localStack(["--config", "rateLimitMessages=10000"]);

@@ -5,8 +5,9 @@
  * neither stored nor delivered twice. Members come from a paginated Query on the room index
  * (never a Scan); posts go out with bounded concurrency over a keep-alive pool; 429/5xx are
  * retried; a 410 removes that member's record. A room larger than one chunk is spread over
- * parallel `fanout` runs (shared/fanout.ts): this function delivers the first chunk itself. Problems the sender can act on come back as
- * `{"type":"error",…}` frames, never as API Gateway's "Internal server error".
+ * parallel `fanout` runs (shared/fanout.ts): this function delivers the first chunk itself.
+ * Problems the sender can act on come back as `{"type":"error",…}` frames, never as API Gateway's
+ * "Internal server error".
  */
 import { randomUUID } from "crypto";
 import { deliver, memberBroadcast, onePage } from "./shared/broadcaster";

@@ -76,9 +76,9 @@ export function tableSpec(resource: RecordedResource): TableSpec {
 export interface LocalDynamoDB {
   endpoint: string;
   client: DynamoDBDocumentClient;
-  /** Fault injection: every request arriving in the next `ms` milliseconds waits until then. */
   /** Capacity consumed so far, per ReturnConsumedCapacity (transactions.ts). */
   meter: CapacityMeter;
+  /** Fault injection: every request arriving in the next `ms` milliseconds waits until then. */
   stall(ms: number): void;
   /** Fault injection: connections reset and refused for `ms` milliseconds, data kept (transactions.ts). */
   restart(ms: number): void;

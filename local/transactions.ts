@@ -2,10 +2,10 @@
  * TransactWriteItems for the embedded DynamoDB, which dynalite lacks. A proxy in front of dynalite
  * forwards every request, but runs the writes to each table one at a time (PutItem, UpdateItem,
  * DeleteItem, BatchWriteItem and TransactWriteItems share the queues of the tables they name), so a
- * transaction is isolated from every other write to its tables. A transaction reads every item it touches, then applies all its actions at once
- * (they touch distinct items, as DynamoDB requires), each with its own condition; when any fails,
- * the items already changed are restored and the caller gets a TransactionCanceledException with
- * a CancellationReason per item, as DynamoDB answers.
+ * transaction is isolated from every other write to its tables. A transaction reads every item it
+ * touches, then applies all its actions at once (they touch distinct items, as DynamoDB requires),
+ * each with its own condition; when any fails, the items already changed are restored and the
+ * caller gets a TransactionCanceledException with a CancellationReason per item, as DynamoDB answers.
  */
 import {
   AttributeValue,
@@ -23,40 +23,35 @@ const WRITES = new Set(["PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem",
 
 type Key = Record<string, AttributeValue>;
 
-interface Step {
-  tableName: string;
-  key: Key;
-  run(): Promise<unknown>;
+/** The one action of a transaction item (DynamoDB requires exactly one). */
+function actionOf(item: TransactWriteItem) {
+  return item.Put ?? item.Update ?? item.Delete ?? item.ConditionCheck;
 }
 
-function stepFor(client: DynamoDBClient, action: TransactWriteItem, current: () => Promise<Key | undefined>): Step {
+/** Applies one transaction item as a single-item write with its condition. */
+function stepFor(client: DynamoDBClient, action: TransactWriteItem, current: () => Promise<Key | undefined>): () => Promise<unknown> {
   if (action.Put) {
     const p = action.Put;
-    const table = p.TableName!;
-    return { tableName: table, key: {}, run: () => client.send(new PutItemCommand({ TableName: table, Item: p.Item, ConditionExpression: p.ConditionExpression, ExpressionAttributeNames: p.ExpressionAttributeNames, ExpressionAttributeValues: p.ExpressionAttributeValues })) };
+    return () => client.send(new PutItemCommand({ TableName: p.TableName, Item: p.Item, ConditionExpression: p.ConditionExpression, ExpressionAttributeNames: p.ExpressionAttributeNames, ExpressionAttributeValues: p.ExpressionAttributeValues }));
   }
   if (action.Update) {
     const u = action.Update;
-    return { tableName: u.TableName!, key: u.Key!, run: () => client.send(new UpdateItemCommand({ TableName: u.TableName, Key: u.Key, UpdateExpression: u.UpdateExpression, ConditionExpression: u.ConditionExpression, ExpressionAttributeNames: u.ExpressionAttributeNames, ExpressionAttributeValues: u.ExpressionAttributeValues })) };
+    return () => client.send(new UpdateItemCommand({ TableName: u.TableName, Key: u.Key, UpdateExpression: u.UpdateExpression, ConditionExpression: u.ConditionExpression, ExpressionAttributeNames: u.ExpressionAttributeNames, ExpressionAttributeValues: u.ExpressionAttributeValues }));
   }
   if (action.Delete) {
     const d = action.Delete;
-    return { tableName: d.TableName!, key: d.Key!, run: () => client.send(new DeleteItemCommand({ TableName: d.TableName, Key: d.Key, ConditionExpression: d.ConditionExpression, ExpressionAttributeNames: d.ExpressionAttributeNames, ExpressionAttributeValues: d.ExpressionAttributeValues })) };
+    return () => client.send(new DeleteItemCommand({ TableName: d.TableName, Key: d.Key, ConditionExpression: d.ConditionExpression, ExpressionAttributeNames: d.ExpressionAttributeNames, ExpressionAttributeValues: d.ExpressionAttributeValues }));
   }
   if (action.ConditionCheck) {
     // Evaluates the condition against the item without changing it: rewrite the item as it is
     // (or, when there is none, delete nothing), with the condition attached.
     const c = action.ConditionCheck;
     const names = { ExpressionAttributeNames: c.ExpressionAttributeNames, ExpressionAttributeValues: c.ExpressionAttributeValues };
-    return {
-      tableName: c.TableName!,
-      key: c.Key!,
-      run: async () => {
-        const item = await current();
-        return item
-          ? client.send(new PutItemCommand({ TableName: c.TableName, Item: item, ConditionExpression: c.ConditionExpression, ...names }))
-          : client.send(new DeleteItemCommand({ TableName: c.TableName, Key: c.Key, ConditionExpression: c.ConditionExpression, ...names }));
-      },
+    return async () => {
+      const item = await current();
+      return item
+        ? client.send(new PutItemCommand({ TableName: c.TableName, Item: item, ConditionExpression: c.ConditionExpression, ...names }))
+        : client.send(new DeleteItemCommand({ TableName: c.TableName, Key: c.Key, ConditionExpression: c.ConditionExpression, ...names }));
     };
   }
   throw Object.assign(new Error("each TransactItem needs one of Put, Update, Delete or ConditionCheck"), { type: "ValidationException" });
@@ -79,7 +74,7 @@ export async function transactWrite(client: DynamoDBClient, schemas: Map<string,
   const targets = await Promise.all(
     items.map(async (action) => {
       const putItem = action.Put?.Item;
-      const table = (action.Put ?? action.Update ?? action.Delete ?? action.ConditionCheck)?.TableName ?? "";
+      const table = actionOf(action)?.TableName ?? "";
       const key = putItem ? await keyOf(client, schemas, table, putItem) : (action.Update ?? action.Delete ?? action.ConditionCheck)?.Key ?? {};
       const read = async () => (await client.send(new GetItemCommand({ TableName: table, Key: key, ConsistentRead: true }))).Item;
       return { table, key, read, previous: await read() };
@@ -87,9 +82,8 @@ export async function transactWrite(client: DynamoDBClient, schemas: Map<string,
   );
   // DynamoDB allows one action per item in a transaction, so the steps touch distinct items and
   // can run at once; if any fails, every step that succeeded is undone.
-  const outcomes = await Promise.allSettled(items.map((action, i) => stepFor(client, action, targets[i].read).run()));
-  const failed = outcomes.findIndex((o) => o.status === "rejected");
-  if (failed < 0) return { cancelled: undefined };
+  const outcomes = await Promise.allSettled(items.map((action, i) => stepFor(client, action, targets[i].read)()));
+  if (outcomes.every((o) => o.status === "fulfilled")) return { cancelled: undefined };
   for (let i = 0; i < items.length; i++) {
     const outcome = outcomes[i];
     if (outcome.status === "fulfilled") {
@@ -100,15 +94,13 @@ export async function transactWrite(client: DynamoDBClient, schemas: Map<string,
     } else if ((outcome.reason as Error).name === "ConditionalCheckFailedException") {
       // With ReturnValuesOnConditionCheckFailure ALL_OLD the reason carries the item as it is (read
       // above; writes to its table are queued behind this one, so it has not changed).
-      const action = items[i].Put ?? items[i].Update ?? items[i].Delete ?? items[i].ConditionCheck;
-      const current = action?.ReturnValuesOnConditionCheckFailure === "ALL_OLD" ? targets[i].previous : undefined;
+      const current = actionOf(items[i])?.ReturnValuesOnConditionCheckFailure === "ALL_OLD" ? targets[i].previous : undefined;
       reasons[i] = { Code: "ConditionalCheckFailed", Message: "The conditional request failed", ...(current ? { Item: current } : {}) };
     }
   }
   const unexpected = outcomes.find((o): o is PromiseRejectedResult => o.status === "rejected" && (o.reason as Error).name !== "ConditionalCheckFailedException");
   if (unexpected) throw unexpected.reason;
   return { cancelled: reasons };
-  return { cancelled: undefined };
 }
 
 /** Capacity consumed since start, as DynamoDB reports it with ReturnConsumedCapacity, per operation. */
@@ -123,9 +115,23 @@ const READS = new Set(["GetItem", "BatchGetItem", "Query", "Scan"]);
 /** Transactional writes cost twice a standard write: 2 WCU per KB of each item (DynamoDB pricing). */
 function transactionWriteUnits(items: TransactWriteItem[]): number {
   return items.reduce((units, action) => {
+    // An Update's item size is unknown here: its key stands in (at least 1 KB is billed anyway).
     const item = action.Put?.Item ?? action.Update?.Key ?? action.Delete?.Key ?? action.ConditionCheck?.Key ?? {};
     return units + 2 * Math.max(1, Math.ceil(Buffer.byteLength(JSON.stringify(item)) / 1024));
   }, 0);
+}
+
+/** The fields of a request body the proxy reads; parsed once per request. */
+type RequestBody =
+  | { ok: true; value: { TableName?: string; TransactItems?: TransactWriteItem[]; RequestItems?: Record<string, unknown>; ReturnConsumedCapacity?: string } }
+  | { ok: false; error: unknown };
+
+function parseRequest(body: Buffer): RequestBody {
+  try {
+    return { ok: true, value: JSON.parse(body.toString("utf8")) };
+  } catch (error) {
+    return { ok: false, error };
+  }
 }
 
 export interface TransactionProxy {
@@ -158,15 +164,11 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
     return next;
   };
   /** The tables a write names (an unreadable body queues with every other unreadable one). */
-  const tablesOf = (body: Buffer): string[] => {
-    try {
-      const input = JSON.parse(body.toString("utf8")) as { TableName?: string; TransactItems?: TransactWriteItem[]; RequestItems?: Record<string, unknown> };
-      if (input.TransactItems) return input.TransactItems.map((a) => (a.Put ?? a.Update ?? a.Delete ?? a.ConditionCheck)?.TableName ?? "");
-      if (input.RequestItems) return Object.keys(input.RequestItems);
-      return [input.TableName ?? ""];
-    } catch {
-      return [""];
-    }
+  const tablesOf = (input: RequestBody): string[] => {
+    if (!input.ok) return [""];
+    if (input.value.TransactItems) return input.value.TransactItems.map((a) => actionOf(a)?.TableName ?? "");
+    if (input.value.RequestItems) return Object.keys(input.value.RequestItems);
+    return [input.value.TableName ?? ""];
   };
 
   const meter: CapacityMeter = { requests: {}, readUnits: 0, writeUnits: 0 };
@@ -175,18 +177,10 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
    * Forwards to dynalite, asking for ConsumedCapacity on every request so the meter sees all of it;
    * the figure is removed from the answer when the caller did not ask for it.
    */
-  function forward(req: IncomingMessage, original: Buffer, res: ServerResponse, operation: string): Promise<void> {
-    let body = original;
-    let asked = true;
-    try {
-      const input = JSON.parse(original.toString("utf8")) as { ReturnConsumedCapacity?: string };
-      if (!input.ReturnConsumedCapacity || input.ReturnConsumedCapacity === "NONE") {
-        asked = false;
-        body = Buffer.from(JSON.stringify({ ...input, ReturnConsumedCapacity: "TOTAL" }));
-      }
-    } catch {
-      // not JSON: dynalite answers it as DynamoDB would
-    }
+  function forward(req: IncomingMessage, original: Buffer, input: RequestBody, res: ServerResponse, operation: string): Promise<void> {
+    // A body that is not JSON goes as it is: dynalite answers it as DynamoDB would.
+    const asked = !input.ok || (input.value.ReturnConsumedCapacity !== undefined && input.value.ReturnConsumedCapacity !== "NONE");
+    const body = asked ? original : Buffer.from(JSON.stringify({ ...input.value, ReturnConsumedCapacity: "TOTAL" }));
     meter.requests[operation] = (meter.requests[operation] ?? 0) + 1;
     return new Promise((resolve) => {
       const upstream = request(
@@ -228,9 +222,10 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
     res.end(JSON.stringify(body));
   }
 
-  async function transact(body: Buffer, res: ServerResponse) {
+  async function transact(body: RequestBody, res: ServerResponse) {
     try {
-      const input = JSON.parse(body.toString("utf8")) as { TransactItems?: TransactWriteItem[] };
+      if (!body.ok) throw body.error;
+      const input = body.value;
       meter.requests.TransactWriteItems = (meter.requests.TransactWriteItems ?? 0) + 1;
       meter.writeUnits += transactionWriteUnits(input.TransactItems ?? []);
       const { cancelled } = await transactWrite(client, schemas, input.TransactItems ?? []);
@@ -259,10 +254,11 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
       const wait = stalledUntil - Date.now();
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       const body = Buffer.concat(chunks);
+      const input = parseRequest(body);
       const operation = String(req.headers["x-amz-target"] ?? "").split(".")[1] ?? "";
-      if (operation === "TransactWriteItems") void serialized(tablesOf(body), () => transact(body, res));
-      else if (WRITES.has(operation)) void serialized(tablesOf(body), () => forward(req, body, res, operation));
-      else void forward(req, body, res, operation);
+      if (operation === "TransactWriteItems") void serialized(tablesOf(input), () => transact(input, res));
+      else if (WRITES.has(operation)) void serialized(tablesOf(input), () => forward(req, body, input, res, operation));
+      else void forward(req, body, input, res, operation);
     });
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));

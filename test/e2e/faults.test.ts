@@ -7,7 +7,7 @@ import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import { parseFaults } from "../../local/management";
 import { Client, Frame } from "./clients";
-import { startLocalStack } from "../../local/stack";
+import { LocalStack, LocalStackOptions, startLocalStack } from "../../local/stack";
 import { E2EStack, localStack } from "./stack";
 
 describe("hardening: @connections answering 429 and 500", function () {
@@ -119,17 +119,34 @@ describe("hardening: members and instances that die mid-broadcast", function () 
   });
 });
 
+/**
+ * Starts a local stack in this process, opens one client per name in a fresh room (each
+ * registered), runs `body`, then closes the clients and the stack whatever happened.
+ */
+async function inLocalRoom(
+  prefix: string,
+  names: string[],
+  options: Partial<LocalStackOptions>,
+  body: (clients: Client[], stack: LocalStack) => Promise<void>,
+): Promise<void> {
+  const stack = await startLocalStack({ stack: "dev", port: 0, log: () => undefined, ...options });
+  const clients: Client[] = [];
+  try {
+    const room = `${prefix}-${Date.now()}`;
+    for (const name of names) clients.push(await Client.open(stack.outputs.url, { room, name }));
+    await Promise.all(clients.map((c) => c.connectionId()));
+    await body(clients, stack);
+  } finally {
+    await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
+    await stack.stop();
+  }
+}
+
 describe("hardening: the embedded DynamoDB stalls", function () {
   this.timeout(120_000);
 
   it("delivers everything sent during a 2 s stall once it ends, each message once, in a gap-free history", async () => {
-    const stack = await startLocalStack({ stack: "dev", port: 0, log: () => undefined });
-    const clients: Client[] = [];
-    try {
-      const room = `stall-${Date.now()}`;
-      for (const name of ["ann", "bo", "cy"]) clients.push(await Client.open(stack.outputs.url, { room, name }));
-      await Promise.all(clients.map((c) => c.connectionId()));
-      const [ann, bo, cy] = clients;
+    await inLocalRoom("stall", ["ann", "bo", "cy"], {}, async ([ann, bo, cy], stack) => {
       stack.dynamodb.stall(2_000);
       const stalledAt = Date.now();
       for (let i = 0; i < 5; i++) ann.send({ action: "sendmessage", message: `during stall ${i}`, id: `st-${i}` });
@@ -140,10 +157,7 @@ describe("hardening: the embedded DynamoDB stalls", function () {
         const cursors = member.json().filter((f) => f.type === "message").map((f) => Number(f.cursor));
         assert.deepEqual([...cursors].sort((a, b) => a - b), [1, 2, 3, 4, 5]);
       }
-    } finally {
-      await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
-      await stack.stop();
-    }
+    });
   });
 });
 
@@ -167,16 +181,9 @@ describe("hardening: crashes and a DynamoDB restart", function () {
 
   it("loses nothing when fanout instances crash mid-chunk: Lambda's retry delivers the chunk again, and repeats carry the same id", async () => {
     // Chunks of 4, one post at a time at 300 ms: a fanout run takes over a second, and is killed part-way.
-    const stack = await startLocalStack({
-      stack: "dev", port: 0, log: () => undefined, managementLatencyMs: 300,
-      configOverrides: { "ws-chat:fanoutChunkSize": "4", "ws-chat:fanoutConcurrency": "1" },
-    });
-    const clients: Client[] = [];
-    try {
-      const room = `crash-${Date.now()}`;
-      for (let i = 0; i < 13; i++) clients.push(await Client.open(stack.outputs.url, { room, name: `m${i}` }));
-      await Promise.all(clients.map((c) => c.connectionId()));
-      const [sender, ...members] = clients;
+    const names = Array.from({ length: 13 }, (_, i) => `m${i}`);
+    const options = { managementLatencyMs: 300, configOverrides: { "ws-chat:fanoutChunkSize": "4", "ws-chat:fanoutConcurrency": "1" } };
+    await inLocalRoom("crash", names, options, async ([sender, ...members], stack) => {
       sender.send({ action: "sendmessage", message: "survives a crash", id: "crash-1" });
       let pids: number[] = [];
       for (let i = 0; i < 100 && pids.length < 2; i++) {
@@ -197,20 +204,11 @@ describe("hardening: crashes and a DynamoDB restart", function () {
         assert.ok(copies.length >= 1);
         assert.equal(new Set(copies.map((f) => `${f.id}/${f.cursor}`)).size, 1, "a repeat is the same message (same id and cursor), which clients drop");
       }
-    } finally {
-      await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
-      await stack.stop();
-    }
+    });
   });
 
   it("loses and duplicates nothing across a DynamoDB restart: refused sends are resent with the same id and stored once", async () => {
-    const stack = await startLocalStack({ stack: "dev", port: 0, log: () => undefined });
-    const clients: Client[] = [];
-    try {
-      const room = `restart-${Date.now()}`;
-      for (const name of ["ann", "bo", "cy"]) clients.push(await Client.open(stack.outputs.url, { room, name }));
-      await Promise.all(clients.map((c) => c.connectionId()));
-      const [ann, bo, cy] = clients;
+    await inLocalRoom("restart", ["ann", "bo", "cy"], {}, async ([ann, bo, cy], stack) => {
       stack.dynamodb.restart(1_500);
       const ids = Array.from({ length: 6 }, (_, i) => `rs-${i}`);
       // What the chat page does: resend an unacknowledged id until it is acknowledged.
@@ -226,9 +224,6 @@ describe("hardening: crashes and a DynamoDB restart", function () {
         assert.deepEqual(messages.map((f) => Number(f.cursor)), [1, 2, 3, 4, 5, 6], "stored once each, gap-free");
         assert.deepEqual(new Set(messages.map((f) => f.message)), new Set(ids.map((id) => `through restart ${id}`)));
       }
-    } finally {
-      await Promise.all(clients.map((c) => c.close().catch(() => undefined)));
-      await stack.stop();
-    }
+    });
   });
 });
