@@ -18,7 +18,7 @@ import type { WebSocketEvent, WebSocketHandler, WebSocketResult } from "./shared
 import { log } from "./shared/log";
 import { createManagement } from "./shared/management";
 import { createDispatch, SpreadStats, spread } from "./shared/fanout";
-import { messageStoreFromEnv } from "./shared/messages";
+import { APPEND_BUDGET_MS, messageStoreFromEnv } from "./shared/messages";
 import { ackFrame, errorFrame, MAX_FRAME_BYTES, MessageFrame, parseBody, utf8Bytes, validateClientId, validateMessage } from "./shared/protocol";
 
 export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
@@ -76,9 +76,11 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
 
     const ts = requestTimeEpoch ?? started;
     const id = messageId ?? randomUUID();
+    // A busy room may take a while to append to; half the time left stays for the fan-out and reply.
+    const deadline = Date.now() + Math.min(APPEND_BUDGET_MS, context.getRemainingTimeInMillis() / 2);
     let stored;
     try {
-      stored = await history.append({ room: sender.room, id, from: { name: sender.name }, message: text, ts, ...(clientId ? { clientId } : {}) });
+      stored = await history.append({ room: sender.room, id, from: { name: sender.name }, message: text, ts, ...(clientId ? { clientId } : {}) }, deadline);
     } catch (err) {
       log("error", "message not persisted", { connectionId: senderId, requestId, room: sender.room, error: describeError(err) });
       return refuse("unavailable", "the message was not stored; send it again (with the same id, it is stored once)");

@@ -3,6 +3,7 @@ import { DeleteCommand, DynamoDBDocumentClient, GetCommand, QueryCommand, ScanCo
 import { mockClient } from "aws-sdk-client-mock";
 import assert from "node:assert/strict";
 import { sendMessageHandlerFactory } from "../../handlers/sendmessage";
+import { APPEND_BUDGET_MS } from "../../handlers/shared/messages";
 import { FORBIDDEN, GONE, SERVER_ERROR, THROTTLED, withFakeAws } from "./fake-aws";
 import { connId, lambdaContext, messageEvent, stubClient, useEnv, withEnv, withLogs } from "./fixtures";
 
@@ -56,8 +57,8 @@ describe("sendmessage", () => {
     return aws().posts();
   }
 
-  async function send(body: unknown) {
-    const result = await sendMessageHandlerFactory()(messageEvent(SENDER, typeof body === "string" ? body : JSON.stringify(body)), lambdaContext);
+  async function send(body: unknown, context = lambdaContext) {
+    const result = await sendMessageHandlerFactory()(messageEvent(SENDER, typeof body === "string" ? body : JSON.stringify(body)), context);
     assert.equal(result.statusCode, 200);
     return posts();
   }
@@ -308,18 +309,36 @@ describe("sendmessage", () => {
       assert.equal(fanoutLog().delivered, 1);
     });
 
-    it("after a lost race, takes the head from the cancellation reason (ALL_OLD) instead of reading it again", async () => {
+    it("after a lost race or a TransactionConflict, reads the head again and builds the next attempt on it", async () => {
       roomOf([SENDER, connId(1)]);
-      const lost = { Code: "ConditionalCheckFailed", Item: { room: { S: "general" }, cursor: { S: "#head" }, seq: { N: "45" } } };
+      ddb.on(GetCommand, { TableName: "messages-test" })
+        .resolvesOnce({ Item: { room: "general", cursor: "#head", seq: 41 } })
+        .resolvesOnce({ Item: { room: "general", cursor: "#head", seq: 45 } })
+        .resolves({ Item: { room: "general", cursor: "#head", seq: 47 } });
       ddb.on(TransactWriteCommand)
-        .rejectsOnce(new TransactionCanceledException({ message: "cancelled", $metadata: {}, CancellationReasons: [lost, { Code: "None" }] }))
+        .rejectsOnce(new TransactionCanceledException({ message: "cancelled", $metadata: {}, CancellationReasons: [{ Code: "ConditionalCheckFailed" }, { Code: "ConditionalCheckFailed" }] }))
+        .rejectsOnce(new TransactionCanceledException({ message: "cancelled", $metadata: {}, CancellationReasons: [{ Code: "TransactionConflict" }, { Code: "None" }] }))
         .resolves({});
       await send({ action: "sendmessage", message: "hi" });
-      const [first, second] = appended();
-      assert.equal(first[0].Update?.ReturnValuesOnConditionCheckFailure, "ALL_OLD");
-      assert.deepEqual(second[0].Update?.ExpressionAttributeValues, { ":next": 46, ":previous": 45 });
-      assert.equal(second[1].Put?.Item?.cursor, "0000000000000046");
-      assert.equal(ddb.commandCalls(GetCommand, { TableName: "messages-test" }).length, 1, "the head was read once, before the first attempt");
+      assert.deepEqual(appended().map((items) => [items[0].Update?.ExpressionAttributeValues?.[":previous"], items[1].Put?.Item?.cursor]), [
+        [41, "0000000000000042"],
+        [45, "0000000000000046"],
+        [47, "0000000000000048"],
+      ]);
+      assert.equal(fanoutLog().cursor, "0000000000000048");
+    });
+
+    it("must give up a room it keeps losing by half the time left, answering 'unavailable' with the id and storing nothing", async () => {
+      roomOf([SENDER, connId(1)]);
+      const lost = { Code: "ConditionalCheckFailed", Item: { room: { S: "general" }, cursor: { S: "#head" }, seq: { N: "45" } } };
+      ddb.on(TransactWriteCommand).rejects(new TransactionCanceledException({ message: "cancelled", $metadata: {}, CancellationReasons: [lost, { Code: "None" }] }));
+      const sent = await send({ action: "sendmessage", message: "hi", id: "c-busy" }, { ...lambdaContext, getRemainingTimeInMillis: () => 300 });
+      assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code, JSON.parse(p.data).id]), [[SENDER, "unavailable", "c-busy"]]);
+      assert.ok(appended().length > 2, `retried until the deadline (${appended().length} attempts)`);
+      const reason = String((logs().find((l) => l.msg === "message not persisted")?.error as { message?: string } | undefined)?.message);
+      const [, attempts, ms] = reason.match(/too busy to append to \((\d+) attempts in (\d+) ms\)/) ?? [];
+      assert.equal(Number(attempts), appended().length, reason);
+      assert.ok(Number(ms) >= 150 && Number(ms) < 1_000, `gave up at the deadline, 150 ms away, not at the default ${APPEND_BUDGET_MS} ms: ${reason}`);
     });
 
     it("answers 'unavailable', and delivers nothing, when the message cannot be stored", async () => {
