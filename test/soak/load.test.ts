@@ -1,7 +1,9 @@
 /**
  * Load: 1,000 connections over 10 rooms, a steady message rate for SOAK_SECONDS (default 60),
- * through a local stack in its own process. Every message is counted per recipient: none may be
- * lost or duplicated. Reports p50/p99 send-to-receive latency and the stack's peak memory.
+ * through a local stack in its own process. Senders behave like the chat page: each message carries
+ * an `id`, and one refused as `unavailable` (stored nowhere; a busy room, a slow machine) is sent
+ * again with the same id. Every message must be acknowledged, and is counted per recipient: none
+ * may be lost or duplicated. Reports p50/p99 send-to-receive latency and the stack's peak memory.
  * `npm run test:soak` (part of `npm test`).
  */
 import assert from "node:assert/strict";
@@ -51,6 +53,9 @@ describe(`soak: ${CONNECTIONS} connections in ${ROOMS} rooms, ${RATE} messages/s
     stack = await localStack(["--idle-timeout", "3600", "--config", "rateLimitMessages=1000"]);
     const sentAt = new Map<string, number>();
     const latencies: number[] = [];
+    const acked = new Set<string>();
+    const refused: string[] = [];
+    let resent = 0;
     for (let lane = 0; lane < CONNECTIONS; lane += 50) {
       await Promise.all(
         Array.from({ length: Math.min(50, CONNECTIONS - lane) }, async (_, k) => {
@@ -59,7 +64,12 @@ describe(`soak: ${CONNECTIONS} connections in ${ROOMS} rooms, ${RATE} messages/s
           const ws = await open(`${stack.outputs.url}?room=soak-${room}&name=m${i}`);
           const member: Member = { ws, room, got: new Map() };
           ws.on("message", (data) => {
-            const frame = JSON.parse(data.toString()) as { type: string; message?: string };
+            const frame = JSON.parse(data.toString()) as { type: string; message?: string; id?: string; code?: string };
+            if (frame.type === "ack" && frame.id) acked.add(frame.id);
+            if (frame.type === "error" && frame.id && frame.code === "unavailable") {
+              resent++;
+              setTimeout(() => ws.send(JSON.stringify({ action: "sendmessage", message: frame.id, id: frame.id })), 200);
+            } else if (frame.type === "error") refused.push(data.toString());
             if (frame.type !== "message" || !frame.message) return;
             const id = frame.message;
             member.got.set(id, (member.got.get(id) ?? 0) + 1);
@@ -78,7 +88,7 @@ describe(`soak: ${CONNECTIONS} connections in ${ROOMS} rooms, ${RATE} messages/s
       const from = members[Math.floor(Math.random() * members.length)];
       const id = `soak-${n}`;
       sentAt.set(id, Date.now());
-      from.ws.send(JSON.stringify({ action: "sendmessage", message: id }));
+      from.ws.send(JSON.stringify({ action: "sendmessage", message: id, id }));
       sent.push({ id, room: from.room, from });
       const due = started + ((n + 1) * 1000) / RATE;
       await new Promise((r) => setTimeout(r, Math.max(0, due - Date.now())));
@@ -104,6 +114,7 @@ describe(`soak: ${CONNECTIONS} connections in ${ROOMS} rooms, ${RATE} messages/s
     const instances = parseReports(stack.logs());
     const summary = {
       messages: sent.length,
+      resent,
       deliveries: expected,
       lost,
       duplicated,
@@ -113,6 +124,8 @@ describe(`soak: ${CONNECTIONS} connections in ${ROOMS} rooms, ${RATE} messages/s
       instancePeakRssMb: Math.max(...instances.map((r) => r.maxMemoryUsedMb ?? 0)),
     };
     console.log(`      ${JSON.stringify(summary)}`);
+    assert.deepEqual(refused, [], "no refusal other than a retryable 'unavailable'");
+    assert.deepEqual(sent.filter(({ id }) => !acked.has(id)).map(({ id }) => id), [], "every message acknowledged");
     assert.deepEqual({ lost, duplicated }, { lost: 0, duplicated: 0 });
   });
 });
