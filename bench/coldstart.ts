@@ -1,8 +1,10 @@
 /**
  * Cold start and package size, per function: the archive Pulumi uploads (bytes, and deflated as
  * in the zip), CallbackFunction's default packaging of the same code (every package in
- * `dependencies` copied in), and the time to load the archive in a fresh Node process (the
- * factory included) against the time to `require` just the AWS SDK modules that archive uses.
+ * `dependencies` copied in), the time to load the archive in a fresh Node process (the factory
+ * included) against the time to `require` just the AWS SDK modules that archive uses, and the
+ * first invocation of a fresh instance: real traffic through a fresh local prod stack (every
+ * function's instance is a new process there), read from its REPORT lines.
  */
 import * as pulumi from "@pulumi/pulumi";
 import { execFileSync } from "child_process";
@@ -10,7 +12,10 @@ import * as fs from "fs";
 import * as path from "path";
 import { deflateRawSync } from "zlib";
 import { loadProgram, PROJECT_DIR } from "../local/program";
-import { median } from "./stats";
+import { Client } from "../test/e2e/clients";
+import { localStack } from "../test/e2e/stack";
+import { parseReports, Report } from "./reports";
+import { median, sleep } from "./stats";
 
 export interface ColdStartRow {
   function: string;
@@ -23,6 +28,11 @@ export interface ColdStartRow {
   sdkRequireMs: number;
   initRatio: number;
   sdkModules: string[];
+  /** The first invocation of a fresh instance (median over fresh stacks): wall and CPU time. */
+  firstInvocationMs: number;
+  firstInvocationCpuMs: number;
+  /** Init Duration as the local runtime reports it for that instance (median). */
+  reportedInitMs: number;
 }
 
 function walk(dir: string): { bytes: number; files: number } {
@@ -76,13 +86,51 @@ function timeInFreshProcess(code: string, env: Record<string, string>, runs: num
   return median(samples);
 }
 
+/**
+ * One fresh local prod stack (fan-out chunks of 2, so a message to a room of 4 also hands a chunk
+ * to `fanout`), driven as a user would: 4 connections with tokens (authorizer, $connect), a message
+ * (sendmessage, fanout), a history request, a line $default answers, a close ($disconnect). Returns
+ * the first REPORT of each of `functions` (physical names; the mocks make them the same in every
+ * load of the program), which is its fresh instance's cold invocation.
+ */
+async function firstInvocations(functions: string[]): Promise<Report[]> {
+  const stack = await localStack(["--config", "fanoutChunkSize=2"], "prod");
+  const clients: Client[] = [];
+  try {
+    const room = "cold";
+    for (const name of ["ann", "bo", "cy", "di"]) clients.push(await Client.open(stack.outputs.url, { room, token: stack.token({ name }) }));
+    const [ann, ...others] = clients;
+    ann.send({ action: "sendmessage", message: "cold start", id: "cold-1" });
+    for (const c of others) await c.waitFor((f) => f.includes("cold start"), 20_000);
+    await ann.history();
+    await ann.connectionId();
+    await others[2].close();
+    for (let i = 0; i < 100; i++) {
+      const cold = parseReports(stack.logs()).filter((r) => r.initDurationMs !== undefined);
+      if (functions.every((f) => cold.some((r) => r.functionName === f))) return functions.map((f) => cold.find((r) => r.functionName === f)!);
+      await sleep(100);
+    }
+    throw new Error(`not every function reported a cold invocation:\n${stack.logs().slice(-3000)}`);
+  } finally {
+    for (const c of clients) c.kill();
+    await stack.stop();
+  }
+}
+
 export async function runColdStart(runs: number, log: (line: string) => void): Promise<ColdStartRow[]> {
   const program = await loadProgram({ stack: "prod", apiEndpoint: () => "wss://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com", secrets: { "ws-chat:tokenKey": "k".repeat(48) } });
   const packaging = await defaultPackaging();
   const dir = fs.mkdtempSync(path.join(PROJECT_DIR, ".local", "bench-cold-"));
   const rows: ColdStartRow[] = [];
+  const functions = program.resources.filter((r) => r.type === "aws:lambda/function:Function");
+  const firsts: Report[][] = [];
+  for (let run = 1; run <= runs; run++) {
+    log(`  first invocations: fresh local prod stack ${run}/${runs}`);
+    firsts.push(await firstInvocations(functions.map((fn) => fn.state.name as string)));
+  }
+  const firstOf = (name: string) => firsts.map((reports) => reports.find((r) => r.functionName === name)!);
   try {
-    for (const fn of program.resources.filter((r) => r.type === "aws:lambda/function:Function")) {
+    for (const fn of functions) {
       const code = program.archives.get(fn.name)!.get("__index.js")!;
       const file = path.join(dir, `${fn.name}.js`);
       fs.writeFileSync(file, code);
@@ -101,9 +149,15 @@ export async function runColdStart(runs: number, log: (line: string) => void): P
         sdkRequireMs,
         initRatio: sdkRequireMs ? initMs / sdkRequireMs : NaN,
         sdkModules,
+        firstInvocationMs: median(firstOf(fn.state.name).map((r) => r.durationMs)),
+        firstInvocationCpuMs: median(firstOf(fn.state.name).map((r) => r.cpuMs ?? NaN)),
+        reportedInitMs: median(firstOf(fn.state.name).map((r) => r.initDurationMs!)),
       };
       rows.push(row);
-      log(`  ${fn.name}: ${row.archiveBytes} B (${row.zippedBytes} B zipped) vs ${(row.defaultPackagingBytes / 1e6).toFixed(1)} MB default; init ${initMs.toFixed(1)} ms vs SDK require ${sdkRequireMs.toFixed(1)} ms`);
+      log(
+        `  ${fn.name}: ${row.archiveBytes} B (${row.zippedBytes} B zipped) vs ${(row.defaultPackagingBytes / 1e6).toFixed(1)} MB default; init ${initMs.toFixed(1)} ms vs SDK require ${sdkRequireMs.toFixed(1)} ms; ` +
+          `first invocation ${row.firstInvocationMs.toFixed(1)} ms (${row.firstInvocationCpuMs.toFixed(1)} ms CPU)`,
+      );
     }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

@@ -225,13 +225,15 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     const instance = await acquire(spec);
     const coldStart = !instance.used;
     instance.used = true;
-    const started = Date.now();
+    const waited = Date.now();
     try {
       await instance.ready;
     } catch (err) {
       release(spec, instance);
-      return { error: { errorType: "Runtime.InitError", errorMessage: (err as Error).message }, durationMs: Date.now() - started, coldStart };
+      return { error: { errorType: "Runtime.InitError", errorMessage: (err as Error).message }, durationMs: Date.now() - waited, coldStart };
     }
+    // Duration starts once the instance is ready: as on Lambda, a cold start's init is reported apart.
+    const started = performance.now();
     const deadline = Date.now() + spec.timeoutSeconds * 1000;
     const requestId = randomUUID();
     const outcome = await new Promise<Omit<InvokeOutcome, "durationMs" | "coldStart">>((resolve) => {
@@ -253,7 +255,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     instance.onResult = undefined;
     instance.onExit = undefined;
     release(spec, instance);
-    const done: InvokeOutcome = { ...outcome, durationMs: Date.now() - started, coldStart, requestId };
+    const done: InvokeOutcome = { ...outcome, durationMs: performance.now() - started, coldStart, requestId };
     write(`[${spec.name}] ${reportLine(requestId, done, spec.memoryMb)}`);
     finished.push({ ...done, functionName });
     counts[functionName] = (counts[functionName] ?? 0) + 1;

@@ -6,6 +6,7 @@ import { PROJECT_DIR } from "../../local/program";
 
 const HANDLERS = `
 const instance = require("crypto").randomUUID(); // runs once per instance, like a factory
+for (const end = Date.now() + Number(process.env.SLOW_INIT_MS ?? 0); Date.now() < end; ); // a slow factory
 let invocations = 0;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 exports.handler = async (event, context) => {
@@ -120,6 +121,13 @@ describe("local Lambda runtime", function () {
     assert.match(reports[0], new RegExp(`^\\[chat-fn\\] REPORT RequestId: ${cold.requestId}\tDuration: [\\d.]+ ms\tBilled Duration: \\d+ ms\tMemory Size: 128 MB\tMax Memory Used: \\d+ MB\tInit Duration: [\\d.]+ ms\tCPU Time: [\\d.]+ ms$`));
     assert.doesNotMatch(reports[1], /Init Duration/, "init is reported once per instance");
     assert.ok(cold.report!.maxMemoryUsedMb > 10 && cold.report!.maxMemoryUsedMb < 128, `${cold.report!.maxMemoryUsedMb} MB: plain Node, no TypeScript compiler in the instance`);
+  });
+
+  it("must not count a cold start's init in its Duration: init is reported apart, as Lambda does", async () => {
+    start(spec({ environment: { SLOW_INIT_MS: "400" } }));
+    const cold = await runtime.invoke("chat-fn", {});
+    assert.ok(cold.report!.initDurationMs! >= 400, `init ${cold.report!.initDurationMs} ms`);
+    assert.ok(cold.durationMs < 400, `an instant handler's Duration is ${cold.durationMs} ms`);
   });
 
   it("runs an asynchronous invocation later, and retries a failed one as Lambda's event queue does", async () => {
