@@ -1,6 +1,8 @@
 // ws-chat in the browser: join a room, see messages live, send with Enter, and never miss one.
 // On a dropped connection it reconnects with backoff and asks `history` since the last cursor it
-// has, resending (with the same id) anything not yet acknowledged. No framework, no build step.
+// has, resending (with the same id) anything not yet acknowledged. A send refused as `unavailable`
+// (nothing stored: a busy room, a store outage) is resent with the same id after a growing pause,
+// until it is acknowledged. No framework, no build step.
 "use strict";
 
 (function () {
@@ -11,6 +13,10 @@
   const RECONNECT_BASE_MS = Number(params.get("reconnectMs")) || 1000;
   const RECONNECT_MAX_MS = 30000;
   const GAP_WAIT_MS = 1500;
+  const RESEND_BASE_MS = Number(params.get("resendMs")) || 1000;
+  const RESEND_MAX_MS = 30000;
+  /** Refusals that are final for that message: it is marked failed and never resent. */
+  const FINAL = ["message_too_large", "rate_limited", "invalid_message"];
 
   const state = {
     config: null, socket: null, name: "", room: "", leaving: false, opened: false,
@@ -20,7 +26,7 @@
     seen: new Set(),
     /** Highest cursor shown: a gap exists while it is above the watermark. */
     highest: null,
-    /** Sent but not acknowledged, by client id: resent after a reconnect. */
+    /** Sent but not acknowledged, by client id: resent after a reconnect or an `unavailable`. */
     pending: new Map(),
   };
 
@@ -39,7 +45,7 @@
     rate_limited: "You are sending too fast; that message was not sent.",
     invalid_message: "Empty messages cannot be sent.",
     unknown_connection: "The server lost this connection; reconnecting.",
-    unavailable: "The server is busy; try again.",
+    unavailable: "The server is busy; your message will be sent again shortly.",
   };
 
   function timeOf(ts) {
@@ -119,6 +125,8 @@
         const sent = state.pending.get(frame.id);
         state.pending.delete(frame.id);
         if (sent) {
+          clearTimeout(sent.resendTimer);
+          if (sent.resends) showError(""); // the "busy" notice is answered
           sent.li.classList.remove("pending");
           sent.li.dataset.cursor = frame.cursor;
           place(sent.li);
@@ -132,11 +140,19 @@
         return;
       case "error": {
         showError(ERRORS[frame.code] || frame.message);
-        // Refusals answer the latest send: it will not be stored, so stop resending it.
-        const last = [...state.pending.values()].pop();
-        if (last && ["message_too_large", "rate_limited", "invalid_message"].includes(frame.code)) {
-          last.li.classList.replace("pending", "failed");
-          state.pending.delete(last.id);
+        // A refusal names the send it answers (`id`); without one, it answers the latest send.
+        const sent = frame.id ? state.pending.get(frame.id) : [...state.pending.values()].pop();
+        if (!sent) return;
+        if (FINAL.includes(frame.code)) {
+          sent.li.classList.replace("pending", "failed");
+          state.pending.delete(sent.id);
+        } else if (frame.code === "unavailable" && frame.id) {
+          clearTimeout(sent.resendTimer);
+          const delay = Math.min(RESEND_MAX_MS, RESEND_BASE_MS * 2 ** (sent.resends || 0));
+          sent.resends = (sent.resends || 0) + 1;
+          sent.resendTimer = setTimeout(() => {
+            if (state.pending.has(sent.id)) send({ action: "sendmessage", message: sent.text, id: sent.id });
+          }, delay);
         }
         return;
       }

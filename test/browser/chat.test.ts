@@ -5,13 +5,54 @@
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
 import { Browser, chromium, Page } from "playwright-core";
+import { WebSocketServer } from "ws";
+import { servePage } from "../../local/web";
 import { E2EStack, localStack, PROJECT_DIR } from "../e2e/stack";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 // The flags these machines need (../shared/docs/chromium.md): no sandbox as root, no GPU, and no
 // background networking, which would flood the closed network with refused connections.
 const FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+
+interface Send {
+  id: string;
+  message: string;
+}
+
+/**
+ * A WebSocket server on port 0 that serves the page and plays the chat protocol from a script:
+ * `answer` gets each sendmessage and how many times its id has been sent, and returns the frames
+ * to send back. History requests get an empty history.
+ */
+async function scriptedServer(answer: (send: Send, nth: number) => object[]): Promise<{ url: string; sends: Send[]; close(): Promise<void> }> {
+  const sends: Send[] = [];
+  const server = http.createServer((req, res) => {
+    if (!servePage({ url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}`, authEnabled: false }, req, res)) res.writeHead(404).end();
+  });
+  const wss = new WebSocketServer({ server });
+  wss.on("connection", (ws) =>
+    ws.on("message", (data) => {
+      const frame = JSON.parse(data.toString()) as { action: string } & Send;
+      if (frame.action === "history") return ws.send(JSON.stringify({ type: "history-end", cursor: null, more: false }));
+      if (frame.action !== "sendmessage") return;
+      sends.push({ id: frame.id, message: frame.message });
+      for (const reply of answer(frame, sends.filter((x) => x.id === frame.id).length)) ws.send(JSON.stringify(reply));
+    }),
+  );
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`,
+    sends,
+    async close() {
+      for (const ws of wss.clients) ws.terminate();
+      wss.close();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
 
 describe("the chat page in Chromium", function () {
   this.timeout(120_000);
@@ -31,9 +72,9 @@ describe("the chat page in Chromium", function () {
     await stack?.stop();
   });
 
-  async function join(name: string, roomName: string, query = ""): Promise<Page> {
+  async function join(name: string, roomName: string, query = "", base = pageUrl): Promise<Page> {
     const page = await browser.newPage({ viewport: { width: 900, height: 640 } });
-    await page.goto(`${pageUrl}?reconnectMs=2500${query}`);
+    await page.goto(`${base}?reconnectMs=2500${query}`);
     await page.getByLabel("Name", { exact: true }).fill(name);
     await page.getByLabel("Room", { exact: true }).fill(roomName);
     await page.getByLabel("Room", { exact: true }).press("Enter"); // keyboard only
@@ -88,6 +129,45 @@ describe("the chat page in Chromium", function () {
     await say(ann, "x".repeat(40_000));
     await ann.getByRole("alert").filter({ hasText: "That message is too long." }).waitFor();
     await ann.locator("#messages li.failed").waitFor();
+  });
+
+  it("resends a send refused as 'unavailable' with the same id until it is acknowledged", async () => {
+    // First answer to each id: unavailable (nothing stored); the second: the ack.
+    const server = await scriptedServer((send, nth) =>
+      nth === 1 ? [{ type: "error", code: "unavailable", message: "the message was not stored; send it again", id: send.id }] : [{ type: "ack", id: send.id, cursor: "0000000000000001" }],
+    );
+    try {
+      const page = await join("eve", "busy", "&resendMs=200", server.url);
+      await say(page, "through a busy room");
+      await page.getByRole("alert").filter({ hasText: "The server is busy" }).waitFor();
+      await page.locator("#messages li:not(.pending):not(.failed)", { hasText: "through a busy room" }).waitFor();
+      assert.equal(server.sends.length, 2);
+      assert.deepEqual(new Set(server.sends.map((x) => `${x.id}/${x.message}`)).size, 1, "the same id and text, so it is stored once");
+      assert.equal(await page.getByRole("alert").isHidden(), true, "the notice goes once the message is acknowledged");
+    } finally {
+      await server.close();
+    }
+  });
+
+  it("marks failed the send a refusal names by id, not whichever was sent last", async () => {
+    // The first message is refused once both are in; the second is acknowledged.
+    const server = await scriptedServer((send) =>
+      send.message === "first"
+        ? []
+        : [
+            { type: "error", code: "rate_limited", message: "too fast", id: server.sends[0].id },
+            { type: "ack", id: send.id, cursor: "0000000000000001" },
+          ],
+    );
+    try {
+      const page = await join("fay", "ids", "", server.url);
+      await say(page, "first");
+      await say(page, "second");
+      await page.locator("#messages li.failed", { hasText: "first" }).waitFor();
+      await page.locator("#messages li:not(.pending):not(.failed)", { hasText: "second" }).waitFor();
+    } finally {
+      await server.close();
+    }
   });
 
   it("asks for a token on a stack with auth on, and explains a refused one", async () => {
