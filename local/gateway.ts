@@ -86,7 +86,7 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
     const status = outcome.error
       ? `error ${outcome.error.errorType}`
       : String((outcome.result as { statusCode?: number } | null)?.statusCode ?? "-");
-    log(`[gateway] ${route.routeKey} ${conn.connectionId} ${route.functionName} ${outcome.durationMs}ms ${status}${outcome.coldStart ? " (cold)" : ""}`);
+    log(`[gateway] ${route.routeKey} ${conn.connectionId} ${route.functionName} ${Math.round(outcome.durationMs)}ms ${status}${outcome.coldStart ? " (cold)" : ""}`);
     return outcome;
   }
 
@@ -197,7 +197,7 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
     const methodArn = `${options.methodArnPrefix ?? `arn:aws:execute-api:local:000000000000:${options.api.apiId}/${options.api.stage}`}/$connect`;
     const event = { ...connectEvent(options.api, conn, raw), type: "REQUEST", methodArn };
     const outcome = await authorizer.invoke(event);
-    log(`[gateway] authorizer ${conn.connectionId} ${authorizer.functionName} ${outcome.durationMs}ms ${outcome.error ? `error ${outcome.error.errorMessage}` : "ok"}`);
+    log(`[gateway] authorizer ${conn.connectionId} ${authorizer.functionName} ${Math.round(outcome.durationMs)}ms ${outcome.error ? `error ${outcome.error.errorMessage}` : "ok"}`);
     if (outcome.error) {
       return outcome.error.errorMessage === "Unauthorized" ? { status: 401, message: "Unauthorized" } : { status: 500, message: "Internal server error" };
     }
