@@ -6,6 +6,7 @@
 import { describeError } from "./errors";
 import { log } from "./log";
 import { classifyFailure, FailureKind, Management } from "./management";
+import type { ConnectionsStore } from "./connections";
 
 export type Outcome = "delivered" | "gone" | "failed";
 
@@ -109,8 +110,12 @@ export async function broadcast(options: BroadcastOptions): Promise<FanoutStats>
 
 export type MemberBroadcast = (pages: AsyncIterable<string[]>, exclude: string, data: string) => Promise<FanoutStats>;
 
-/** `broadcast` with the handlers' policy: a 410 removes that member's record; a failure is logged. */
-export function memberBroadcast(management: Management, concurrency: number, store: { remove(connectionId: string): Promise<void> }): MemberBroadcast {
+/**
+ * `broadcast` with the handlers' policy: a 410 removes that member's record unless it connected
+ * within CONNECT_GRACE_MS (a member whose `$connect` is still running also answers 410; it gets the
+ * message from `history`); a failure is logged.
+ */
+export function memberBroadcast(management: Management, concurrency: number, store: Pick<ConnectionsStore, "removeStale">): MemberBroadcast {
   return (pages, exclude, data) =>
     broadcast({
       pages,
@@ -120,7 +125,7 @@ export function memberBroadcast(management: Management, concurrency: number, sto
       management,
       async onGone(connectionId) {
         try {
-          await store.remove(connectionId);
+          if (!(await store.removeStale(connectionId, Date.now()))) log("info", "410, record kept: connected too recently to be stale, or already gone", { connectionId });
         } catch (err) {
           log("warn", "stale record not removed", { connectionId, error: describeError(err) });
         }

@@ -12,6 +12,15 @@ import { chatError } from "./errors";
 export const MAX_CONNECTION_SECONDS = 2 * 60 * 60;
 /** Slack after the 2 h limit before a record left behind by a missed `$disconnect` may expire. */
 export const EXPIRY_MARGIN_SECONDS = 15 * 60;
+/**
+ * How long after `connectedAt` a 410 may still mean "not open yet" rather than "gone": @connections
+ * answers 410 for a connection whose `$connect` is still running (../shared/docs/apigw-websocket.md),
+ * and `$connect` has already written the record by then. `connectedAt` is taken when the request
+ * arrives, before the authorizer and `$connect` run: each at most 29 s (API Gateway's integration
+ * timeout) plus a cold start's init (at most 10 s, Lambda's init limit). So a record older than
+ * 90 s that answers 410 is stale; a younger one is kept, and removed by a later 410 or its TTL.
+ */
+export const CONNECT_GRACE_MS = 90_000;
 
 export interface ConnectionRecord {
   connectionId: string;
@@ -37,6 +46,12 @@ export interface ConnectionsStore {
   put(record: ConnectionRecord): Promise<void>;
   /** Idempotent: deleting a record that is not there succeeds. */
   remove(connectionId: string): Promise<void>;
+  /**
+   * Deletes the record of a connection that answered 410, unless it connected less than
+   * CONNECT_GRACE_MS before `nowMs` (its `$connect` may still be running). Returns whether a
+   * record was deleted; a missing record is not an error.
+   */
+  removeStale(connectionId: string, nowMs: number): Promise<boolean>;
   get(connectionId: string): Promise<ConnectionRecord | undefined>;
   /**
    * Counts one message against the connection's fixed-window rate limit and returns its record.
@@ -56,6 +71,8 @@ export function createDocumentClient(): DynamoDBDocumentClient {
   return DynamoDBDocumentClient.from(new DynamoDBClient({}));
 }
 
+const isConditionFailure = (err: unknown) => err instanceof ConditionalCheckFailedException || (err as Error)?.name === "ConditionalCheckFailedException";
+
 export function createConnectionsStore(doc: DynamoDBDocumentClient, config: StoreConfig): ConnectionsStore {
   const { tableName, roomIndexName } = config;
 
@@ -74,6 +91,23 @@ export function createConnectionsStore(doc: DynamoDBDocumentClient, config: Stor
 
     async remove(connectionId) {
       await call("DeleteItem", () => doc.send(new DeleteCommand({ TableName: tableName, Key: { connectionId } })));
+    },
+
+    async removeStale(connectionId, nowMs) {
+      try {
+        await doc.send(
+          new DeleteCommand({
+            TableName: tableName,
+            Key: { connectionId },
+            ConditionExpression: "connectedAt < :cutoff",
+            ExpressionAttributeValues: { ":cutoff": nowMs - CONNECT_GRACE_MS },
+          }),
+        );
+        return true;
+      } catch (err) {
+        if (isConditionFailure(err)) return false; // too young to call stale, or already gone
+        throw chatError("store_unavailable", `DynamoDB DeleteItem on ${tableName} failed: ${(err as Error).name}: ${(err as Error).message}`, 500, err);
+      }
     },
 
     async get(connectionId) {
@@ -96,7 +130,6 @@ export function createConnectionsStore(doc: DynamoDBDocumentClient, config: Stor
             ReturnValues: "ALL_NEW",
           }),
         );
-      const isConditionFailure = (err: unknown) => err instanceof ConditionalCheckFailedException || (err as Error)?.name === "ConditionalCheckFailedException";
       // Same window and room left: count it. Otherwise a new window: restart the count at 1. When
       // the restart loses to a concurrent message that restarted the window first, count again.
       const count: [string, string, Record<string, unknown>] = ["SET rlCount = rlCount + :one", "rlWindow = :window AND rlCount < :max", { ":one": 1, ":window": window, ":max": limit.messages }];

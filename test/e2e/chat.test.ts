@@ -86,7 +86,7 @@ describe("e2e: the chat, from the stack outputs", function () {
     assert.deepEqual(a2.json().filter((f) => f.type === "message").map((f) => f.message), ["only for room a"]);
   });
 
-  it("stale connections: a client killed without a close frame is removed by the next broadcast to its room", async function () {
+  it("stale connections: a client killed without a close frame is removed by the next broadcast to its room, once it is past the $connect grace", async function () {
     const room = `stale-${Date.now()}`;
     const sender = await connect({ room, name: "sender" });
     const doomed = await Client.open(stack.outputs.url, { room, name: "doomed" });
@@ -99,7 +99,16 @@ describe("e2e: the chat, from the stack outputs", function () {
       await new Promise((r) => setTimeout(r, 300));
       assert.ok((await stack.scanConnections()).some((i) => i.connectionId === doomedId), "the record outlived the client");
     }
-    sender.send({ action: "sendmessage", message: "anyone there?" });
+    // Connected seconds ago, it could still be in $connect (which also answers 410): the record stays.
+    sender.send({ action: "sendmessage", message: "anyone there?", id: "stale-1" });
+    await sender.waitFor((f) => f.includes('"id":"stale-1"'));
+    await eventually(async () => {
+      if (stack.local) assert.match(stack.logs(), new RegExp(`410, record kept.*${doomedId.replace(/[=]/g, "\\$&")}`));
+    });
+    assert.ok((await stack.scanConnections()).some((i) => i.connectionId === doomedId), "a record within the $connect grace is kept");
+    // An hour later, the next 410 removes it.
+    await stack.backdateConnections([doomedId], 3_600_000);
+    sender.send({ action: "sendmessage", message: "anyone there now?" });
     await eventually(async () => {
       assert.ok(!(await stack.scanConnections()).some((i) => i.connectionId === doomedId), "the stale record was removed");
     });

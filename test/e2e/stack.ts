@@ -4,7 +4,7 @@
  * - with E2E_STACK=<name>, `pulumi stack output --json --stack <name>`: the same suite against AWS.
  */
 import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
-import { DynamoDBDocumentClient, ScanCommand } from "@aws-sdk/lib-dynamodb";
+import { DynamoDBDocumentClient, ScanCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import { ChildProcess, execFileSync, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
@@ -21,6 +21,8 @@ export interface E2EStack {
   local: boolean;
   /** Every item in the connections table. */
   scanConnections(): Promise<Record<string, unknown>[]>;
+  /** Moves these connections' `connectedAt` back by `ms`, as if they had connected that long ago. */
+  backdateConnections(connectionIds: string[], ms: number): Promise<void>;
   /** Everything the local stack printed so far ("" for a deployed stack). */
   logs(): string;
   /** A token signed with the stack's key (for stacks with auth on). */
@@ -28,19 +30,34 @@ export interface E2EStack {
   stop(): Promise<void>;
 }
 
-function tableReader(outputs: StackOutputs, endpoint?: string) {
+function connectionsTable(outputs: StackOutputs, endpoint?: string): Pick<E2EStack, "scanConnections" | "backdateConnections"> {
   const doc = DynamoDBDocumentClient.from(
     new DynamoDBClient(endpoint ? { endpoint, region: outputs.region, credentials: { accessKeyId: "local", secretAccessKey: "local" } } : { region: outputs.region }),
   );
-  return async () => {
-    const items: Record<string, unknown>[] = [];
-    let ExclusiveStartKey: Record<string, unknown> | undefined;
-    do {
-      const page = await doc.send(new ScanCommand({ TableName: outputs.tableName, ExclusiveStartKey, ConsistentRead: true }));
-      items.push(...(page.Items ?? []));
-      ExclusiveStartKey = page.LastEvaluatedKey;
-    } while (ExclusiveStartKey);
-    return items;
+  return {
+    async scanConnections() {
+      const items: Record<string, unknown>[] = [];
+      let ExclusiveStartKey: Record<string, unknown> | undefined;
+      do {
+        const page = await doc.send(new ScanCommand({ TableName: outputs.tableName, ExclusiveStartKey, ConsistentRead: true }));
+        items.push(...(page.Items ?? []));
+        ExclusiveStartKey = page.LastEvaluatedKey;
+      } while (ExclusiveStartKey);
+      return items;
+    },
+    async backdateConnections(connectionIds, ms) {
+      for (const connectionId of connectionIds) {
+        await doc.send(
+          new UpdateCommand({
+            TableName: outputs.tableName,
+            Key: { connectionId },
+            UpdateExpression: "SET connectedAt = connectedAt - :ms",
+            ConditionExpression: "attribute_exists(connectionId)",
+            ExpressionAttributeValues: { ":ms": ms },
+          }),
+        );
+      }
+    },
   };
 }
 
@@ -51,7 +68,7 @@ function signer(key: () => string) {
 async function deployedStack(name: string): Promise<E2EStack> {
   const outputs = JSON.parse(execFileSync("pulumi", ["stack", "output", "--json", "--stack", name], { cwd: PROJECT_DIR, encoding: "utf8" })) as StackOutputs;
   const key = () => process.env.CHAT_TOKEN_KEY ?? execFileSync("pulumi", ["config", "get", "tokenKey", "--stack", name], { cwd: PROJECT_DIR, encoding: "utf8" }).trim();
-  return { outputs, local: false, scanConnections: tableReader(outputs), logs: () => "", token: signer(key), stop: async () => undefined };
+  return { outputs, local: false, ...connectionsTable(outputs), logs: () => "", token: signer(key), stop: async () => undefined };
 }
 
 /** Starts `local/cli.ts --port 0` as its own process and waits for its "Ready" line. */
@@ -87,7 +104,7 @@ export async function localStack(extraArgs: string[] = [], stack = "dev"): Promi
   return {
     outputs,
     local: true,
-    scanConnections: tableReader(outputs, endpoint),
+    ...connectionsTable(outputs, endpoint),
     logs: () => output,
     token: signer(() => tokenKey),
     async stop() {

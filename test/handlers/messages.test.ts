@@ -4,7 +4,7 @@
  */
 import { PutCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
-import { createConnectionsStore } from "../../handlers/shared/connections";
+import { CONNECT_GRACE_MS, createConnectionsStore } from "../../handlers/shared/connections";
 import { createMessageStore, cursorOf, MessageStore, NewMessage } from "../../handlers/shared/messages";
 import { LocalDynamoDB, startDynamoDB, tableSpec } from "../../local/dynamodb";
 import { loadProgram } from "../../local/program";
@@ -95,6 +95,20 @@ describe("message history (DynamoDB)", function () {
     assert.equal(stored.expiresAt, Math.floor(stored.ts / 1000) + 86_400);
     await db.client.send(new PutCommand({ TableName: tables.messages, Item: { ...stored, cursor: cursorOf(2), message: "stale", expiresAt: 1 } }));
     assert.deepEqual((await store.history(r, kept.cursor === cursorOf(1) ? undefined : kept.cursor, 10)).messages.map((m) => m.message), ["fresh"]);
+  });
+
+  describe("stale records (a 410 from @connections)", () => {
+    it("removes a record connected over a minute ago, keeps a newer one ($connect may still be running), and ignores a missing one", async () => {
+      const connections = createConnectionsStore(db.client, { tableName: tables.connections, roomIndexName: "byRoom" });
+      const now = Date.now();
+      await connections.put({ connectionId: "old-1", room: "r", name: "ann", connectedAt: now - CONNECT_GRACE_MS - 1, expiresAt: 9_999_999_999 });
+      await connections.put({ connectionId: "new-1", room: "r", name: "bo", connectedAt: now - CONNECT_GRACE_MS + 1_000, expiresAt: 9_999_999_999 });
+      assert.equal(await connections.removeStale("old-1", now), true);
+      assert.equal(await connections.removeStale("new-1", now), false);
+      assert.equal(await connections.removeStale("never-1", now), false);
+      assert.equal(await connections.get("old-1"), undefined);
+      assert.equal((await connections.get("new-1"))?.name, "bo");
+    });
   });
 
   describe("per-connection rate limit", () => {
