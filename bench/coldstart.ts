@@ -120,17 +120,18 @@ async function firstInvocations(functions: string[]): Promise<Report[]> {
 export async function runColdStart(runs: number, log: (line: string) => void): Promise<ColdStartRow[]> {
   const program = await loadProgram({ stack: "prod", apiEndpoint: () => "wss://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com", secrets: { "ws-chat:tokenKey": "k".repeat(48) } });
   const packaging = await defaultPackaging();
-  const dir = fs.mkdtempSync(path.join(PROJECT_DIR, ".local", "bench-cold-"));
-  const rows: ColdStartRow[] = [];
   const functions = program.resources.filter((r) => r.type === "aws:lambda/function:Function");
+  // firsts[run][i]: the cold report of functions[i] in that run.
   const firsts: Report[][] = [];
   for (let run = 1; run <= runs; run++) {
     log(`  first invocations: fresh local prod stack ${run}/${runs}`);
     firsts.push(await firstInvocations(functions.map((fn) => fn.state.name as string)));
   }
-  const firstOf = (name: string) => firsts.map((reports) => reports.find((r) => r.functionName === name)!);
+  const dir = fs.mkdtempSync(path.join(PROJECT_DIR, ".local", "bench-cold-"));
+  const rows: ColdStartRow[] = [];
   try {
-    for (const fn of functions) {
+    for (const [i, fn] of functions.entries()) {
+      const first = firsts.map((reports) => reports[i]);
       const code = program.archives.get(fn.name)!.get("__index.js")!;
       const file = path.join(dir, `${fn.name}.js`);
       fs.writeFileSync(file, code);
@@ -149,9 +150,9 @@ export async function runColdStart(runs: number, log: (line: string) => void): P
         sdkRequireMs,
         initRatio: sdkRequireMs ? initMs / sdkRequireMs : NaN,
         sdkModules,
-        firstInvocationMs: median(firstOf(fn.state.name).map((r) => r.durationMs)),
-        firstInvocationCpuMs: median(firstOf(fn.state.name).map((r) => r.cpuMs ?? NaN)),
-        reportedInitMs: median(firstOf(fn.state.name).map((r) => r.initDurationMs!)),
+        firstInvocationMs: median(first.map((r) => r.durationMs)),
+        firstInvocationCpuMs: median(first.map((r) => r.cpuMs ?? NaN)),
+        reportedInitMs: median(first.map((r) => r.initDurationMs!)),
       };
       rows.push(row);
       log(

@@ -94,20 +94,22 @@ export function createConnectionsStore(doc: DynamoDBDocumentClient, config: Stor
     },
 
     async removeStale(connectionId, nowMs) {
-      try {
-        await doc.send(
-          new DeleteCommand({
-            TableName: tableName,
-            Key: { connectionId },
-            ConditionExpression: "connectedAt < :cutoff",
-            ExpressionAttributeValues: { ":cutoff": nowMs - CONNECT_GRACE_MS },
-          }),
-        );
-        return true;
-      } catch (err) {
-        if (isConditionFailure(err)) return false; // too young to call stale, or already gone
-        throw chatError("store_unavailable", `DynamoDB DeleteItem on ${tableName} failed: ${(err as Error).name}: ${(err as Error).message}`, 500, err);
-      }
+      return call("DeleteItem", async () => {
+        try {
+          await doc.send(
+            new DeleteCommand({
+              TableName: tableName,
+              Key: { connectionId },
+              ConditionExpression: "connectedAt < :cutoff",
+              ExpressionAttributeValues: { ":cutoff": nowMs - CONNECT_GRACE_MS },
+            }),
+          );
+          return true;
+        } catch (err) {
+          if (isConditionFailure(err)) return false; // too young to call stale, or already gone
+          throw err;
+        }
+      });
     },
 
     async get(connectionId) {
