@@ -14,7 +14,7 @@ import { historyHandlerFactory } from "./handlers/history";
 import { fanoutHandlerFactory } from "./handlers/fanout";
 import { seedSendMessageHandlerFactory } from "./handlers/seed-sendmessage";
 import { sendMessageHandlerFactory } from "./handlers/sendmessage";
-import { ENV } from "./handlers/shared/env";
+import { ENV, holeGraceMsFor } from "./handlers/shared/env";
 import { chatFunction, ChatFunction } from "./infra/function";
 import { chatSite } from "./infra/site";
 import { loadStackSettings } from "./stacks";
@@ -73,7 +73,11 @@ const managementEndpoint = pulumi.interpolate`${api.apiEndpoint}`.apply(
 const connectionsArn = (method: "GET" | "POST" | "DELETE") =>
   pulumi.interpolate`${api.executionArn}/${stageName}/${method}/@connections/*`;
 const connectionsEnv = { [ENV.tableName]: connections.name, [ENV.roomIndexName]: ROOM_INDEX };
-const historyEnv = { [ENV.messagesTable]: messages.name, [ENV.historyRetentionDays]: String(settings.historyRetentionDays) };
+const historyEnv = {
+  [ENV.messagesTable]: messages.name,
+  [ENV.historyRetentionDays]: String(settings.historyRetentionDays),
+  [ENV.holeGraceMs]: String(holeGraceMsFor(settings.lambdaTimeoutSeconds)),
+};
 
 // The route handlers, each with its own role holding only what its code calls.
 const connect = chatFunction(`${project}-connect`, {
@@ -143,9 +147,10 @@ const sendMessage = settings.benchSeedFanout
         // DeleteItem removes recipients that answered 410.
         { Sid: "AdmitSenderRemoveStale", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
         { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [pulumi.interpolate`${connections.arn}/index/${ROOM_INDEX}`] },
-        // Appending is one TransactWriteItems, which IAM authorizes action by action: UpdateItem (room
-        // head) and PutItem (message, client-id claim). GetItem reads the head and a repeated id's claim.
-        // Source: DynamoDB developer guide, "Using IAM with DynamoDB transactions".
+        // Appending: UpdateItem takes the room's next number (ADD on the head); PutItem stores the
+        // message, or a tombstone for a number it could not fill; with a client id the message and its
+        // claim are one TransactWriteItems, which IAM authorizes action by action (PutItem). GetItem
+        // reads a repeated id's claim. Source: DynamoDB developer guide, "Using IAM with DynamoDB transactions".
         { Sid: "AppendHistory", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [messages.arn] },
         { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
         // Hands chunks of a large room to fanout (asynchronous Invoke).
@@ -159,7 +164,10 @@ const history = chatFunction(`${project}-history`, {
   environment: { ...connectionsEnv, ...historyEnv, [ENV.managementEndpoint]: managementEndpoint },
   statements: [
     { Sid: "ReadCaller", Effect: "Allow", Action: ["dynamodb:GetItem"], Resource: [connections.arn] },
-    { Sid: "ReadHistory", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [messages.arn] },
+    // Query reads the events, GetItem the room's head (its epoch); PutItem writes a tombstone into a
+    // number whose sender died before storing it (handlers/shared/sequence.ts).
+    { Sid: "ReadHistory", Effect: "Allow", Action: ["dynamodb:Query", "dynamodb:GetItem"], Resource: [messages.arn] },
+    { Sid: "SettleHoles", Effect: "Allow", Action: ["dynamodb:PutItem"], Resource: [messages.arn] },
     { Sid: "ReplayToCaller", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
   ],
 });

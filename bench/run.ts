@@ -6,20 +6,25 @@
  *   --runs 3                  measured runs per size (after --warmup runs), the median is reported
  *   --warmup 1                unmeasured runs per size and implementation
  *   --latency 15              ms added to every @connections answer (the AWS network)
- *   --only fanout,coldstart,latency,cost
- *   --only chart              redraw bench/fanout.svg from bench/results.json
+ *   --only fanout,coldstart,latency,cost,room
+ *   --only chart              redraw bench/fanout.svg and bench/room.svg from bench/results.json
+ *   --rates 10,25,50,100,200,400   room: the offered rates, messages a second in one room
+ *   --rooms 10,100            room: the room sizes (members)
+ *   --step-seconds 10         room: how long each rate is offered
  *   --quick                   small sizes and short runs, to check the benchmark itself
+ * Sections not run keep their figures from the last bench/results.json: `--only` merges into it.
  */
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
 import { parseArgs } from "util";
-import { fanoutChart } from "./chart";
+import { fanoutChart, roomChart } from "./chart";
 import { ColdStartRow, runColdStart } from "./coldstart";
 import { CostSample, measureCost } from "./cost";
 import { FanoutSample, Implementation, runFanout } from "./fanout";
 import { startFloor } from "./floor";
 import { LatencySample, measureLatency } from "./latency";
+import { capacity, measureRoom, RoomStep } from "./room";
 import { localStack } from "../test/e2e/stack";
 import { median } from "./stats";
 
@@ -52,6 +57,59 @@ function fanoutSummary(samples: FanoutSample[]) {
 }
 
 const chartTitle = (cpus: number, latencyMs: number) => `Fan-out to one room, ${cpus} cores, ${latencyMs} ms @connections latency`;
+const roomTitle = (cpus: number) => `One room at rising rates, ${cpus} cores (local stack vs raw ws)`;
+/** The room targets (issue 10): p99 of a room of 10 at ≥ 100 msg/s, and of a room of 100 at 50 msg/s. */
+const ROOM_P99_LIMIT_MS = 250;
+const BIG_ROOM_P99_LIMIT_MS = 500;
+const RESULTS = path.join(__dirname, "results.json");
+
+function readResults(): Record<string, unknown> {
+  try {
+    return JSON.parse(fs.readFileSync(RESULTS, "utf8")) as Record<string, unknown>;
+  } catch {
+    return {};
+  }
+}
+
+/** Runs the room steps: for each room size, ours and the floor at every rate, fresh rooms each step. */
+async function runRooms(opts: { rates: number[]; rooms: number[]; seconds: number }): Promise<RoomStep[]> {
+  const steps: RoomStep[] = [];
+  const report = (s: RoomStep) =>
+    log(
+      `  ${s.implementation} room of ${s.members} at ${s.rate} msg/s: p50 ${s.p50Ms} ms, p99 ${s.p99Ms} ms, ${s.delivered}/${s.expected} delivered, ` +
+        `${s.duplicates} duplicates, refusals ${JSON.stringify(s.refusals)}, ${s.resends} resends, ${s.historyRequests} history requests`,
+    );
+  const total = opts.rooms.length * opts.rates.length * 2;
+  const floor = await startFloor();
+  try {
+    for (const members of opts.rooms) {
+      for (const rate of opts.rates) {
+        log(`  [${steps.length + 1}/${total}] floor, room of ${members}, ${rate} msg/s for ${opts.seconds} s…`);
+        const step = await measureRoom("floor", floor.url, { members, senders: Math.min(members, 20), rate, seconds: opts.seconds });
+        steps.push(step);
+        report(step);
+      }
+    }
+  } finally {
+    floor.stop();
+  }
+  // Senders may send 1,000 a second each: the room is what is measured, not the per-connection limit.
+  const stack = await localStack(["--config", "rateLimitMessages=10000"]);
+  try {
+    for (const members of opts.rooms) {
+      for (const rate of opts.rates) {
+        log(`  [${steps.length + 1}/${total}] ours, room of ${members}, ${rate} msg/s for ${opts.seconds} s…`);
+        const room = `bench-${members}-${rate}-${Date.now()}`;
+        const step = await measureRoom("ours", `${stack.outputs.url}?room=${room}`, { members, senders: Math.min(members, 20), rate, seconds: opts.seconds });
+        steps.push(step);
+        report(step);
+      }
+    }
+  } finally {
+    await stack.stop();
+  }
+  return steps;
+}
 
 async function main() {
   const { values } = parseArgs({
@@ -60,7 +118,10 @@ async function main() {
       runs: { type: "string", default: "3" },
       warmup: { type: "string", default: "1" },
       latency: { type: "string", default: "15" },
-      only: { type: "string", default: "fanout,coldstart,latency,cost" },
+      only: { type: "string", default: "fanout,coldstart,latency,cost,room" },
+      rates: { type: "string", default: "10,25,50,100,200,400" },
+      rooms: { type: "string", default: "10,100" },
+      "step-seconds": { type: "string", default: "10" },
       quick: { type: "boolean", default: false },
     },
     strict: true,
@@ -68,9 +129,10 @@ async function main() {
   const quick = values.quick!;
   const only = new Set(values.only!.split(","));
   if (only.has("chart")) {
-    const saved = JSON.parse(fs.readFileSync(path.join(__dirname, "results.json"), "utf8")) as { machine: { cpus: number }; settings: { managementLatencyMs: number }; fanout: { samples: FanoutSample[] } };
+    const saved = readResults() as { machine: { cpus: number }; settings: { managementLatencyMs: number }; fanout: { samples: FanoutSample[] }; room?: { steps: RoomStep[] } };
     fs.writeFileSync(path.join(__dirname, "fanout.svg"), fanoutChart(saved.fanout.samples, chartTitle(saved.machine.cpus, saved.settings.managementLatencyMs)));
-    log("Wrote bench/fanout.svg from bench/results.json");
+    if (saved.room) fs.writeFileSync(path.join(__dirname, "room.svg"), roomChart(saved.room.steps, roomTitle(saved.machine.cpus), ROOM_P99_LIMIT_MS));
+    log("Wrote bench/fanout.svg and bench/room.svg from bench/results.json");
     return;
   }
   const requested = (quick ? "200,1000" : values.sizes!).split(",").map(Number);
@@ -88,11 +150,13 @@ async function main() {
   const clamped = requested.filter((n) => n > maxMembers).map((n) => ({ requested: n, ran: maxMembers, reason: `the open-file limit here is ${openFileLimit()} per process and cannot be raised (no CAP_SYS_RESOURCE); the gateway needs one per member` }));
   for (const c of clamped) log(`note: N=${c.requested} runs as N=${c.ran}: ${c.reason}`);
 
+  // Sections this run does not measure keep their last figures; each section records when and how it ran.
+  const runInfo = { date: new Date().toISOString(), command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim() };
   const results: Record<string, unknown> = {
-    date: new Date().toISOString(),
-    command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
+    ...readResults(),
+    ...runInfo,
     machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memoryGb: Math.round(os.totalmem() / 1e9), node: process.version },
-    settings: { sizes, runs, warmup, managementLatencyMs: latencyMs, clamped },
+    ...(only.has("fanout") ? { settings: { sizes, runs, warmup, managementLatencyMs: latencyMs, clamped } } : {}),
   };
 
   let fanout: FanoutSample[] = [];
@@ -103,7 +167,7 @@ async function main() {
       // The first `warmup` runs of each size are dropped.
       fanout.push(...sizes.flatMap((n) => all.filter((s) => s.members === n).slice(warmup)));
     }
-    results.fanout = { samples: fanout, summary: fanoutSummary(fanout) };
+    results.fanout = { ...runInfo, samples: fanout, summary: fanoutSummary(fanout) };
     fs.writeFileSync(path.join(__dirname, "fanout.svg"), fanoutChart(fanout, chartTitle(os.cpus().length, latencyMs)));
   }
 
@@ -118,19 +182,38 @@ async function main() {
   if (only.has("latency")) {
     const opts = { members: 100, rate: 50, seconds: quick ? 5 : 30 };
     log(`\n== End-to-end latency: room of ${opts.members}, ${opts.rate} messages/s for ${opts.seconds} s`);
+    log(`  [1/3] floor at ${opts.rate} msg/s for ${opts.seconds} s…`);
     const floor = await startFloor();
     latency.push(await measureLatency("floor", floor.url, opts));
     floor.stop();
     const stack = await localStack(["--config", "rateLimitMessages=10000"]);
     try {
+      log(`  [2/3] ours at ${opts.rate} msg/s for ${opts.seconds} s…`);
       latency.push(await measureLatency("ours", `${stack.outputs.url}?room=latency`, opts));
       // The same room at a fifth of the rate: what the local stack does when these 2 cores are not saturated.
+      log(`  [3/3] ours at ${opts.rate / 5} msg/s for ${opts.seconds} s…`);
       latency.push(await measureLatency("ours", `${stack.outputs.url}?room=latency-slow`, { ...opts, rate: opts.rate / 5 }));
     } finally {
       await stack.stop();
     }
     for (const l of latency) log(`  ${l.implementation} at ${l.rate} msg/s: p50 ${l.p50Ms} ms, p99 ${l.p99Ms} ms (${l.deliveries}/${l.expected} deliveries)`);
     results.latency = latency;
+    results.latencyRun = runInfo;
+  }
+
+  let room: RoomStep[] = [];
+  if (only.has("room")) {
+    const rates = (quick ? "10,50,100" : values.rates!).split(",").map(Number);
+    const rooms = (quick ? "10" : values.rooms!).split(",").map(Number);
+    const seconds = quick ? 3 : Number(values["step-seconds"]);
+    for (const n of [...rates, ...rooms, seconds]) if (!Number.isFinite(n) || n <= 0) throw new Error(`--rates, --rooms and --step-seconds take positive numbers; got ${n}`);
+    log(`\n== Room capacity: rooms of ${rooms.join(", ")} at ${rates.join(", ")} msg/s, ${seconds} s a step`);
+    room = await runRooms({ rates, rooms, seconds });
+    const capacities = rooms.flatMap((members) =>
+      (["floor", "ours"] as const).map((implementation) => ({ implementation, members, capacity: capacity(room.filter((s) => s.members === members && s.implementation === implementation), ROOM_P99_LIMIT_MS) })),
+    );
+    results.room = { ...runInfo, p99LimitMs: ROOM_P99_LIMIT_MS, steps: room, capacities };
+    fs.writeFileSync(path.join(__dirname, "room.svg"), roomChart(room, roomTitle(os.cpus().length), ROOM_P99_LIMIT_MS));
   }
 
   const cost: CostSample[] = [];
@@ -143,13 +226,14 @@ async function main() {
       log(`  ${impl}: ${c.readUnits} RCU, ${c.writeUnits} WCU, ${c.managementCalls} @connections calls, ${c.invocations} invocation(s); requests ${JSON.stringify(c.dynamodbRequests)}`);
     }
     results.cost = cost;
+    results.costRun = runInfo;
   }
 
   // Targets (issue 5), judged at the largest size run.
   const top = Math.max(...sizes);
   const sum = fanoutSummary(fanout);
   const at = (impl: Implementation) => sum.find((s) => s.implementation === impl && s.members === top);
-  const targets = [];
+  const targets: { target: string; value: string; met: boolean }[] = [];
   if (at("ours") && at("seed")) {
     const ours = at("ours")!;
     const seed = at("seed")!;
@@ -165,8 +249,18 @@ async function main() {
       { target: "init ≤ 1.1× requiring its SDK clients", value: `worst ${Math.max(...cold.filter((c) => c.sdkRequireMs).map((c) => c.initRatio)).toFixed(2)}×`, met: cold.every((c) => !c.sdkRequireMs || c.initRatio <= 1.1) },
     );
   }
-  results.targets = targets;
-  fs.writeFileSync(path.join(__dirname, "results.json"), JSON.stringify(results, null, 2) + "\n");
+  const ourStep = (members: number, rate: number) => room.find((s) => s.implementation === "ours" && s.members === members && s.rate === rate);
+  if (ourStep(10, 100)) {
+    const ours10 = capacity(room.filter((s) => s.implementation === "ours" && s.members === 10), ROOM_P99_LIMIT_MS);
+    targets.push({ target: `room of 10: ≥ 100 msg/s with p99 ≤ ${ROOM_P99_LIMIT_MS} ms, every message exactly once`, value: `capacity ${ours10} msg/s (at 100: p99 ${ourStep(10, 100)!.p99Ms} ms)`, met: ours10 >= 100 });
+  }
+  const big = ourStep(100, 50);
+  if (big) {
+    targets.push({ target: `room of 100 at 50 msg/s: p99 ≤ ${BIG_ROOM_P99_LIMIT_MS} ms`, value: `p99 ${big.p99Ms} ms, ${big.delivered}/${big.expected}, ${big.duplicates} duplicates`, met: big.p99Ms <= BIG_ROOM_P99_LIMIT_MS && big.delivered === big.expected && big.duplicates === 0 });
+  }
+  const kept = ((results.targets as { target: string }[] | undefined) ?? []).filter((old) => !targets.some((t) => t.target === old.target));
+  results.targets = [...kept, ...targets];
+  fs.writeFileSync(RESULTS, JSON.stringify(results, null, 2) + "\n");
 
   log("\n== Results (medians)");
   if (sum.length) {
@@ -195,6 +289,14 @@ async function main() {
     log("|---|---:|---:|---:|---:|");
     for (const l of latency) log(`| ${l.implementation} | ${l.rate} msg/s | ${l.p50Ms} ms | ${l.p99Ms} ms | ${l.deliveries}/${l.expected} |`);
   }
+  if (room.length) {
+    log("\n| room | implementation | rate | p50 | p99 | delivered | duplicates | refusals | resends | history requests |");
+    log("|---:|---|---:|---:|---:|---:|---:|---|---:|---:|");
+    for (const s of room) {
+      const refusals = Object.entries(s.refusals).map(([k, v]) => `${k} ${v}`).join(", ") || "none";
+      log(`| ${s.members} | ${s.implementation} | ${s.rate} msg/s | ${s.p50Ms} ms | ${s.p99Ms} ms | ${s.delivered}/${s.expected} | ${s.duplicates} | ${refusals} | ${s.resends} | ${s.historyRequests} |`);
+    }
+  }
   if (cost.length) {
     log("\n| cost of one message | read units | write units | @connections calls | invocations | DynamoDB requests |");
     log("|---|---:|---:|---:|---:|---|");
@@ -205,7 +307,7 @@ async function main() {
     log("|---|---|---|");
     for (const t of targets) log(`| ${t.target} | ${t.value} | ${t.met ? "yes" : "NO"} |`);
   }
-  log(`\nWrote ${path.relative(process.cwd(), path.join(__dirname, "results.json"))}${fanout.length ? " and bench/fanout.svg" : ""}`);
+  log(`\nWrote ${path.relative(process.cwd(), RESULTS)}${fanout.length ? ", bench/fanout.svg" : ""}${room.length ? ", bench/room.svg" : ""}`);
 }
 
 main().then(

@@ -1,8 +1,10 @@
 /**
  * `history`: `{"action":"history","since":"<cursor>","limit":<n>}` replays the caller's room from
- * the persisted history, oldest first, as ordinary message frames, then
- * `{"type":"history-end","cursor":…,"more":true|false}`. Without `since`, the latest `limit`
- * messages. With `since` = the last cursor a client has, it gets exactly what it missed.
+ * the persisted history, oldest first, as ordinary message frames (and tombstone frames for numbers
+ * that hold nothing), then `{"type":"history-end","cursor":…,"more":true|false,"epoch":…}`.
+ * Without `since`, the latest `limit` events. With `since` = the last cursor a client has, it gets
+ * exactly what it missed; a page stops before a number that is still being written, with `more`
+ * and `retryAfterMs`.
  */
 import { deliver } from "./shared/broadcaster";
 import { connectionsStoreFromEnv, createDocumentClient } from "./shared/connections";
@@ -11,8 +13,8 @@ import { ClientErrorCode, describeError, isChatError } from "./shared/errors";
 import type { WebSocketEvent, WebSocketHandler } from "./shared/events";
 import { log } from "./shared/log";
 import { createManagement } from "./shared/management";
-import { CURSOR_PATTERN, messageStoreFromEnv } from "./shared/messages";
-import { errorFrame, historyEndFrame, MessageFrame, parseBody, validateHistoryRequest } from "./shared/protocol";
+import { CURSOR_PATTERN, isTombstone, messageStoreFromEnv, StoredEvent } from "./shared/messages";
+import { errorFrame, historyEndFrame, MessageFrame, parseBody, TombstoneFrame, validateHistoryRequest } from "./shared/protocol";
 
 /** History posts only to its caller, in order: one socket. */
 const HISTORY_SOCKETS = 1;
@@ -53,16 +55,21 @@ export function historyHandlerFactory(): WebSocketHandler<WebSocketEvent> {
     }
 
     // In order, one at a time: a client replays them as they come.
-    for (const m of page.messages) {
-      const frame: MessageFrame = { type: "message", room: m.room, from: m.from, message: m.message, ts: m.ts, id: m.id, cursor: m.cursor };
-      const delivery = await deliver(management, connectionId, JSON.stringify(frame));
+    for (const event of page.events) {
+      const delivery = await deliver(management, connectionId, JSON.stringify(frameOf(event, page.epoch ?? "")));
       if (delivery.outcome !== "delivered") {
-        log("warn", "history interrupted", { connectionId, requestId, outcome: delivery.outcome, cursor: m.cursor });
+        log("warn", "history interrupted", { connectionId, requestId, outcome: delivery.outcome, cursor: event.cursor });
         return { statusCode: 200 };
       }
     }
-    await deliver(management, connectionId, historyEndFrame(page.cursor, page.more));
-    log("info", "history", { connectionId, requestId, since: request.since, sent: page.messages.length, cursor: page.cursor, more: page.more });
+    await deliver(management, connectionId, historyEndFrame(page.cursor, page.more, page.epoch, page.retryAfterMs));
+    log("info", "history", { connectionId, requestId, since: request.since, sent: page.events.length, cursor: page.cursor, more: page.more });
     return { statusCode: 200 };
   };
+}
+
+/** The frame a stored event is replayed as. Messages stored before epochs existed get the room's. */
+export function frameOf(event: StoredEvent, epoch: string): MessageFrame | TombstoneFrame {
+  if (isTombstone(event)) return { type: "tombstone", room: event.room, cursor: event.cursor, epoch: event.epoch };
+  return { type: "message", room: event.room, from: event.from, message: event.message, ts: event.ts, id: event.id, cursor: event.cursor, epoch: event.epoch ?? epoch };
 }

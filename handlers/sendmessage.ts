@@ -8,6 +8,11 @@
  * parallel `fanout` runs (shared/fanout.ts): this function delivers the first chunk itself.
  * Problems the sender can act on come back as `{"type":"error",…}` frames, never as API Gateway's
  * "Internal server error".
+ *
+ * Back-pressure: a message that waited in API Gateway's and Lambda's queues longer than
+ * MAX_QUEUED_MS (the room, or the stage, is taking more than it can) is refused at once as
+ * `unavailable` with `retryAfterMs`, before any write, so latency stays bounded at any offered rate
+ * and the sender resends it with the same `id` when the hint has passed.
  */
 import { randomUUID } from "crypto";
 import { deliver, memberBroadcast, onePage } from "./shared/broadcaster";
@@ -18,8 +23,16 @@ import type { WebSocketEvent, WebSocketHandler, WebSocketResult } from "./shared
 import { log } from "./shared/log";
 import { createManagement } from "./shared/management";
 import { createDispatch, SpreadStats, spread } from "./shared/fanout";
-import { APPEND_BUDGET_MS, messageStoreFromEnv } from "./shared/messages";
+import { APPEND_BUDGET_MS, cursorOf, EPOCH_LENGTH, messageStoreFromEnv } from "./shared/messages";
 import { ackFrame, errorFrame, MAX_FRAME_BYTES, MessageFrame, parseBody, utf8Bytes, validateClientId, validateMessage } from "./shared/protocol";
+
+/** A message older than this when its run starts is refused as `unavailable` (see above). */
+export const MAX_QUEUED_MS = 1_500;
+/** The `retryAfterMs` hint, bounded: at least this… */
+const MIN_RETRY_AFTER_MS = 500;
+/** …and at most this. */
+const MAX_RETRY_AFTER_MS = 5_000;
+const EPOCH_PLACEHOLDER = "e".repeat(EPOCH_LENGTH);
 
 export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
   const maxMessageBytes = requireIntEnv(ENV.maxMessageBytes, RANGES.maxMessageBytes.min, RANGES.maxMessageBytes.max);
@@ -43,9 +56,9 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
 
     // Set once the client's id is known valid: every refusal after that names it.
     let clientId: string | undefined;
-    async function refuse(code: ClientErrorCode, message: string): Promise<WebSocketResult> {
-      const delivery = await deliver(management, senderId, errorFrame(code, message, clientId));
-      log("warn", "message refused", { connectionId: senderId, requestId, code, reason: message, clientId, reply: delivery.outcome });
+    async function refuse(code: ClientErrorCode, message: string, retryAfterMs?: number): Promise<WebSocketResult> {
+      const delivery = await deliver(management, senderId, errorFrame(code, message, clientId, retryAfterMs));
+      log("warn", "message refused", { connectionId: senderId, requestId, code, reason: message, clientId, retryAfterMs, reply: delivery.outcome });
       return { statusCode: 200 };
     }
 
@@ -61,13 +74,20 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
       return refuse(err.code as ClientErrorCode, err.message);
     }
 
+    const queuedMs = requestTimeEpoch === undefined ? 0 : started - requestTimeEpoch;
+    if (queuedMs > MAX_QUEUED_MS) {
+      const retryAfterMs = Math.round(Math.min(MAX_RETRY_AFTER_MS, Math.max(MIN_RETRY_AFTER_MS, queuedMs)));
+      return refuse("unavailable", `the room is busier than it can take (this message waited ${queuedMs} ms); nothing was stored: send it again`, retryAfterMs);
+    }
+
     let admission;
     try {
       admission = await store.admitMessage(senderId, started, rateLimit);
     } catch (err) {
       log("error", "sender lookup failed", { connectionId: senderId, requestId, error: describeError(err) });
-      return refuse("unavailable", "the message could not be sent; try again");
+      return refuse("unavailable", "the message could not be sent; try again", MIN_RETRY_AFTER_MS);
     }
+    const admittedAt = Date.now();
     const sender = admission.record;
     if (!sender) return refuse("unknown_connection", "this connection is not registered; reconnect");
     if (!admission.allowed) {
@@ -76,6 +96,13 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
 
     const ts = requestTimeEpoch ?? started;
     const id = messageId ?? randomUUID();
+    // The frame's size is known before anything is stored: cursor and epoch have fixed lengths.
+    const draft: MessageFrame = { type: "message", room: sender.room, from: { name: sender.name }, message: text, ts, id, cursor: cursorOf(0), epoch: EPOCH_PLACEHOLDER };
+    if (utf8Bytes(JSON.stringify(draft)) > MAX_FRAME_BYTES) {
+      // Reachable only at the edge: a body near API Gateway's 128 KB limit (escaped control characters
+      // count 6 bytes each there) plus the envelope; refused before it is stored, so never half-sent.
+      return refuse("message_too_large", `the message does not fit in one ${MAX_FRAME_BYTES}-byte frame once wrapped; nothing was stored`);
+    }
     // A busy room may take a while to append to; half the time left stays for the fan-out and reply.
     const deadline = Date.now() + Math.min(APPEND_BUDGET_MS, context.getRemainingTimeInMillis() / 2);
     let stored;
@@ -83,21 +110,16 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
       stored = await history.append({ room: sender.room, id, from: { name: sender.name }, message: text, ts, ...(clientId ? { clientId } : {}) }, deadline);
     } catch (err) {
       log("error", "message not persisted", { connectionId: senderId, requestId, room: sender.room, error: describeError(err) });
-      return refuse("unavailable", "the message was not stored; send it again (with the same id, it is stored once)");
+      return refuse("unavailable", "the message was not stored; send it again (with the same id, it is stored once)", MIN_RETRY_AFTER_MS);
     }
-    if (clientId) await deliver(management, senderId, ackFrame(clientId, stored.cursor));
+    const storedAt = Date.now();
+    if (clientId) await deliver(management, senderId, ackFrame(clientId, stored.cursor, stored.epoch));
     if (stored.duplicate) {
       log("info", "duplicate acknowledged", { connectionId: senderId, requestId, room: sender.room, clientId, cursor: stored.cursor });
       return { statusCode: 200 };
     }
 
-    const frame: MessageFrame = { type: "message", room: sender.room, from: { name: sender.name }, message: text, ts, id, cursor: stored.cursor };
-    const data = JSON.stringify(frame);
-    if (utf8Bytes(data) > MAX_FRAME_BYTES) {
-      // Reachable only at the edge: a body near API Gateway's 128 KB limit (escaped control characters
-      // count 6 bytes each there) plus the envelope; refusing here beats a 413 from every recipient.
-      return refuse("message_too_large", `the message does not fit in one ${MAX_FRAME_BYTES}-byte frame once wrapped`);
-    }
+    const data = JSON.stringify({ ...draft, cursor: stored.cursor, epoch: stored.epoch });
 
     let stats: SpreadStats;
     try {
@@ -120,7 +142,9 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
       return refuse("unavailable", "the message is stored but may not have reached everyone live; they will get it from history");
     }
 
-    log("info", "message", { connectionId: senderId, requestId, room: sender.room, id, cursor: stored.cursor, ...stats, ms: Date.now() - started });
+    // Where the time went: queued before this run, the rate-limit step, the append, the ack and fan-out.
+    const ms = { queued: queuedMs, admit: admittedAt - started, append: storedAt - admittedAt, deliver: Date.now() - storedAt };
+    log("info", "message", { connectionId: senderId, requestId, room: sender.room, id, cursor: stored.cursor, ...stats, ms });
     return { statusCode: 200 };
   };
 }

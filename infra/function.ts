@@ -10,8 +10,8 @@
  * nodejs22.x runtime ships the complete AWS SDK v3 (every client and lib-dynamodb) under
  * /var/runtime/node_modules, and the serialized code requires exactly those packages by their
  * `main` file (`@aws-sdk/<pkg>/dist-cjs/index.js`, a path every v3 release has had). The handlers
- * use only long-stable DynamoDB commands (the management API and Lambda Invoke are called through
- * handlers/shared/aws-http.ts, which needs no SDK at all).
+ * use only long-stable DynamoDB commands and util-dynamodb's marshall/unmarshall (sent through
+ * handlers/shared/dynamodb.ts; the management API and Lambda Invoke through handlers/shared/aws-http.ts).
  * Source: https://docs.aws.amazon.com/lambda/latest/dg/lambda-nodejs.html (SDK versions included
  * in the runtime).
  */
@@ -25,6 +25,7 @@ export const RUNTIME_PROVIDED_PACKAGES = [
   "@aws-sdk/client-apigatewaymanagementapi",
   "@aws-sdk/client-dynamodb",
   "@aws-sdk/lib-dynamodb",
+  "@aws-sdk/util-dynamodb",
 ];
 
 export interface Statement {

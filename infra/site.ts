@@ -12,6 +12,7 @@ export const WEB_DIR = path.resolve(__dirname, "..", "web");
 export const WEB_FILES: Record<string, string> = {
   "index.html": "text/html; charset=utf-8",
   "chat.js": "text/javascript; charset=utf-8",
+  "room-stream.js": "text/javascript; charset=utf-8",
   "chat.css": "text/css; charset=utf-8",
 };
 /** AWS's managed cache policy "Managed-CachingOptimized"; objects say no-cache, so new deploys show at once. */

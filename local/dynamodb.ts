@@ -11,6 +11,7 @@ import dynalite = require("dynalite");
 import * as fs from "fs";
 import type { AddressInfo } from "net";
 import type { RecordedResource } from "./program";
+import { directCall } from "./dynalite-direct";
 import { CapacityMeter, startTransactionProxy } from "./transactions";
 
 export interface TableSpec {
@@ -77,11 +78,15 @@ export interface LocalDynamoDB {
   endpoint: string;
   client: DynamoDBDocumentClient;
   /** Capacity consumed so far, per ReturnConsumedCapacity (transactions.ts). */
-  meter: CapacityMeter;
+  readMeter(): Promise<CapacityMeter>;
   /** Fault injection: every request arriving in the next `ms` milliseconds waits until then. */
-  stall(ms: number): void;
+  stall(ms: number): Promise<void>;
   /** Fault injection: connections reset and refused for `ms` milliseconds, data kept (transactions.ts). */
-  restart(ms: number): void;
+  restart(ms: number): Promise<void>;
+  /** Fault injection: the next `count` writes of a chat message to `table` are held unanswered (transactions.ts). */
+  holdMessageWrites(table: string, count: number): Promise<void>;
+  /** Applies the held writes, as late writers', and returns their answers. */
+  releaseHeld(): Promise<{ status: number; type?: string }[]>;
   /** Deletes every item whose TTL attribute is in the past; returns how many it removed. */
   sweepExpired(nowSeconds?: number): Promise<number>;
   close(): Promise<void>;
@@ -107,7 +112,7 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
   const raw = new DynamoDBClient({ endpoint: dynaliteUrl, region: options.region, credentials: { accessKeyId: "local", secretAccessKey: "local" } });
   // Clients use the proxy, which adds TransactWriteItems; the local stack itself talks to dynalite.
   const schemas = new Map(options.tables.map((t) => [t.name, (t.create.KeySchema ?? []).map((k) => k.AttributeName!)]));
-  const proxy = await startTransactionProxy(dynaliteUrl, raw, schemas);
+  const proxy = await startTransactionProxy(directCall(server), schemas);
   const endpoint = proxy.endpoint;
   const client = DynamoDBDocumentClient.from(
     new DynamoDBClient({ endpoint, region: options.region, credentials: { accessKeyId: "local", secretAccessKey: "local" } }),
@@ -168,9 +173,11 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
   return {
     endpoint,
     client,
-    meter: proxy.meter,
-    stall: (ms) => proxy.stall(ms),
-    restart: (ms) => proxy.restart(ms),
+    readMeter: async () => proxy.meter,
+    stall: async (ms) => proxy.stall(ms),
+    restart: async (ms) => proxy.restart(ms),
+    holdMessageWrites: async (table, count) => proxy.holdMessageWrites(table, count),
+    releaseHeld: () => proxy.releaseHeld(),
     sweepExpired,
     async close() {
       if (sweeping.closed) return;

@@ -10,7 +10,8 @@ import * as fs from "fs";
 import { createServer, Server, ServerResponse } from "http";
 import type { AddressInfo } from "net";
 import * as path from "path";
-import { LocalDynamoDB, startDynamoDB, tableSpec } from "./dynamodb";
+import { LocalDynamoDB, tableSpec } from "./dynamodb";
+import { startDynamoDBProcess } from "./dynamodb-process";
 import { answerPlainRequest, createGateway, Gateway, RouteTarget } from "./gateway";
 import { createLambdaRuntime, DEFAULT_ASYNC_CONFIG, FunctionSpec, LambdaRuntime } from "./lambda";
 import { handleLambdaApiRequest } from "./lambda-api";
@@ -109,10 +110,18 @@ function writeArchive(program: LoadedProgram, fn: RecordedResource, root: string
 /** What the stack counted so far, for benchmarks: DynamoDB capacity, @connections calls, invocations. */
 export const METRICS_PATH = "/_local/metrics";
 
-function serveMetrics(res: ServerResponse, sources: { dynamodb: CapacityMeter; management: Record<string, number>; lambda: LambdaRuntime }) {
+async function serveMetrics(res: ServerResponse, sources: { dynamodb: LocalDynamoDB; management: Record<string, number>; lambda: LambdaRuntime }) {
   const invocations = sources.lambda.invocationCounts();
+  let dynamodb: CapacityMeter;
+  try {
+    dynamodb = await sources.dynamodb.readMeter();
+  } catch (err) {
+    res.writeHead(503, { "Content-Type": "application/json" });
+    res.end(JSON.stringify({ message: `DynamoDB's meter is not available: ${(err as Error).message}` }));
+    return;
+  }
   res.writeHead(200, { "Content-Type": "application/json" });
-  res.end(JSON.stringify({ dynamodb: sources.dynamodb, management: sources.management, invocations }));
+  res.end(JSON.stringify({ dynamodb, management: sources.management, invocations }));
 }
 
 /** A FunctionEventInvokeConfig's retry settings, Lambda's defaults for what it leaves out. */
@@ -158,7 +167,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     if (!stageResource) throw new StartupError("the program declares no Stage for its WebSocket API");
     const stage = stageResource.inputs.name as string;
 
-    const dynamodb = await startDynamoDB({
+    const dynamodb = await startDynamoDBProcess({
       tables: of("aws:dynamodb/table:Table").map(tableSpec),
       dataDir: options.dataDir,
       region: program.region,
@@ -249,7 +258,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     const managementCalls: Record<string, number> = {};
     server.on("request", (req, res) => {
       if (handleManagementRequest({ stage, gateway, latencyMs: options.managementLatencyMs, faults: options.managementFaults, calls: managementCalls, log }, req, res)) return;
-      if (req.url === METRICS_PATH) return serveMetrics(res, { dynamodb: dynamodb.meter, management: managementCalls, lambda: lambdas });
+      if (req.url === METRICS_PATH) return void serveMetrics(res, { dynamodb, management: managementCalls, lambda: lambdas });
       if (handleLambdaApiRequest({ runtime: lambdas, functionNames: specs.map((f) => f.name), log }, req, res)) return;
       if (servePage({ url: outputs.url, authEnabled }, req, res)) return;
       answerPlainRequest(stage, req, res);

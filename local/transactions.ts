@@ -1,23 +1,17 @@
 /**
  * TransactWriteItems for the embedded DynamoDB, which dynalite lacks. A proxy in front of dynalite
- * forwards every request, but runs the writes to each table one at a time (PutItem, UpdateItem,
- * DeleteItem, BatchWriteItem and TransactWriteItems share the queues of the tables they name), so a
- * transaction is isolated from every other write to its tables. A transaction reads every item it
- * touches, then applies all its actions at once (they touch distinct items, as DynamoDB requires),
- * each with its own condition; when any fails, the items already changed are restored and the
- * caller gets a TransactionCanceledException with a CancellationReason per item, as DynamoDB answers.
+ * forwards every request, but runs the writes to each item one at a time (PutItem, UpdateItem,
+ * DeleteItem, BatchWriteItem and TransactWriteItems wait for the earlier writes to the items they
+ * name), so a transaction is isolated from every other write to its items, as DynamoDB isolates
+ * them, while writes to other items go on in parallel. A transaction applies all its actions at
+ * once (they touch distinct items, as DynamoDB requires), each with its own condition and asking
+ * for the item as it was; when any fails, the items already changed are restored and the caller
+ * gets a TransactionCanceledException with a CancellationReason per item, as DynamoDB answers.
  */
-import {
-  AttributeValue,
-  DeleteItemCommand,
-  DynamoDBClient,
-  GetItemCommand,
-  PutItemCommand,
-  TransactWriteItem,
-  UpdateItemCommand,
-} from "@aws-sdk/client-dynamodb";
-import { createServer, IncomingMessage, request, Server, ServerResponse } from "http";
+import type { AttributeValue, TransactWriteItem } from "@aws-sdk/client-dynamodb";
+import { createServer, IncomingMessage, Server, ServerResponse } from "http";
 import type { AddressInfo } from "net";
+import { DirectCall, dynamo } from "./dynalite-direct";
 
 const WRITES = new Set(["PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"]);
 
@@ -28,79 +22,113 @@ function actionOf(item: TransactWriteItem) {
   return item.Put ?? item.Update ?? item.Delete ?? item.ConditionCheck;
 }
 
-/** Applies one transaction item as a single-item write with its condition. */
-function stepFor(client: DynamoDBClient, action: TransactWriteItem, current: () => Promise<Key | undefined>): () => Promise<unknown> {
-  if (action.Put) {
-    const p = action.Put;
-    return () => client.send(new PutItemCommand({ TableName: p.TableName, Item: p.Item, ConditionExpression: p.ConditionExpression, ExpressionAttributeNames: p.ExpressionAttributeNames, ExpressionAttributeValues: p.ExpressionAttributeValues }));
-  }
-  if (action.Update) {
-    const u = action.Update;
-    return () => client.send(new UpdateItemCommand({ TableName: u.TableName, Key: u.Key, UpdateExpression: u.UpdateExpression, ConditionExpression: u.ConditionExpression, ExpressionAttributeNames: u.ExpressionAttributeNames, ExpressionAttributeValues: u.ExpressionAttributeValues }));
-  }
-  if (action.Delete) {
-    const d = action.Delete;
-    return () => client.send(new DeleteItemCommand({ TableName: d.TableName, Key: d.Key, ConditionExpression: d.ConditionExpression, ExpressionAttributeNames: d.ExpressionAttributeNames, ExpressionAttributeValues: d.ExpressionAttributeValues }));
-  }
+type Attributes = { Attributes?: Key };
+
+/** Applies one transaction item as a single-item write with its condition; resolves with the item as it was. */
+function stepFor(call: DirectCall, action: TransactWriteItem, current: () => Promise<Key | undefined>): () => Promise<Key | undefined> {
+  const write = async (operation: string, input: object) => (await dynamo<Attributes>(call, operation, { ...input, ReturnValues: "ALL_OLD" })).Attributes;
+  const { ReturnValuesOnConditionCheckFailure: _put, ...put } = action.Put ?? {};
+  const { ReturnValuesOnConditionCheckFailure: _update, ...update } = action.Update ?? {};
+  const { ReturnValuesOnConditionCheckFailure: _delete, ...del } = action.Delete ?? {};
+  if (action.Put) return () => write("PutItem", put);
+  if (action.Update) return () => write("UpdateItem", update);
+  if (action.Delete) return () => write("DeleteItem", del);
   if (action.ConditionCheck) {
     // Evaluates the condition against the item without changing it: rewrite the item as it is
     // (or, when there is none, delete nothing), with the condition attached.
     const c = action.ConditionCheck;
-    const names = { ExpressionAttributeNames: c.ExpressionAttributeNames, ExpressionAttributeValues: c.ExpressionAttributeValues };
+    const names = { TableName: c.TableName, ConditionExpression: c.ConditionExpression, ExpressionAttributeNames: c.ExpressionAttributeNames, ExpressionAttributeValues: c.ExpressionAttributeValues };
     return async () => {
       const item = await current();
-      return item
-        ? client.send(new PutItemCommand({ TableName: c.TableName, Item: item, ConditionExpression: c.ConditionExpression, ...names }))
-        : client.send(new DeleteItemCommand({ TableName: c.TableName, Key: c.Key, ConditionExpression: c.ConditionExpression, ...names }));
+      await (item ? dynamo(call, "PutItem", { ...names, Item: item }) : dynamo(call, "DeleteItem", { ...names, Key: c.Key }));
+      return item;
     };
   }
   throw Object.assign(new Error("each TransactItem needs one of Put, Update, Delete or ConditionCheck"), { type: "ValidationException" });
 }
 
-/** The key of a Put's item, from the table's key schema. */
-async function keyOf(client: DynamoDBClient, schemas: Map<string, string[]>, table: string, item: Key): Promise<Key> {
+/** The key of an item, from its table's key schema. */
+function keyOf(schemas: Map<string, string[]>, table: string, item: Key): Key {
   const names = schemas.get(table);
   if (!names) throw Object.assign(new Error(`Requested resource not found: Table: ${table} not found`), { type: "ResourceNotFoundException" });
   return Object.fromEntries(names.map((n) => [n, item[n]]));
 }
 
-export async function transactWrite(client: DynamoDBClient, schemas: Map<string, string[]>, items: TransactWriteItem[]) {
+/** The table and key of a transaction item. */
+function targetOf(schemas: Map<string, string[]>, action: TransactWriteItem): { table: string; key: Key } {
+  const table = actionOf(action)?.TableName ?? "";
+  const putItem = action.Put?.Item;
+  return { table, key: putItem ? keyOf(schemas, table, putItem) : (action.Update ?? action.Delete ?? action.ConditionCheck)?.Key ?? {} };
+}
+
+export async function transactWrite(call: DirectCall, schemas: Map<string, string[]>, items: TransactWriteItem[]) {
   if (items.length === 0 || items.length > 100) {
     throw Object.assign(new Error("TransactItems must have from 1 to 100 items"), { type: "ValidationException" });
   }
   const reasons = items.map(() => ({ Code: "None" }) as { Code: string; Message?: string; Item?: Key });
-  // Every item's state before the transaction, read at once (for the rollback); writes are serialized
-  // by the caller, so nothing changes them between these reads and the steps.
-  const targets = await Promise.all(
-    items.map(async (action) => {
-      const putItem = action.Put?.Item;
-      const table = actionOf(action)?.TableName ?? "";
-      const key = putItem ? await keyOf(client, schemas, table, putItem) : (action.Update ?? action.Delete ?? action.ConditionCheck)?.Key ?? {};
-      const read = async () => (await client.send(new GetItemCommand({ TableName: table, Key: key, ConsistentRead: true }))).Item;
-      return { table, key, read, previous: await read() };
-    }),
-  );
+  // Writes to these items are serialized by the caller, so nothing changes them meanwhile.
+  const targets = items.map((action) => {
+    const { table, key } = targetOf(schemas, action);
+    return { table, key, read: async () => (await dynamo<{ Item?: Key }>(call, "GetItem", { TableName: table, Key: key, ConsistentRead: true })).Item };
+  });
   // DynamoDB allows one action per item in a transaction, so the steps touch distinct items and
-  // can run at once; if any fails, every step that succeeded is undone.
-  const outcomes = await Promise.allSettled(items.map((action, i) => stepFor(client, action, targets[i].read)()));
+  // can run at once; if any fails, every step that succeeded is undone from the item it returned.
+  const outcomes = await Promise.allSettled(items.map((action, i) => stepFor(call, action, targets[i].read)()));
   if (outcomes.every((o) => o.status === "fulfilled")) return { cancelled: undefined };
   for (let i = 0; i < items.length; i++) {
     const outcome = outcomes[i];
     if (outcome.status === "fulfilled") {
       if (items[i].ConditionCheck) continue;
-      const { table, key, previous } = targets[i];
-      if (previous) await client.send(new PutItemCommand({ TableName: table, Item: previous }));
-      else await client.send(new DeleteItemCommand({ TableName: table, Key: key }));
+      const { table, key } = targets[i];
+      if (outcome.value) await dynamo(call, "PutItem", { TableName: table, Item: outcome.value });
+      else await dynamo(call, "DeleteItem", { TableName: table, Key: key });
     } else if ((outcome.reason as Error).name === "ConditionalCheckFailedException") {
-      // With ReturnValuesOnConditionCheckFailure ALL_OLD the reason carries the item as it is (read
-      // above; writes to its table are queued behind this one, so it has not changed).
-      const current = actionOf(items[i])?.ReturnValuesOnConditionCheckFailure === "ALL_OLD" ? targets[i].previous : undefined;
+      // With ReturnValuesOnConditionCheckFailure ALL_OLD the reason carries the item as it is (writes
+      // to it are queued behind this transaction, so it has not changed).
+      const current = actionOf(items[i])?.ReturnValuesOnConditionCheckFailure === "ALL_OLD" ? await targets[i].read() : undefined;
       reasons[i] = { Code: "ConditionalCheckFailed", Message: "The conditional request failed", ...(current ? { Item: current } : {}) };
     }
   }
   const unexpected = outcomes.find((o): o is PromiseRejectedResult => o.status === "rejected" && (o.reason as Error).name !== "ConditionalCheckFailedException");
   if (unexpected) throw unexpected.reason;
   return { cancelled: reasons };
+}
+
+/**
+ * Isolates transactions per item, as DynamoDB does. A transaction (exclusive) waits for every
+ * earlier write to any of its items, and every later write to them waits for it; plain writes
+ * (shared) wait only for the transactions before them, not for each other: dynalite locks an item
+ * for each single-item write itself, and serializing them here made a busy room's head item (one
+ * `ADD` per message) a queue of event-loop turns (issue 10's profile: 126 ms acks at 100 msg/s).
+ * Keys are taken all at once, so there is no lock order and no deadlock.
+ */
+export function itemQueue() {
+  const exclusive = new Map<string, Promise<unknown>>();
+  const shared = new Map<string, Set<Promise<unknown>>>();
+  const forget = (keys: string[], settled: Promise<unknown>) => {
+    for (const k of keys) {
+      if (exclusive.get(k) === settled) exclusive.delete(k);
+      const set = shared.get(k);
+      if (set?.delete(settled) && set.size === 0) shared.delete(k);
+    }
+  };
+  return <T>(keys: string[], work: () => Promise<T>, mode: "shared" | "exclusive" = "exclusive"): Promise<T> => {
+    const unique = [...new Set(keys)];
+    const before = unique.flatMap((k) => [exclusive.get(k), ...(mode === "exclusive" ? (shared.get(k) ?? []) : [])]);
+    const next = Promise.all(before).then(work, work);
+    const settled = next.catch(() => undefined);
+    for (const k of unique) {
+      if (mode === "exclusive") {
+        exclusive.set(k, settled);
+        shared.delete(k); // the transaction waits for them; later writes wait for it
+      } else {
+        if (!shared.has(k)) shared.set(k, new Set());
+        shared.get(k)!.add(settled);
+      }
+    }
+    void settled.then(() => forget(unique, settled));
+    return next;
+  };
 }
 
 /** Capacity consumed since start, as DynamoDB reports it with ReturnConsumedCapacity, per operation. */
@@ -123,8 +151,28 @@ function transactionWriteUnits(items: TransactWriteItem[]): number {
 
 /** The fields of a request body the proxy reads; parsed once per request. */
 type RequestBody =
-  | { ok: true; value: { TableName?: string; TransactItems?: TransactWriteItem[]; RequestItems?: Record<string, unknown>; ReturnConsumedCapacity?: string } }
+  | {
+      ok: true;
+      value: {
+        TableName?: string;
+        Item?: Key;
+        Key?: Key;
+        TransactItems?: TransactWriteItem[];
+        RequestItems?: Record<string, { PutRequest?: { Item?: Key }; DeleteRequest?: { Key?: Key } }[]>;
+        ReturnConsumedCapacity?: string;
+      };
+    }
   | { ok: false; error: unknown };
+
+/** The items a write names, as `table key` strings: what it must wait for. Throws on an unreadable request. */
+function writeKeys(schemas: Map<string, string[]>, input: RequestBody): string[] {
+  if (!input.ok) throw input.error;
+  const id = (table: string, item: Key | undefined) => `${table}\u0000${JSON.stringify(keyOf(schemas, table, item ?? {}))}`;
+  const { TransactItems, RequestItems, TableName = "", Item, Key: key } = input.value;
+  if (TransactItems) return TransactItems.map((a) => targetOf(schemas, a)).map((t) => id(t.table, t.key));
+  if (RequestItems) return Object.entries(RequestItems).flatMap(([table, writes]) => writes.map((w) => id(table, w.PutRequest?.Item ?? w.DeleteRequest?.Key)));
+  return [id(TableName, Item ?? key)];
+}
 
 function parseRequest(body: Buffer): RequestBody {
   try {
@@ -146,29 +194,29 @@ export interface TransactionProxy {
    * service resumes with the data intact, as a DynamoDB endpoint restarting over --data-dir.
    */
   restart(ms: number): void;
+  /**
+   * Fault injection: a sender that dies between taking a number and storing its message. The next
+   * `count` writes that store a chat message in `table` are held unanswered, so their senders run
+   * into their function timeout.
+   */
+  holdMessageWrites(table: string, count: number): void;
+  /** Applies the held writes now, as a late writer's would land, and returns each one's answer. */
+  releaseHeld(): Promise<{ status: number; type?: string }[]>;
   close(): Promise<void>;
 }
 
-/** Starts the proxy in front of `target` (dynalite's URL). `schemas` maps table name → key attribute names. */
-export async function startTransactionProxy(target: string, client: DynamoDBClient, schemas: Map<string, string[]>): Promise<TransactionProxy> {
-  const targetUrl = new URL(target);
-  // One write queue per table: a write waits for the earlier writes to its tables only, so the
-  // connections table's writes never queue behind the messages table's transactions. A transaction
-  // joins the queues of every table it touches, all at once (no lock order, so no deadlock).
-  const queues = new Map<string, Promise<unknown>>();
-  const serialized = <T>(tables: string[], work: () => Promise<T>): Promise<T> => {
-    const unique = [...new Set(tables)];
-    const next = Promise.all(unique.map((t) => queues.get(t))).then(work, work);
-    const settled = next.catch(() => undefined);
-    for (const t of unique) queues.set(t, settled);
-    return next;
-  };
-  /** The tables a write names (an unreadable body queues with every other unreadable one). */
-  const tablesOf = (input: RequestBody): string[] => {
-    if (!input.ok) return [""];
-    if (input.value.TransactItems) return input.value.TransactItems.map((a) => actionOf(a)?.TableName ?? "");
-    if (input.value.RequestItems) return Object.keys(input.value.RequestItems);
-    return [input.value.TableName ?? ""];
+/** Starts the proxy in front of dynalite (called in this process). `schemas` maps table name → key attribute names. */
+export async function startTransactionProxy(call: DirectCall, schemas: Map<string, string[]>): Promise<TransactionProxy> {
+  // One write queue per item, as DynamoDB isolates writes: a write waits for the earlier writes to
+  // its items only, so appends to a busy room's new numbers run in parallel, and a transaction
+  // holds exactly its own items.
+  const serialized = itemQueue();
+  const keysOf = (input: RequestBody): string[] => {
+    try {
+      return writeKeys(schemas, input);
+    } catch {
+      return [""]; // an unreadable or invalid request queues with the others like it; dynalite answers it
+    }
   };
 
   const meter: CapacityMeter = { requests: {}, readUnits: 0, writeUnits: 0 };
@@ -177,44 +225,33 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
    * Forwards to dynalite, asking for ConsumedCapacity on every request so the meter sees all of it;
    * the figure is removed from the answer when the caller did not ask for it.
    */
-  function forward(req: IncomingMessage, original: Buffer, input: RequestBody, res: ServerResponse, operation: string): Promise<void> {
+  async function forward(req: IncomingMessage, original: Buffer, input: RequestBody, res: ServerResponse, operation: string): Promise<void> {
     // A body that is not JSON goes as it is: dynalite answers it as DynamoDB would.
     const asked = !input.ok || (input.value.ReturnConsumedCapacity !== undefined && input.value.ReturnConsumedCapacity !== "NONE");
     const body = asked ? original : Buffer.from(JSON.stringify({ ...input.value, ReturnConsumedCapacity: "TOTAL" }));
     meter.requests[operation] = (meter.requests[operation] ?? 0) + 1;
-    return new Promise((resolve) => {
-      const upstream = request(
-        { hostname: targetUrl.hostname, port: targetUrl.port, path: req.url, method: req.method, headers: { ...req.headers, "content-length": String(body.length) } },
-        (answer) => {
-          const chunks: Buffer[] = [];
-          answer.on("data", (c: Buffer) => chunks.push(c));
-          answer.on("end", () => {
-            let out = Buffer.concat(chunks);
-            try {
-              const parsed = JSON.parse(out.toString("utf8")) as { ConsumedCapacity?: { CapacityUnits?: number } | { CapacityUnits?: number }[] };
-              const consumed = [parsed.ConsumedCapacity ?? []].flat().reduce((n, c) => n + (c.CapacityUnits ?? 0), 0);
-              if (READS.has(operation)) meter.readUnits += consumed;
-              else meter.writeUnits += consumed;
-              if (!asked && parsed.ConsumedCapacity) {
-                delete parsed.ConsumedCapacity;
-                out = Buffer.from(JSON.stringify(parsed));
-              }
-            } catch {
-              // not JSON: passed through as it is
-            }
-            res.writeHead(answer.statusCode ?? 500, { ...answer.headers, "content-length": String(out.length) });
-            res.end(out);
-            resolve();
-          });
-        },
-      );
-      upstream.on("error", (err) => {
-        res.writeHead(500, { "Content-Type": "application/x-amz-json-1.0" });
-        res.end(JSON.stringify({ __type: "com.amazonaws.dynamodb.v20120810#InternalServerError", message: err.message }));
-        resolve();
-      });
-      upstream.end(body);
-    });
+    const answer = await call(req.headers, body);
+    const out = meteredBody(answer.body, operation, asked);
+    res.writeHead(answer.status, { ...answer.headers, "content-length": String(out.length) });
+    res.end(out);
+  }
+
+  /** Counts an answer's ConsumedCapacity, and removes it when the caller did not ask for it. */
+  function meteredBody(out: Buffer, operation: string, asked: boolean): Buffer {
+    let result = out;
+    try {
+      const parsed = JSON.parse(out.toString("utf8")) as { ConsumedCapacity?: { CapacityUnits?: number } | { CapacityUnits?: number }[] };
+      const consumed = [parsed.ConsumedCapacity ?? []].flat().reduce((n, c) => n + (c.CapacityUnits ?? 0), 0);
+      if (READS.has(operation)) meter.readUnits += consumed;
+      else meter.writeUnits += consumed;
+      if (!asked && parsed.ConsumedCapacity) {
+        delete parsed.ConsumedCapacity;
+        result = Buffer.from(JSON.stringify(parsed));
+      }
+    } catch {
+      // not JSON: passed through as it is
+    }
+    return result;
   }
 
   function reply(res: ServerResponse, status: number, body: unknown) {
@@ -228,7 +265,7 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
       const input = body.value;
       meter.requests.TransactWriteItems = (meter.requests.TransactWriteItems ?? 0) + 1;
       meter.writeUnits += transactionWriteUnits(input.TransactItems ?? []);
-      const { cancelled } = await transactWrite(client, schemas, input.TransactItems ?? []);
+      const { cancelled } = await transactWrite(call, schemas, input.TransactItems ?? []);
       if (!cancelled) return reply(res, 200, {});
       reply(res, 400, {
         __type: "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
@@ -243,6 +280,19 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
 
   let stalledUntil = 0;
   let downUntil = 0;
+  const hold = { table: "", left: 0, held: [] as { req: IncomingMessage; body: Buffer; input: RequestBody; operation: string }[] };
+  /** Whether a write stores a chat message (an item with `message`) in the held table. */
+  const storesMessage = (input: RequestBody, operation: string) => {
+    if (!input.ok) return false;
+    const puts = operation === "PutItem" ? [{ TableName: input.value.TableName, Item: input.value.Item }] : (input.value.TransactItems ?? []).map((a) => a.Put).filter(Boolean);
+    return puts.some((put) => put!.TableName === hold.table && put!.Item?.message !== undefined);
+  };
+  /** Runs one request: a transaction, a write in its item's queue, or a read. */
+  const handle = (req: IncomingMessage, body: Buffer, input: RequestBody, operation: string, res: ServerResponse) => {
+    if (operation === "TransactWriteItems") return serialized(keysOf(input), () => transact(input, res));
+    if (WRITES.has(operation)) return serialized(keysOf(input), () => forward(req, body, input, res, operation), "shared");
+    return forward(req, body, input, res, operation);
+  };
   const server: Server = createServer((req, res) => {
     if (Date.now() < downUntil) {
       req.socket.destroy();
@@ -256,9 +306,12 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
       const body = Buffer.concat(chunks);
       const input = parseRequest(body);
       const operation = String(req.headers["x-amz-target"] ?? "").split(".")[1] ?? "";
-      if (operation === "TransactWriteItems") void serialized(tablesOf(input), () => transact(input, res));
-      else if (WRITES.has(operation)) void serialized(tablesOf(input), () => forward(req, body, input, res, operation));
-      else void forward(req, body, input, res, operation);
+      if (hold.left > 0 && storesMessage(input, operation)) {
+        hold.left--;
+        hold.held.push({ req, body, input, operation });
+        return; // unanswered: its sender waits until its function times out
+      }
+      void handle(req, body, input, operation, res);
     });
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
@@ -271,6 +324,31 @@ export async function startTransactionProxy(target: string, client: DynamoDBClie
     restart(ms) {
       downUntil = Date.now() + ms;
       server.closeAllConnections();
+    },
+    holdMessageWrites(table, count) {
+      Object.assign(hold, { table, left: count });
+    },
+    async releaseHeld() {
+      const held = hold.held.splice(0);
+      hold.left = 0;
+      return Promise.all(
+        held.map(async ({ req, body, input, operation }) => {
+          // Applied now, as a late writer's request would be; its answer goes nowhere but here.
+          const answer = { status: 0, body: "" };
+          const capture = {
+            writeHead(status: number) {
+              answer.status = status;
+              return capture;
+            },
+            end(data?: Buffer | string) {
+              answer.body = String(data ?? "");
+            },
+          } as unknown as ServerResponse;
+          await handle(req, body, input, operation, capture);
+          const type = answer.status >= 300 ? String((JSON.parse(answer.body || "{}") as { __type?: string }).__type ?? "").split("#").pop() : undefined;
+          return { status: answer.status, ...(type ? { type } : {}) };
+        }),
+      );
     },
     close: () =>
       new Promise<void>((resolve) => {

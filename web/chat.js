@@ -1,33 +1,31 @@
 // ws-chat in the browser: join a room, see messages live, send with Enter, and never miss one.
-// On a dropped connection it reconnects with backoff and asks `history` since the last cursor it
-// has, resending (with the same id) anything not yet acknowledged. A send refused as `unavailable`
-// (nothing stored: a busy room, a store outage) is resent with the same id after a growing pause,
-// until it is acknowledged. No framework, no build step.
+// The delivery rules live in room-stream.js (loaded first): the room's sequence is followed and its
+// gaps filled from `history` (RoomStream), and sends go one at a time, each after the previous is
+// acknowledged, so the server stores them in the order typed (OrderedSender). On a dropped
+// connection it reconnects with backoff, asks `history` since the last settled cursor and resends
+// the unacknowledged message with the same id. A send refused as `unavailable` (nothing stored: a
+// busy room, a store outage) is resent after the server's `retryAfterMs`, or a growing pause. When
+// the room's epoch changes (its numbering started again) the page says so and reloads the room.
+// No framework, no build step.
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
-  const CURSOR_DIGITS = 16;
-  const pad = (n) => String(n).padStart(CURSOR_DIGITS, "0");
+  const { RoomStream, OrderedSender } = window.RoomStream;
   const RECONNECT_BASE_MS = Number(params.get("reconnectMs")) || 1000;
   const RECONNECT_MAX_MS = 30000;
-  const GAP_WAIT_MS = 1500;
   const RESEND_BASE_MS = Number(params.get("resendMs")) || 1000;
-  const RESEND_MAX_MS = 30000;
-  /** Refusals that are final for that message: it is marked failed and never resent. */
-  const FINAL = ["message_too_large", "rate_limited", "invalid_message"];
 
   const state = {
     config: null, socket: null, name: "", room: "", leaving: false, opened: false,
-    attempts: 0, reconnectTimer: 0, gapTimer: 0,
-    /** Highest cursor up to which every message is shown (null: nothing yet). */
-    watermark: null,
-    seen: new Set(),
-    /** Highest cursor shown: a gap exists while it is above the watermark. */
-    highest: null,
-    /** Sent but not acknowledged, by client id: resent after a reconnect or an `unavailable`. */
-    pending: new Map(),
+    attempts: 0, reconnectTimer: 0, replaying: false,
+    /** The room's sequence as this page follows it (room-stream.js). */
+    stream: null,
+    /** Messages typed and not yet acknowledged, one on the wire at a time (room-stream.js). */
+    sender: null,
+    /** The line shown for each unacknowledged send, by client id. */
+    lines: new Map(),
   };
 
   function setStatus(text, offline) {
@@ -88,25 +86,53 @@
     $("messages").append(li);
   }
 
-  /** Records a cursor as shown; moves the watermark over consecutive cursors; notices gaps. */
-  function see(cursor) {
-    state.seen.add(cursor);
-    if (state.highest === null || cursor > state.highest) state.highest = cursor;
-    if (state.watermark === null) state.watermark = pad(Number(cursor) - 1);
-    while (state.seen.has(pad(Number(state.watermark) + 1))) state.watermark = pad(Number(state.watermark) + 1);
-    clearTimeout(state.gapTimer);
-    if (state.highest > state.watermark) {
-      // A later message came first: wait a moment for the one in flight, then ask history.
-      state.gapTimer = setTimeout(() => requestHistory(state.watermark), GAP_WAIT_MS);
-    }
-  }
-
   function send(frame) {
     if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(frame));
   }
 
-  function requestHistory(since) {
-    send(since ? { action: "history", since, limit: 100 } : { action: "history", limit: 50 });
+  /** A fresh follower of the room's sequence, and a fresh sender, for a newly joined room. */
+  function follow() {
+    if (state.stream) state.stream.stop();
+    state.stream = new RoomStream({
+      event(frame) {
+        if (frame.type !== "message") return; // a tombstone: a number that holds nothing
+        render({ cursor: frame.cursor, ts: frame.ts, name: frame.from.name, text: frame.message, mine: frame.from.name === state.name, replayed: state.replaying });
+      },
+      reset() {
+        // Numbering started again (the server lost the room's head): what is shown belongs to the old stream.
+        $("messages").replaceChildren();
+        system("This room's history was reset on the server; showing it afresh.");
+        for (const li of state.lines.values()) place(li);
+      },
+      history(request) {
+        send(request);
+      },
+    });
+    if (state.sender) state.sender.stop();
+    state.sender = new OrderedSender(
+      {
+        send,
+        acked(item, ack) {
+          const li = state.lines.get(item.id);
+          state.lines.delete(item.id);
+          if (item.resends) showError(""); // the "busy" notice is answered
+          if (!li) return;
+          li.classList.remove("pending");
+          li.dataset.cursor = ack.cursor;
+          place(li);
+        },
+        failed(item, error) {
+          const li = state.lines.get(item.id);
+          state.lines.delete(item.id);
+          if (li) li.classList.replace("pending", "failed");
+          showError(ERRORS[error.code] || error.message);
+        },
+        retrying() {
+          showError(ERRORS.unavailable);
+        },
+      },
+      { resendBaseMs: RESEND_BASE_MS },
+    );
   }
 
   function onFrame(event) {
@@ -116,49 +142,14 @@
     } catch {
       return system(String(event.data));
     }
-    switch (frame.type) {
-      case "message":
-        if (state.seen.has(frame.cursor)) return;
-        render({ cursor: frame.cursor, ts: frame.ts, name: frame.from.name, text: frame.message, mine: frame.from.name === state.name, replayed: state.replaying });
-        return see(frame.cursor);
-      case "ack": {
-        const sent = state.pending.get(frame.id);
-        state.pending.delete(frame.id);
-        if (sent) {
-          clearTimeout(sent.resendTimer);
-          if (sent.resends) showError(""); // the "busy" notice is answered
-          sent.li.classList.remove("pending");
-          sent.li.dataset.cursor = frame.cursor;
-          place(sent.li);
-        }
-        return see(frame.cursor);
-      }
-      case "history-end":
-        if (state.watermark === null) state.watermark = frame.cursor || pad(0);
-        if (frame.more) return requestHistory(frame.cursor);
-        state.replaying = false;
-        return;
-      case "error": {
-        showError(ERRORS[frame.code] || frame.message);
-        // A refusal names the send it answers (`id`); without one, it answers the latest send.
-        const sent = frame.id ? state.pending.get(frame.id) : [...state.pending.values()].pop();
-        if (!sent) return;
-        if (FINAL.includes(frame.code)) {
-          sent.li.classList.replace("pending", "failed");
-          state.pending.delete(sent.id);
-        } else if (frame.code === "unavailable" && frame.id) {
-          clearTimeout(sent.resendTimer);
-          const delay = Math.min(RESEND_MAX_MS, RESEND_BASE_MS * 2 ** (sent.resends || 0));
-          sent.resends = (sent.resends || 0) + 1;
-          sent.resendTimer = setTimeout(() => {
-            if (state.pending.has(sent.id)) send({ action: "sendmessage", message: sent.text, id: sent.id });
-          }, delay);
-        }
-        return;
-      }
-      default:
-        return; // usage and anything newer: nothing to show
+    if (frame.type === "error") {
+      // A refusal of a send names it (`id`): the sender decides to resend or fail it.
+      if (!state.sender.frame(frame)) showError(ERRORS[frame.code] || frame.message);
+      return;
     }
+    if (frame.type === "ack") state.sender.frame(frame);
+    state.stream.frame(frame);
+    if (frame.type === "history-end" && !frame.more) state.replaying = false;
   }
 
   function connect() {
@@ -181,8 +172,8 @@
       $("text").disabled = $("send-button").disabled = false;
       if ($("join").contains(document.activeElement)) $("text").focus();
       state.replaying = true;
-      requestHistory(state.watermark);
-      for (const { id, text } of state.pending.values()) send({ action: "sendmessage", message: text, id });
+      state.stream.start();
+      state.sender.resume();
     };
     socket.onmessage = onFrame;
     socket.onclose = () => {
@@ -213,11 +204,10 @@
     const roomChanged = state.room !== $("room").value.trim();
     state.name = $("name").value.trim();
     state.room = $("room").value.trim();
-    if (roomChanged) {
+    if (roomChanged || !state.stream) {
       $("messages").replaceChildren();
-      state.seen.clear();
-      state.watermark = null;
-      state.highest = null;
+      state.lines.clear();
+      follow();
     }
     $("leave-button").disabled = false;
     connect();
@@ -227,6 +217,7 @@
   function leave() {
     state.leaving = true;
     clearTimeout(state.reconnectTimer);
+    if (state.stream) state.stream.stop();
     if (state.socket) state.socket.close(1000);
     $("leave-button").disabled = true;
   }
@@ -238,8 +229,8 @@
     const id = crypto.randomUUID();
     const li = render({ ts: Date.now(), name: state.name || "me", text, mine: true });
     li.classList.add("pending");
-    state.pending.set(id, { id, text, li });
-    send({ action: "sendmessage", message: text, id });
+    state.lines.set(id, li);
+    state.sender.send(id, text);
     $("text").value = "";
   }
 

@@ -42,7 +42,8 @@ export interface AwsResponse {
   body: string;
 }
 
-export type AwsHttpError = Error & { $metadata: { httpStatusCode?: number } };
+/** `body`: the answer's text, for callers that read more of an error than its type (DynamoDB's `__type`). */
+export type AwsHttpError = Error & { $metadata: { httpStatusCode?: number }; body?: string };
 
 const sha256 = (data: string) => createHash("sha256").update(data, "utf8").digest("hex");
 const hmac = (key: Buffer | string, data: string) => createHmac("sha256", key).update(data, "utf8").digest();
@@ -68,13 +69,22 @@ function canonicalQuery(params: URLSearchParams): string {
     .join("&");
 }
 
-let cachedKey: { scope: string; secret: string; key: Buffer } | undefined;
+/**
+ * Derived signing keys by secret and scope (a day, a region, a service). One entry per service a
+ * function calls (sendmessage signs for execute-api and dynamodb alternately: a single cached key
+ * was derived again, four HMACs, on nearly every request). A plain object, not a Map: Pulumi's
+ * closure serializer does not keep a captured Map's or Set's contents working.
+ */
+const signingKeys: { entries: Record<string, Buffer>; size: number } = { entries: {}, size: 0 };
 
 function signingKey(secret: string, date: string, region: string, service: string): Buffer {
-  const scope = `${date}/${region}/${service}`;
-  if (cachedKey?.scope === scope && cachedKey.secret === secret) return cachedKey.key;
+  const id = `${secret}\n${date}/${region}/${service}`;
+  const cached = signingKeys.entries[id];
+  if (cached) return cached;
+  if (signingKeys.size >= 8) Object.assign(signingKeys, { entries: {}, size: 0 }); // a new day, or rotated credentials
   const key = hmac(hmac(hmac(hmac(`AWS4${secret}`, date), region), service), "aws4_request");
-  cachedKey = { scope, secret, key };
+  signingKeys.entries[id] = key;
+  signingKeys.size++;
   return key;
 }
 
@@ -136,10 +146,11 @@ export interface AwsClientOptions {
 
 export type AwsRequest = (method: string, url: URL, body?: string, headers?: Record<string, string>) => Promise<AwsResponse>;
 
-function failure(status: number | undefined, type: string | undefined, message: string): AwsHttpError {
+function failure(status: number | undefined, type: string | undefined, message: string, body?: string): AwsHttpError {
   const err = new Error(message) as AwsHttpError;
   err.name = type ?? (status === undefined ? "NetworkError" : `Http${status}Error`);
   err.$metadata = { httpStatusCode: status };
+  if (body !== undefined) err.body = body;
   return err;
 }
 
@@ -181,7 +192,7 @@ export function createAwsClient(options: AwsClientOptions): AwsRequest {
           } catch {
             // not JSON: keep the text
           }
-          reject(failure(status, type, message || `HTTP ${status}`));
+          reject(failure(status, type, message || `HTTP ${status}`, text));
         });
       });
       req.on("timeout", () => req.destroy(failure(undefined, "TimeoutError", `no answer from ${url.host} in ${timeoutMs} ms`)));

@@ -3,8 +3,8 @@
  * through a KEYS_ONLY global secondary index. SDK errors are translated here, where the SDK
  * is called, into ChatErrors with code `store_unavailable`.
  */
-import { ConditionalCheckFailedException, DynamoDBClient } from "@aws-sdk/client-dynamodb";
-import { DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
+import { DeleteCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
+import { createLeanDocumentClient, DocumentClient } from "./dynamodb";
 import { ENV, requireEnv } from "./env";
 import { chatError } from "./errors";
 
@@ -66,14 +66,14 @@ export function expiresAtFor(connectedAtMs: number): number {
   return Math.floor(connectedAtMs / 1000) + MAX_CONNECTION_SECONDS + EXPIRY_MARGIN_SECONDS;
 }
 
-export function createDocumentClient(): DynamoDBDocumentClient {
+export function createDocumentClient(): DocumentClient {
   // Region, credentials and endpoint come from the environment Lambda provides.
-  return DynamoDBDocumentClient.from(new DynamoDBClient({}));
+  return createLeanDocumentClient();
 }
 
-const isConditionFailure = (err: unknown) => err instanceof ConditionalCheckFailedException || (err as Error)?.name === "ConditionalCheckFailedException";
+const isConditionFailure = (err: unknown) => (err as Error)?.name === "ConditionalCheckFailedException";
 
-export function createConnectionsStore(doc: DynamoDBDocumentClient, config: StoreConfig): ConnectionsStore {
+export function createConnectionsStore(doc: DocumentClient, config: StoreConfig): ConnectionsStore {
   const { tableName, roomIndexName } = config;
 
   async function call<T>(operation: string, run: () => Promise<T>): Promise<T> {
@@ -178,7 +178,7 @@ export function createConnectionsStore(doc: DynamoDBDocumentClient, config: Stor
  * The store as configured by the program's environment variables. Pass `doc` to share one client
  * (and its socket pool) with the message store: building a client is most of a factory's cost.
  */
-export function connectionsStoreFromEnv(doc: DynamoDBDocumentClient = createDocumentClient(), env: NodeJS.ProcessEnv = process.env): ConnectionsStore {
+export function connectionsStoreFromEnv(doc: DocumentClient = createDocumentClient(), env: NodeJS.ProcessEnv = process.env): ConnectionsStore {
   return createConnectionsStore(doc, {
     tableName: requireEnv(ENV.tableName, env),
     roomIndexName: requireEnv(ENV.roomIndexName, env),

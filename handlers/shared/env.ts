@@ -36,6 +36,7 @@ export const ENV = {
   rateLimitMessages: "RATE_LIMIT_MESSAGES",
   rateLimitWindowSeconds: "RATE_LIMIT_WINDOW_SECONDS",
   tokenKey: "TOKEN_KEY",
+  holeGraceMs: "HOLE_GRACE_MS",
 } as const;
 
 /** Ranges of the numeric settings the handlers read; the stack settings enforce the same ones. */
@@ -46,4 +47,15 @@ export const RANGES = {
   historyRetentionDays: { min: 1, max: 365 },
   rateLimitMessages: { min: 1, max: 10_000 },
   rateLimitWindowSeconds: { min: 1, max: 3_600 },
+  holeGraceMs: { min: 1_000, max: 3_600_000 },
 } as const;
+
+/**
+ * How long after a later number was taken an empty number of a room's sequence is settled
+ * (handlers/shared/sequence.ts): longer than any sendmessage can run (its timeout), plus a margin
+ * for clock differences between Lambda hosts and a request in transit (assumed: Lambda hosts keep
+ * NTP time to well under a second; the 5 s margin is our choice, not an AWS figure).
+ */
+export function holeGraceMsFor(lambdaTimeoutSeconds: number): number {
+  return (lambdaTimeoutSeconds + 5) * 1000;
+}

@@ -2,22 +2,34 @@
  * The message history: every accepted message, persisted before it is fanned out.
  *
  * One table, partitioned by room, with three kinds of item under the sort key `cursor`:
- * - messages: `cursor` = the room's sequence number, zero-padded to 16 digits, so cursors are
- *   consecutive, time-ordered and unique per room, and sort as strings;
- * - the room head `#head`: the last sequence number used (no TTL, so numbering never restarts);
+ * - events: `cursor` = the room's sequence number, zero-padded to 16 digits, so cursors are
+ *   consecutive, time-ordered and unique per room, and sort as strings. An event is a message, or a
+ *   tombstone: a number whose sender died before storing it (see sequence.ts);
+ * - the room head `#head`: the counter (`seq`) and the stream's identity (`epoch`);
  * - idempotency claims `#id#<name>#<client id>`: which cursor a client id was stored under.
- * `#` sorts before digits, so message queries use `BETWEEN` over the 16-digit range only.
+ * `#` sorts before digits, so event queries use `BETWEEN` over the 16-digit range only.
  *
- * Appending is one TransactWriteItems: bump the head (conditional on its old value), put the
- * message, and (with a client id) claim the id (conditional on it being new). So the persisted
- * messages of a room are always exactly 1..head with no gaps, and a client id is stored at most
- * once. A client that has seen every cursor up to N misses nothing by asking for "since N".
+ * Appending takes a number with one atomic counter step (`UpdateItem … ADD seq 1`, no condition,
+ * so concurrent senders never race and never retry), then stores the message under it with a
+ * conditional put (with a client id: a transaction of the message and the id's claim, each
+ * conditional on being new). A room's capacity is then the head item's write limit (1,000 a
+ * second on DynamoDB), not a race. Numbers are taken before they are stored, so a number can be
+ * briefly empty, or empty for good when its sender dies: `history` passes over a number only
+ * once it is settled (sequence.ts), writing a tombstone there, and a late writer's conditional put
+ * then fails and it takes a new number. Clients fill gaps in live delivery from `history`.
+ *
+ * The epoch names the stream: it is created with the head and changes only when numbering
+ * starts again (the head was lost: an in-memory local stack restarted, a table was restored), so a
+ * client that sees a new epoch knows its cursor is void. Every event, ack and history-end carries it.
  */
-import { TransactionCanceledException } from "@aws-sdk/client-dynamodb";
-import { DynamoDBDocumentClient, GetCommand, QueryCommand, TransactWriteCommand } from "@aws-sdk/lib-dynamodb";
+import type { TransactionCanceledException } from "@aws-sdk/client-dynamodb";
+import { GetCommand, PutCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
+import { randomBytes } from "crypto";
 import { createDocumentClient } from "./connections";
+import type { DocumentClient } from "./dynamodb";
 import { ENV, RANGES, requireEnv, requireIntEnv } from "./env";
 import { chatError } from "./errors";
+import { settlePage } from "./sequence";
 
 export const CURSOR_DIGITS = 16;
 export const CURSOR_PATTERN = /^\d{16}$/;
@@ -26,20 +38,16 @@ const LAST_CURSOR = "9".repeat(CURSOR_DIGITS);
 const HEAD = "#head";
 /** `cursor` is a DynamoDB reserved word: expressions name it through a placeholder. */
 const CURSOR_NAME = { "#cursor": "cursor" };
-/**
- * Head contention (several senders in one room at the same moment) is retried with exponential
- * backoff and full jitter, reading the head again after each pause, until a deadline rather than
- * a number of attempts, so a slow machine or a busy room gets the same time to get through.
- * The head is read after the pause, not taken from the lost race (ReturnValuesOnConditionCheckFailure):
- * a head learned before a pause is stale after it whenever the room is busy, so a sender retrying
- * with it loses every time to senders who read it fresh. Measured on the embedded DynamoDB with 10
- * senders appending back to back for 5 s: reusing the head, 9 of the 10 starved until they gave up;
- * reading it, none did (about 90 appends/s, p99 1.2–1.5 s). 20 senders starting at once in one
- * room all get through (tested; about 0.7 s for the last one here).
- */
+/** A number may be filled only while it is empty, or holds a stale epoch's leftover. */
+const FREE_NUMBER = "attribute_not_exists(#cursor) OR epoch <> :epoch";
+/** How long an append may take, at most; sendmessage passes its own deadline when shorter. */
 export const APPEND_BUDGET_MS = 5_000;
-const BACKOFF_BASE_MS = 10;
-const BACKOFF_CAP_MS = 250;
+/**
+ * History writes at most this many tombstones in a row. A longer run of settled empty numbers is
+ * not a crash (one sender leaves one hole) but expired history whose items TTL has deleted: it is
+ * passed over without writes.
+ */
+export const MAX_TOMBSTONE_RUN = 10;
 
 export interface StoredMessage {
   room: string;
@@ -52,137 +60,264 @@ export interface StoredMessage {
   /** The sender's idempotency id, when it gave one. */
   clientId?: string;
   expiresAt: number;
+  /** The stream's epoch (absent on messages stored before epochs existed). */
+  epoch?: string;
+  /** When the number was taken, epoch ms: bounds when every lower number was taken. */
+  numberedAt?: number;
 }
 
-export type NewMessage = Omit<StoredMessage, "cursor" | "expiresAt">;
+export interface StoredTombstone {
+  room: string;
+  cursor: string;
+  type: "tombstone";
+  epoch: string;
+  numberedAt: number;
+  expiresAt: number;
+}
+
+export type StoredEvent = StoredMessage | StoredTombstone;
+
+export const isTombstone = (e: StoredEvent): e is StoredTombstone => (e as StoredTombstone).type === "tombstone";
+
+export type NewMessage = Omit<StoredMessage, "cursor" | "expiresAt" | "epoch" | "numberedAt">;
+
+export interface Appended {
+  cursor: string;
+  epoch: string;
+  /** A client id seen before: `cursor` is where it was stored the first time. */
+  duplicate: boolean;
+}
 
 export interface HistoryPage {
-  messages: StoredMessage[];
-  /** The last cursor in the page, or the `since` asked for when the page is empty. */
+  /** Messages and tombstones, oldest first. */
+  events: StoredEvent[];
+  /** The last cursor the page settles (the client's new cursor), or the `since` asked for; null for an empty room. */
   cursor: string | null;
-  /** Whether messages after `cursor` exist. */
+  /** Whether events after `cursor` exist, or may yet be written: ask again from `cursor`. */
   more: boolean;
+  /** The stream's epoch; null while the room has no head. */
+  epoch: string | null;
+  /** Set when the page stopped at a number its sender may still be writing: ask again after this. */
+  retryAfterMs?: number;
 }
 
 export interface MessageStore {
   /**
    * Persists a message; a client id seen before returns the original cursor with `duplicate`.
-   * Head contention is retried until `deadline` (epoch ms; default: APPEND_BUDGET_MS from now),
-   * then it fails with `store_unavailable` (503) and nothing stored.
+   * Fails with `store_unavailable` (503) and nothing stored when DynamoDB fails or `deadline`
+   * (epoch ms; default: APPEND_BUDGET_MS from now) passes.
    */
-  append(message: NewMessage, deadline?: number): Promise<{ cursor: string; duplicate: boolean }>;
-  /** Messages after `since`, oldest first; without `since`, the latest `limit`. */
+  append(message: NewMessage, deadline?: number): Promise<Appended>;
+  /** Events after `since`, oldest first; without `since`, the latest `limit`. */
   history(room: string, since: string | undefined, limit: number): Promise<HistoryPage>;
+}
+
+export interface MessageStoreOptions {
+  /** How long after a later number was taken an empty number counts as settled; see sequence.ts. */
+  holeGraceMs: number;
+  /** How long the wait for an unsettled number is worth before asking again. */
+  pendingRetryMs?: number;
 }
 
 export function cursorOf(seq: number): string {
   return String(seq).padStart(CURSOR_DIGITS, "0");
 }
 
-export function createMessageStore(doc: DynamoDBDocumentClient, tableName: string, retentionDays: number): MessageStore {
-  const unavailable = (operation: string, err: unknown) =>
-    chatError("store_unavailable", `DynamoDB ${operation} on ${tableName} failed: ${(err as Error).name}: ${(err as Error).message}`, 500, err);
-  const claimKey = (m: NewMessage) => `#id#${m.from.name}#${m.clientId}`;
-  const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Epochs are 8 characters (6 random bytes, base64url), so a frame's size is known before storing. */
+export const EPOCH_LENGTH = 8;
+const newEpoch = () => randomBytes((EPOCH_LENGTH * 3) / 4).toString("base64url");
+const isCancellation = (err: unknown) => (err as Error)?.name === "TransactionCanceledException";
+const isConditionFailure = (err: unknown) => (err as Error)?.name === "ConditionalCheckFailedException";
 
-  async function getItem(room: string, cursor: string) {
+export function createMessageStore(doc: DocumentClient, tableName: string, retentionDays: number, options: MessageStoreOptions): MessageStore {
+  const { holeGraceMs, pendingRetryMs = 250 } = options;
+  async function call<T>(operation: string, run: () => Promise<T>, status = 500): Promise<T> {
     try {
-      return (await doc.send(new GetCommand({ TableName: tableName, Key: { room, cursor }, ConsistentRead: true }))).Item;
+      return await run();
     } catch (err) {
-      throw unavailable("GetItem", err);
+      throw chatError("store_unavailable", `DynamoDB ${operation} on ${tableName} failed: ${(err as Error).name}: ${(err as Error).message}`, status, err);
     }
+  }
+  const claimKey = (m: NewMessage) => `#id#${m.from.name}#${m.clientId}`;
+  const getItem = (room: string, cursor: string) =>
+    call("GetItem", async () => (await doc.send(new GetCommand({ TableName: tableName, Key: { room, cursor }, ConsistentRead: true }))).Item);
+
+  /** One atomic step: the next number of the room, and its epoch (created with the head). */
+  async function takeNumber(room: string): Promise<{ seq: number; epoch: string; numberedAt: number }> {
+    const out = await call("UpdateItem", () =>
+      doc.send(
+        new UpdateCommand({
+          TableName: tableName,
+          Key: { room, cursor: HEAD },
+          UpdateExpression: "SET epoch = if_not_exists(epoch, :epoch) ADD seq :one",
+          ExpressionAttributeValues: { ":epoch": newEpoch(), ":one": 1 },
+          ReturnValues: "ALL_NEW",
+        }),
+      ),
+    );
+    return { seq: Number(out.Attributes?.seq), epoch: String(out.Attributes?.epoch), numberedAt: Date.now() };
+  }
+
+  /** Fills an empty number with a tombstone; false when something is stored there already. */
+  async function tombstone(room: string, seq: number, epoch: string, numberedAt: number): Promise<boolean> {
+    const item: StoredTombstone = { room, cursor: cursorOf(seq), type: "tombstone", epoch, numberedAt, expiresAt: Math.floor(Date.now() / 1000) + retentionDays * 86_400 };
+    try {
+      await doc.send(new PutCommand({ TableName: tableName, Item: item, ConditionExpression: FREE_NUMBER, ExpressionAttributeNames: CURSOR_NAME, ExpressionAttributeValues: { ":epoch": epoch } }));
+      return true;
+    } catch (err) {
+      if (isConditionFailure(err)) return false;
+      throw chatError("store_unavailable", `DynamoDB PutItem on ${tableName} failed: ${(err as Error).name}: ${(err as Error).message}`, 500, err);
+    }
+  }
+
+  /** Stores the message under its number: "stored", "taken" (a tombstone got there first) or "duplicate" (the id's claim exists). */
+  async function store(item: StoredMessage, message: NewMessage): Promise<"stored" | "taken" | "duplicate"> {
+    const put = { TableName: tableName, ConditionExpression: FREE_NUMBER, ExpressionAttributeNames: CURSOR_NAME, ExpressionAttributeValues: { ":epoch": item.epoch } };
+    if (!message.clientId) {
+      try {
+        await doc.send(new PutCommand({ ...put, Item: item }));
+        return "stored";
+      } catch (err) {
+        if (isConditionFailure(err)) return "taken";
+        throw err;
+      }
+    }
+    const claim = { room: item.room, cursor: claimKey(message), messageCursor: item.cursor, epoch: item.epoch, expiresAt: item.expiresAt };
+    try {
+      await doc.send(
+        new TransactWriteCommand({
+          TransactItems: [
+            { Put: { ...put, Item: item } },
+            { Put: { TableName: tableName, Item: claim, ConditionExpression: "attribute_not_exists(#cursor)", ExpressionAttributeNames: CURSOR_NAME } },
+          ],
+        }),
+      );
+      return "stored";
+    } catch (err) {
+      if (!isCancellation(err)) throw err;
+      const [number, id] = (err as TransactionCanceledException).CancellationReasons ?? [];
+      if (id?.Code === "ConditionalCheckFailed") return "duplicate";
+      if (number?.Code === "ConditionalCheckFailed") return "taken";
+      throw err; // a TransactionConflict: transient, as the caller treats any other failure
+    }
+  }
+
+  async function appendOnce(message: NewMessage, expiresAt: number): Promise<Appended | "taken"> {
+    const { seq, epoch, numberedAt } = await takeNumber(message.room);
+    const item: StoredMessage = { ...message, cursor: cursorOf(seq), expiresAt, epoch, numberedAt };
+    let outcome;
+    try {
+      outcome = await store(item, message);
+    } catch (err) {
+      // Our number stays empty: fill it now rather than leave readers waiting out the grace.
+      await tombstone(message.room, seq, epoch, numberedAt).catch(() => undefined);
+      throw chatError("store_unavailable", `DynamoDB write on ${tableName} failed: ${(err as Error).name}: ${(err as Error).message}`, 500, err);
+    }
+    const ours = { cursor: item.cursor, epoch, duplicate: false };
+    if (outcome === "stored") return ours;
+    if (outcome === "taken") {
+      // Either a reader tombstoned our number first, or an attempt of ours that timed out was
+      // applied after all and this retry met it: then the message is stored, under our number.
+      const there = await getItem(message.room, item.cursor);
+      return there?.id === message.id && there?.epoch === epoch ? ours : "taken";
+    }
+    const original = await getItem(message.room, claimKey(message));
+    if (original?.messageCursor === item.cursor) return ours; // our own earlier attempt, applied
+    // A concurrent resend of the same id won: give our number back as a tombstone, answer with the original.
+    await tombstone(message.room, seq, epoch, numberedAt);
+    return { cursor: String(original?.messageCursor), epoch: String(original?.epoch ?? epoch), duplicate: true };
   }
 
   return {
     async append(message, deadline = Date.now() + APPEND_BUDGET_MS) {
       const started = Date.now();
       const expiresAt = Math.floor(message.ts / 1000) + retentionDays * 86_400;
-      let attempt = 1;
-      for (; attempt === 1 || Date.now() < deadline; attempt++) {
-        const previous = Number((await getItem(message.room, HEAD))?.seq ?? 0);
-        const cursor = cursorOf(previous + 1);
-        const item: StoredMessage = { ...message, cursor, expiresAt };
-        try {
-          await doc.send(
-            new TransactWriteCommand({
-              TransactItems: [
-                {
-                  Update: {
-                    TableName: tableName,
-                    Key: { room: message.room, cursor: HEAD },
-                    UpdateExpression: "SET seq = :next",
-                    ConditionExpression: previous === 0 ? "attribute_not_exists(seq)" : "seq = :previous",
-                    ExpressionAttributeValues: { ":next": previous + 1, ...(previous === 0 ? {} : { ":previous": previous }) },
-                  },
-                },
-                { Put: { TableName: tableName, Item: item, ConditionExpression: "attribute_not_exists(#cursor)", ExpressionAttributeNames: CURSOR_NAME } },
-                ...(message.clientId
-                  ? [{
-                      Put: {
-                        TableName: tableName,
-                        Item: { room: message.room, cursor: claimKey(message), messageCursor: cursor, expiresAt },
-                        ConditionExpression: "attribute_not_exists(#cursor)",
-                        ExpressionAttributeNames: CURSOR_NAME,
-                      },
-                    }]
-                  : []),
-              ],
-            }),
-          );
-          return { cursor, duplicate: false };
-        } catch (err) {
-          if (!(err instanceof TransactionCanceledException || (err as Error)?.name === "TransactionCanceledException")) throw unavailable("TransactWriteItems", err);
-          const reasons = (err as TransactionCanceledException).CancellationReasons ?? [];
-          if (message.clientId && reasons[2]?.Code === "ConditionalCheckFailed") {
-            const claim = await getItem(message.room, claimKey(message));
-            if (claim?.messageCursor) return { cursor: String(claim.messageCursor), duplicate: true };
-          }
-          // Another sender took this sequence number (or was writing the head: TransactionConflict).
-          const pause = Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** attempt);
-          await sleep(Math.min(pause, Math.max(0, deadline - Date.now())));
+      // No read of the id's claim first: a repeat is rare (a resend whose ack was lost), and it is
+      // caught by the claim's condition in the same write that stores the message.
+      for (let attempt = 1; ; attempt++) {
+        const appended = await appendOnce(message, expiresAt);
+        if (appended !== "taken") return appended;
+        // Our number was settled as empty before we stored it (we were slower than the grace): take another.
+        if (Date.now() >= deadline) {
+          throw chatError("store_unavailable", `room ${message.room}: no number could be filled in time (${attempt} attempts in ${Date.now() - started} ms); try again`, 503);
         }
       }
-      throw chatError("store_unavailable", `room ${message.room} is too busy to append to (${attempt - 1} attempts in ${Date.now() - started} ms); try again`, 503);
     },
 
     async history(room, since, limit) {
-      const newestFirst = since === undefined;
-      const from = since === undefined ? FIRST_CURSOR : cursorOf(Number(since) + 1);
-      let page;
-      try {
-        page = await doc.send(
+      const head = await getItem(room, HEAD);
+      if (!head?.epoch) return { events: [], cursor: since ?? null, more: false, epoch: null };
+      const epoch = String(head.epoch);
+      const ofEpoch = (e: StoredEvent) => e.epoch === undefined || e.epoch === epoch;
+      // Latest: the newest `limit` events, settled from just before the oldest of them. Since: the
+      // page plus one, so the extra item says whether more exist.
+      const latest = since === undefined;
+      const { items, more: moreStored } = latest
+        ? await query(room, LAST_CURSOR, limit, ofEpoch, false)
+        : await query(room, cursorOf(Number(since) + 1), limit + 1, ofEpoch, true);
+      if (latest) items.reverse();
+      const start = latest ? (items.length > 0 ? Number(items[0].cursor) - 1 : 0) : Number(since);
+      const page = settlePage(items, start, { limit, nowMs: Date.now(), graceMs: holeGraceMs, maxTombstones: MAX_TOMBSTONE_RUN, numberOf: Number });
+      const events: StoredEvent[] = [];
+      const answer = (last: number, more: boolean, retryAfterMs?: number): HistoryPage => ({
+        events,
+        cursor: last > start || since === undefined ? cursorOrNull(last) : since,
+        more,
+        epoch,
+        ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
+      });
+      for (const step of page.steps) {
+        if (step.kind === "item") {
+          events.push(step.item);
+        } else if (await tombstone(room, step.seq, epoch, step.numberedAt)) {
+          events.push({ room, cursor: cursorOf(step.seq), type: "tombstone", epoch, numberedAt: step.numberedAt, expiresAt: 0 });
+        } else {
+          // Its sender stored it after all, just now: stop before it and let the client ask again.
+          return answer(step.seq - 1, true, 0);
+        }
+      }
+      return answer(page.last, page.pending || page.full || (!latest && moreStored), page.pending ? pendingRetryMs : undefined);
+    },
+  };
+
+  /**
+   * Up to `count` events of the current epoch, from `from` on (ascending) or from `from` down
+   * (descending), following LastEvaluatedKey past DynamoDB's 1 MB pages; `more` when stored items
+   * remain beyond them.
+   */
+  async function query(room: string, from: string, count: number, keep: (e: StoredEvent) => boolean, ascending: boolean) {
+    const items: StoredEvent[] = [];
+    let startKey: Record<string, unknown> | undefined;
+    do {
+      const page = await call("Query", () =>
+        doc.send(
           new QueryCommand({
             TableName: tableName,
             KeyConditionExpression: "#room = :room AND #cursor BETWEEN :from AND :to",
             ExpressionAttributeNames: { "#room": "room", "#cursor": "cursor" },
-            ExpressionAttributeValues: { ":room": room, ":from": from, ":to": LAST_CURSOR },
-            ScanIndexForward: !newestFirst,
-            // One more than asked tells whether there are more, without a second query.
-            Limit: newestFirst ? limit : limit + 1,
+            ExpressionAttributeValues: { ":room": room, ":from": ascending ? from : FIRST_CURSOR, ":to": ascending ? LAST_CURSOR : from },
+            ScanIndexForward: ascending,
+            Limit: count - items.length,
             ConsistentRead: true,
+            ExclusiveStartKey: startKey,
           }),
-        );
-      } catch (err) {
-        throw unavailable("Query", err);
-      }
-      const items = (page.Items ?? []) as StoredMessage[];
-      const now = Math.floor(Date.now() / 1000);
-      const live = (m: StoredMessage) => m.expiresAt > now; // TTL deletion can lag; expired means gone
-      if (newestFirst) {
-        const messages = items.filter(live).reverse();
-        return { messages, cursor: messages.at(-1)?.cursor ?? null, more: false };
-      }
-      const messages = items.slice(0, limit).filter(live);
-      return { messages, cursor: messages.at(-1)?.cursor ?? since ?? null, more: items.length > limit };
-    },
-  };
+        ),
+      );
+      items.push(...((page.Items ?? []) as StoredEvent[]).filter(keep));
+      startKey = page.LastEvaluatedKey;
+    } while (startKey && items.length < count);
+    return { items, more: startKey !== undefined };
+  }
 }
 
+const cursorOrNull = (seq: number) => (seq > 0 ? cursorOf(seq) : null);
+
 /** The message store as configured by the program's environment variables. */
-export function messageStoreFromEnv(doc: DynamoDBDocumentClient = createDocumentClient(), env: NodeJS.ProcessEnv = process.env): MessageStore {
+export function messageStoreFromEnv(doc: DocumentClient = createDocumentClient(), env: NodeJS.ProcessEnv = process.env): MessageStore {
   return createMessageStore(
     doc,
     requireEnv(ENV.messagesTable, env),
     requireIntEnv(ENV.historyRetentionDays, RANGES.historyRetentionDays.min, RANGES.historyRetentionDays.max, env),
+    { holeGraceMs: requireIntEnv(ENV.holeGraceMs, RANGES.holeGraceMs.min, RANGES.holeGraceMs.max, env) },
   );
 }

@@ -104,6 +104,19 @@ export interface MessageFrame {
   id: string;
   /** Position in the room's history: consecutive per room; ask `history` since the last one you have. */
   cursor: string;
+  /** The room stream's identity: when it changes, numbering started again and old cursors mean nothing. */
+  epoch: string;
+}
+
+/**
+ * A number of the room's sequence that holds no message: its sender died before storing it
+ * (handlers/shared/sequence.ts). Sent by `history` only; a client counts it as seen and moves on.
+ */
+export interface TombstoneFrame {
+  type: "tombstone";
+  room: string;
+  cursor: string;
+  epoch: string;
 }
 
 export interface ErrorFrame {
@@ -112,10 +125,12 @@ export interface ErrorFrame {
   message: string;
   /** The client's `id` of the sendmessage refused, when it sent a valid one: which send to retry. */
   id?: string;
+  /** With `unavailable`: wait at least this long before sending again (milliseconds). */
+  retryAfterMs?: number;
 }
 
-export function errorFrame(code: ClientErrorCode, message: string, id?: string): string {
-  const frame: ErrorFrame = { type: "error", code, message, ...(id === undefined ? {} : { id }) };
+export function errorFrame(code: ClientErrorCode, message: string, id?: string, retryAfterMs?: number): string {
+  const frame: ErrorFrame = { type: "error", code, message, ...(id === undefined ? {} : { id }), ...(retryAfterMs === undefined ? {} : { retryAfterMs }) };
   return JSON.stringify(frame);
 }
 
@@ -184,10 +199,23 @@ export function validateHistoryRequest(body: Record<string, unknown>, cursorPatt
   return { ...(typeof since === "string" ? { since } : {}), limit: Math.min(typeof limit === "number" ? limit : HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT) };
 }
 
-export function ackFrame(id: string, cursor: string): string {
-  return JSON.stringify({ type: "ack", id, cursor });
+export function ackFrame(id: string, cursor: string, epoch: string): string {
+  return JSON.stringify({ type: "ack", id, cursor, epoch });
 }
 
-export function historyEndFrame(cursor: string | null, more: boolean): string {
-  return JSON.stringify({ type: "history-end", cursor, more });
+export interface HistoryEndFrame {
+  type: "history-end";
+  /** Every cursor up to this one is settled: replayed, a tombstone, or expired. Ask `since` it next. */
+  cursor: string | null;
+  /** Events after `cursor` exist, or may yet be stored: ask again. */
+  more: boolean;
+  /** The room stream's identity; null for a room with no messages yet. */
+  epoch: string | null;
+  /** Set when the page stopped at a number still being written: ask again after this long (ms). */
+  retryAfterMs?: number;
+}
+
+export function historyEndFrame(cursor: string | null, more: boolean, epoch: string | null, retryAfterMs?: number): string {
+  const frame: HistoryEndFrame = { type: "history-end", cursor, more, epoch, ...(retryAfterMs === undefined ? {} : { retryAfterMs }) };
+  return JSON.stringify(frame);
 }

@@ -160,7 +160,7 @@ describe("hardening: the bad-input corpus", function () {
         } else {
           await watcher.waitFor(() => watcher.frames.length > watched, 10_000);
           const frame = JSON.parse(watcher.frames[watched]);
-          assert.deepEqual(Object.keys(frame).sort(), ["cursor", "from", "id", "message", "room", "ts", "type"]);
+          assert.deepEqual(Object.keys(frame).sort(), ["cursor", "epoch", "from", "id", "message", "room", "ts", "type"]);
           assert.equal(frame.message, e.delivered);
           assert.deepEqual(frame.from, { name: "prober" });
         }

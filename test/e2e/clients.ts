@@ -6,6 +6,7 @@ import { ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import * as path from "node:path";
 import * as readline from "node:readline";
 import WebSocket from "ws";
+import { OrderedSender, RoomStream, StreamFrame } from "../../web/room-stream";
 import { PROJECT_DIR } from "./stack";
 
 const WSCAT = path.join(PROJECT_DIR, "node_modules", ".bin", "wscat");
@@ -161,5 +162,81 @@ export class Client extends Received {
   /** Drops the TCP connection without a close frame, as a crashed client or a lost network does. */
   kill() {
     this.socket.terminate();
+  }
+}
+
+/**
+ * A client that behaves as the chat page does (web/room-stream.js): it follows the room's sequence,
+ * fills gaps from history, skips tombstones, starts over on a new epoch, and sends one message at a
+ * time, resending refused or failed ones with the same id.
+ */
+export class PageLikeClient {
+  readonly events: StreamFrame[] = [];
+  readonly resets: string[] = [];
+  readonly acks: StreamFrame[] = [];
+  readonly stream: RoomStream;
+  readonly sender: OrderedSender;
+  private changed: (() => void)[] = [];
+
+  constructor(readonly client: Client, options: { resendBaseMs?: number; gapWaitMs?: number } = {}) {
+    this.stream = new RoomStream(
+      {
+        event: (frame) => this.record(() => this.events.push(frame)),
+        reset: (epoch) => this.record(() => this.resets.push(epoch)),
+        history: (request) => client.send(request),
+      },
+      { gapWaitMs: options.gapWaitMs ?? 100 },
+    );
+    this.sender = new OrderedSender({ send: (frame) => client.send(frame), acked: (_item, ack) => this.record(() => this.acks.push(ack)) }, { resendBaseMs: options.resendBaseMs ?? 200 });
+    client.socket.on("message", (data) => {
+      let frame: StreamFrame;
+      try {
+        frame = JSON.parse(data.toString()) as StreamFrame;
+      } catch {
+        return;
+      }
+      this.sender.frame(frame);
+      this.stream.frame(frame);
+      this.record(() => undefined);
+    });
+  }
+
+  /** Opens a connection and starts following the room. */
+  static async open(url: string, query: Record<string, string>, options?: { resendBaseMs?: number; gapWaitMs?: number }): Promise<PageLikeClient> {
+    const page = new PageLikeClient(await Client.open(url, query), options);
+    page.stream.start();
+    return page;
+  }
+
+  /** The messages shown, in cursor order. */
+  messages(): StreamFrame[] {
+    return this.events.filter((e) => e.type === "message").sort((a, b) => Number(a.cursor) - Number(b.cursor));
+  }
+
+  /** Resolves when `check` holds, re-checked on every frame and hook; fails after `timeoutMs`. */
+  async until(check: () => boolean, timeoutMs = 30_000, what = "the expected state"): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!check()) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`${what} not reached in ${timeoutMs} ms; cursor ${this.stream.cursor}, events ${JSON.stringify(this.events.map((e) => [e.type, e.cursor]))}`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.changed.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  private record(change: () => void) {
+    change();
+    for (const wake of this.changed.splice(0)) wake();
+  }
+
+  async close() {
+    this.stream.stop();
+    this.sender.stop();
+    await this.client.close();
   }
 }

@@ -153,7 +153,7 @@ describe("hardening: the embedded DynamoDB stalls", function () {
 
   it("delivers everything sent during a 2 s stall once it ends, each message once, in a gap-free history", async () => {
     await inLocalRoom("stall", ["ann", "bo", "cy"], {}, async ([ann, bo, cy], stack) => {
-      stack.dynamodb.stall(2_000);
+      await stack.dynamodb.stall(2_000);
       const stalledAt = Date.now();
       for (let i = 0; i < 5; i++) ann.send({ action: "sendmessage", message: `during stall ${i}`, id: `st-${i}` });
       await ann.waitFor(() => ann.json().filter((f) => f.type === "ack").length === 5, 20_000);
@@ -215,7 +215,7 @@ describe("hardening: crashes and a DynamoDB restart", function () {
 
   it("loses and duplicates nothing across a DynamoDB restart: refused sends are resent with the same id and stored once", async () => {
     await inLocalRoom("restart", ["ann", "bo", "cy"], {}, async ([ann, bo, cy], stack) => {
-      stack.dynamodb.restart(1_500);
+      await stack.dynamodb.restart(1_500);
       const ids = Array.from({ length: 6 }, (_, i) => `rs-${i}`);
       // What the chat page does: resend an unacknowledged id until it is acknowledged.
       const acked = (id: string) => ann.json().some((f) => f.type === "ack" && f.id === id);

@@ -87,9 +87,11 @@ export async function localStack(extraArgs: string[] = [], stack = "dev"): Promi
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`local stack not ready in 60 s:\n${output}`)), 60_000);
+    // Only the newest output is searched, and not after "Ready": a busy stack prints megabytes.
     const check = () => {
-      if (output.includes("Ready (pid")) {
+      if (output.slice(-4_096).includes("Ready (pid")) {
         clearTimeout(timer);
+        child.stdout!.off("data", check);
         resolve();
       }
     };

@@ -1,11 +1,10 @@
-import { DynamoDBDocumentClient, PutCommand } from "@aws-sdk/lib-dynamodb";
+import { PutCommand } from "@aws-sdk/lib-dynamodb";
 import type { APIGatewayRequestAuthorizerEvent } from "aws-lambda";
-import { mockClient } from "aws-sdk-client-mock";
 import assert from "node:assert/strict";
 import { authorizerHandlerFactory } from "../../handlers/authorizer";
 import { connectHandlerFactory } from "../../handlers/connect";
 import { mintToken, verifyToken } from "../../handlers/shared/tokens";
-import { connectEvent, lambdaContext, stubClient, useEnv, withEnv, withLogs } from "./fixtures";
+import { connectEvent, lambdaContext, useEnv, withEnv, withLogs, stubDocumentClient } from "./fixtures";
 
 const KEY = "k".repeat(40);
 const NOW = 1_800_000_000;
@@ -89,7 +88,7 @@ describe("$connect authorizer", () => {
 });
 
 describe("$connect with the authorizer's context", () => {
-  const stub = stubClient(() => mockClient(DynamoDBDocumentClient));
+  const stub = stubDocumentClient();
   withEnv({ CONNECTIONS_TABLE: "connections-test", ROOM_INDEX: "byRoom" });
   withLogs();
   beforeEach(() => stub().on(PutCommand).resolves({}));

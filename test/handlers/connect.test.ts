@@ -1,15 +1,14 @@
-import { mockClient } from "aws-sdk-client-mock";
-import { DeleteCommand, DynamoDBDocumentClient, PutCommand } from "@aws-sdk/lib-dynamodb";
+import { DeleteCommand, PutCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
 import { connectHandlerFactory } from "../../handlers/connect";
 import { disconnectHandlerFactory } from "../../handlers/disconnect";
 import { EXPIRY_MARGIN_SECONDS, MAX_CONNECTION_SECONDS } from "../../handlers/shared/connections";
-import { connectEvent, disconnectEvent, lambdaContext, stubClient, useEnv, withEnv, withLogs } from "./fixtures";
+import { connectEvent, disconnectEvent, lambdaContext, useEnv, withEnv, withLogs, stubDocumentClient } from "./fixtures";
 
 const ENV = { CONNECTIONS_TABLE: "connections-test", ROOM_INDEX: "byRoom" };
 
 describe("$connect", () => {
-  const stub = stubClient(() => mockClient(DynamoDBDocumentClient));
+  const stub = stubDocumentClient();
   withEnv(ENV);
   const logs = withLogs();
   let ddb: ReturnType<typeof stub>;
@@ -85,7 +84,7 @@ describe("$connect", () => {
 });
 
 describe("$disconnect", () => {
-  const stub = stubClient(() => mockClient(DynamoDBDocumentClient));
+  const stub = stubDocumentClient();
   withEnv(ENV);
   const logs = withLogs();
   let ddb: ReturnType<typeof stub>;

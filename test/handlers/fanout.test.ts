@@ -1,15 +1,14 @@
-import { DeleteCommand, DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
-import { mockClient } from "aws-sdk-client-mock";
+import { DeleteCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
 import { fanoutHandlerFactory } from "../../handlers/fanout";
 import { FanoutEvent, MAX_CHUNK_PAYLOAD_BYTES, spread } from "../../handlers/shared/fanout";
 import { GONE, withFakeAws } from "./fake-aws";
-import { connId, lambdaContext, stubClient, withEnv, withLogs } from "./fixtures";
+import { connId, lambdaContext, withEnv, withLogs, stubDocumentClient } from "./fixtures";
 
 const event = (ids: string[]): FanoutEvent => ({ kind: "chat.fanout", room: "general", cursor: "0000000000000007", data: '{"type":"message","message":"hi"}', connectionIds: ids });
 
 describe("fanout (one chunk of a large room)", () => {
-  const ddbStub = stubClient(() => mockClient(DynamoDBDocumentClient));
+  const ddbStub = stubDocumentClient();
   const aws = withFakeAws();
   withEnv({ CONNECTIONS_TABLE: "connections-test", ROOM_INDEX: "byRoom", FANOUT_CONCURRENCY: "3" });
   const logs = withLogs();

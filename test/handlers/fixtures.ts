@@ -2,6 +2,10 @@
  * Realistic API Gateway WebSocket events, shaped as ../shared/docs/apigw-websocket.md describes
  * (16-character ids ending in "=", epoch-ms times, headers and query only on $connect).
  */
+import type { ServiceInputTypes, ServiceOutputTypes } from "@aws-sdk/lib-dynamodb";
+import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
+import { AwsStub, mockClient } from "aws-sdk-client-mock";
+import { LeanDocumentClient } from "../../handlers/shared/dynamodb";
 import type { Context } from "aws-lambda";
 import type { ConnectEvent, DisconnectEvent, WebSocketEvent } from "../../handlers/shared/events";
 
@@ -46,8 +50,9 @@ export function connectEvent(connectionId: string, query?: Record<string, string
   };
 }
 
-export function messageEvent(connectionId: string, body: string, routeKey = "sendmessage"): WebSocketEvent {
-  return { requestContext: requestContext(connectionId, routeKey, "MESSAGE"), body, isBase64Encoded: false };
+/** A frame from a client, received by API Gateway at `receivedAt` (default: now, as a handler run right away sees it). */
+export function messageEvent(connectionId: string, body: string, routeKey = "sendmessage", receivedAt = Date.now()): WebSocketEvent {
+  return { requestContext: { ...requestContext(connectionId, routeKey, "MESSAGE"), requestTimeEpoch: receivedAt }, body, isBase64Encoded: false };
 }
 
 export function disconnectEvent(connectionId: string, code = 1001, reason = "Going away"): DisconnectEvent {
@@ -134,4 +139,13 @@ export function withLogs(): () => Record<string, unknown>[] {
   beforeEach(() => (captured = captureLogs()));
   afterEach(() => captured.restore());
   return () => captured.lines;
+}
+
+/**
+ * Stubs the handlers' DynamoDB client (handlers/shared/dynamodb.ts) for the enclosing suite, as
+ * `mockClient` stubs an SDK client: `.on(PutCommand)`, `.commandCalls(…)`. The lean client sends
+ * lib-dynamodb's commands, so the stub matches them as it matches them on the SDK's client.
+ */
+export function stubDocumentClient(): () => AwsStub<ServiceInputTypes, ServiceOutputTypes, unknown> {
+  return stubClient(() => mockClient(LeanDocumentClient as unknown as typeof DynamoDBDocumentClient));
 }

@@ -2,12 +2,14 @@
  * The message store and the rate limit against a real (embedded) DynamoDB with the program's own
  * table definitions, transactions included.
  */
-import { PutCommand } from "@aws-sdk/lib-dynamodb";
+import { DeleteCommand, GetCommand, PutCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
 import { CONNECT_GRACE_MS, createConnectionsStore } from "../../handlers/shared/connections";
-import { createMessageStore, cursorOf, MessageStore, NewMessage } from "../../handlers/shared/messages";
+import { createMessageStore, cursorOf, EPOCH_LENGTH, HistoryPage, isTombstone, MAX_TOMBSTONE_RUN, MessageStore, NewMessage, StoredMessage } from "../../handlers/shared/messages";
 import { LocalDynamoDB, startDynamoDB, tableSpec } from "../../local/dynamodb";
 import { loadProgram } from "../../local/program";
+
+const HOLE_GRACE_MS = 60_000;
 
 describe("message history (DynamoDB)", function () {
   this.timeout(30_000);
@@ -30,71 +32,168 @@ describe("message history (DynamoDB)", function () {
     const specs = program.resources.filter((r) => r.type === "aws:dynamodb/table:Table").map(tableSpec);
     tables = Object.fromEntries(program.resources.filter((r) => r.type === "aws:dynamodb/table:Table").map((r) => [r.name, r.state.name]));
     db = await startDynamoDB({ tables: specs, region: "us-east-1", sweepIntervalMs: 60_000 });
-    store = createMessageStore(db.client, tables.messages, 1);
+    store = createMessageStore(db.client, tables.messages, 1, { holeGraceMs: HOLE_GRACE_MS });
   });
   after(() => db?.close());
 
-  it("gives each room consecutive cursors starting at 1", async () => {
+  const texts = (page: HistoryPage) => page.events.map((e) => (isTombstone(e) ? `(tombstone ${Number(e.cursor)})` : e.message));
+  /** Takes a number the way a sender does, and never stores it: a sender that died there. */
+  const takeAndDie = (r: string) =>
+    db.client.send(new UpdateCommand({ TableName: tables.messages, Key: { room: r, cursor: "#head" }, UpdateExpression: "ADD seq :one", ExpressionAttributeValues: { ":one": 1 } }));
+  /** Moves an event's numberedAt back, as if its number had been taken `ms` earlier. */
+  const backdate = (r: string, seq: number, ms: number) =>
+    db.client.send(new UpdateCommand({ TableName: tables.messages, Key: { room: r, cursor: cursorOf(seq) }, UpdateExpression: "SET numberedAt = numberedAt - :ms", ExpressionAttributeValues: { ":ms": ms } }));
+
+  it("gives each room consecutive cursors starting at 1, under one epoch per room", async () => {
     const r = room();
-    const cursors = [];
-    for (const text of ["a", "b", "c"]) cursors.push((await store.append(message(r, text))).cursor);
-    assert.deepEqual(cursors, [cursorOf(1), cursorOf(2), cursorOf(3)]);
-    assert.equal((await store.append(message(room(), "other room"))).cursor, cursorOf(1));
+    const appended = [];
+    for (const text of ["a", "b", "c"]) appended.push(await store.append(message(r, text)));
+    assert.deepEqual(appended.map((a) => a.cursor), [cursorOf(1), cursorOf(2), cursorOf(3)]);
+    assert.equal(new Set(appended.map((a) => a.epoch)).size, 1);
+    assert.equal(appended[0].epoch.length, EPOCH_LENGTH);
+    const other = await store.append(message(room(), "other room"));
+    assert.equal(other.cursor, cursorOf(1));
+    assert.notEqual(other.epoch, appended[0].epoch, "each room's stream has its own epoch");
+    assert.equal((await store.history(r, undefined, 10)).epoch, appended[0].epoch);
   });
 
-  it("keeps the sequence gap-free under 20 concurrent senders", async () => {
+  it("keeps the sequence gap-free under 50 concurrent senders, with no retries (one atomic step each)", async () => {
     const r = room();
-    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => store.append(message(r, `m${i}`))));
-    assert.deepEqual(results.map((x) => x.cursor).sort(), Array.from({ length: 20 }, (_, i) => cursorOf(i + 1)));
+    const results = await Promise.all(Array.from({ length: 50 }, (_, i) => store.append(message(r, `m${i}`))));
+    assert.deepEqual(results.map((x) => x.cursor).sort(), Array.from({ length: 50 }, (_, i) => cursorOf(i + 1)));
     const page = await store.history(r, undefined, 100);
-    assert.deepEqual(page.messages.map((m) => m.cursor), Array.from({ length: 20 }, (_, i) => cursorOf(i + 1)));
+    assert.deepEqual(page.events.map((m) => m.cursor), Array.from({ length: 50 }, (_, i) => cursorOf(i + 1)));
+    assert.equal(page.more, false);
   });
 
-  it("stores a client id once: the repeat returns the original cursor, from any number of racing resends", async () => {
+  it("stores a client id once: the repeat returns the original cursor and epoch, from any number of racing resends", async () => {
     const r = room();
-    await store.append(message(r, "before"));
+    const before = await store.append(message(r, "before"));
     const resends = await Promise.all(Array.from({ length: 8 }, () => store.append(message(r, "once", { clientId: "c-1" }))));
     assert.deepEqual(new Set(resends.map((x) => x.cursor)), new Set([cursorOf(2)]));
+    assert.deepEqual(new Set(resends.map((x) => x.epoch)), new Set([before.epoch]));
     assert.equal(resends.filter((x) => !x.duplicate).length, 1);
-    assert.deepEqual((await store.history(r, undefined, 100)).messages.map((m) => m.message), ["before", "once"]);
+    // A resend that raced past the claim check gave its number back as a tombstone: nothing else is stored.
+    const events = (await store.history(r, undefined, 100)).events;
+    assert.deepEqual(events.filter((e) => !isTombstone(e)).map((e) => (e as StoredMessage).message), ["before", "once"]);
+    const later = await store.append(message(r, "once", { clientId: "c-1" }));
+    assert.deepEqual(later, { cursor: cursorOf(2), epoch: before.epoch, duplicate: true });
   });
 
   it("treats the same client id from another name as a different message", async () => {
     const r = room();
     await store.append(message(r, "alice's", { clientId: "same" }));
     const bob = await store.append(message(r, "bob's", { clientId: "same", from: { name: "bob" } }));
-    assert.deepEqual(bob, { cursor: cursorOf(2), duplicate: false });
+    assert.equal(bob.cursor, cursorOf(2));
+    assert.equal(bob.duplicate, false);
   });
 
   it("pages forward from a cursor, oldest first, saying whether there is more", async () => {
     const r = room();
     for (let i = 1; i <= 7; i++) await store.append(message(r, `m${i}`));
     const first = await store.history(r, cursorOf(2), 3);
-    assert.deepEqual(first.messages.map((m) => m.message), ["m3", "m4", "m5"]);
+    assert.deepEqual(texts(first), ["m3", "m4", "m5"]);
     assert.deepEqual([first.cursor, first.more], [cursorOf(5), true]);
     const second = await store.history(r, first.cursor!, 3);
-    assert.deepEqual(second.messages.map((m) => m.message), ["m6", "m7"]);
+    assert.deepEqual(texts(second), ["m6", "m7"]);
     assert.deepEqual([second.cursor, second.more], [cursorOf(7), false]);
     const none = await store.history(r, second.cursor!, 3);
-    assert.deepEqual([none.messages, none.cursor, none.more], [[], cursorOf(7), false]);
+    assert.deepEqual([none.events, none.cursor, none.more], [[], cursorOf(7), false]);
   });
 
   it("without since, returns the latest messages, oldest first", async () => {
     const r = room();
     for (let i = 1; i <= 5; i++) await store.append(message(r, `m${i}`));
     const latest = await store.history(r, undefined, 2);
-    assert.deepEqual(latest.messages.map((m) => m.message), ["m4", "m5"]);
+    assert.deepEqual(texts(latest), ["m4", "m5"]);
     assert.deepEqual([latest.cursor, latest.more], [cursorOf(5), false]);
-    assert.deepEqual(await store.history(room(), undefined, 2), { messages: [], cursor: null, more: false });
+    assert.deepEqual(await store.history(room(), undefined, 2), { events: [], cursor: null, more: false, epoch: null });
   });
 
-  it("keeps messages for the retention period and hides expired ones", async () => {
+  it("keeps messages for the retention period and passes over expired ones", async () => {
     const r = room();
-    const kept = await store.append(message(r, "fresh"));
-    const stored = (await store.history(r, undefined, 1)).messages[0];
+    await store.append(message(r, "fresh"));
+    const stored = (await store.history(r, undefined, 1)).events[0] as StoredMessage;
     assert.equal(stored.expiresAt, Math.floor(stored.ts / 1000) + 86_400);
     await db.client.send(new PutCommand({ TableName: tables.messages, Item: { ...stored, cursor: cursorOf(2), message: "stale", expiresAt: 1 } }));
-    assert.deepEqual((await store.history(r, kept.cursor === cursorOf(1) ? undefined : kept.cursor, 10)).messages.map((m) => m.message), ["fresh"]);
+    await store.append(message(r, "third")); // takes 3: the fake expired item sits under 2
+    const page = await store.history(r, cursorOf(0), 10);
+    assert.deepEqual(texts(page), ["fresh", "third"]);
+    assert.equal(page.cursor, cursorOf(3), "an expired number is settled: the cursor moves past it");
+  });
+
+  describe("a sender that dies between taking a number and storing its message", () => {
+    it("holds history at the hole while its sender may still write it, with more and a retry hint", async () => {
+      const r = room();
+      await store.append(message(r, "one"));
+      await takeAndDie(r); // 2
+      await store.append(message(r, "three"));
+      const page = await store.history(r, cursorOf(0), 10);
+      assert.deepEqual(texts(page), ["one"]);
+      assert.deepEqual([page.cursor, page.more, page.retryAfterMs], [cursorOf(1), true, 250]);
+      const again = await store.history(r, cursorOf(1), 10);
+      assert.deepEqual([again.events, again.cursor, again.more], [[], cursorOf(1), true], "nothing past the hole");
+    });
+
+    it("tombstones the hole once a later number is older than the grace, and the late writer's put then fails", async () => {
+      const r = room();
+      await store.append(message(r, "one"));
+      await takeAndDie(r); // 2
+      await store.append(message(r, "three"));
+      await backdate(r, 3, HOLE_GRACE_MS + 1);
+      const page = await store.history(r, cursorOf(0), 10);
+      assert.deepEqual(texts(page), ["one", "(tombstone 2)", "three"]);
+      assert.deepEqual([page.cursor, page.more], [cursorOf(3), false]);
+      // The dead sender wakes up and writes its number: refused, the tombstone stays.
+      const late = db.client.send(new PutCommand({ TableName: tables.messages, Item: { room: r, cursor: cursorOf(2), message: "late" }, ConditionExpression: "attribute_not_exists(#c) OR epoch <> :e", ExpressionAttributeNames: { "#c": "cursor" }, ExpressionAttributeValues: { ":e": page.epoch } }));
+      await assert.rejects(late, { name: "ConditionalCheckFailedException" });
+      assert.deepEqual(texts(await store.history(r, cursorOf(0), 10)), ["one", "(tombstone 2)", "three"], "replayed the same way");
+    });
+
+    it("passes over a long run of empty numbers (expired history) without writing tombstones", async () => {
+      const r = room();
+      for (let i = 0; i <= MAX_TOMBSTONE_RUN; i++) await takeAndDie(r);
+      await store.append(message(r, "after"));
+      await backdate(r, MAX_TOMBSTONE_RUN + 2, HOLE_GRACE_MS + 1);
+      const page = await store.history(r, cursorOf(0), 10);
+      assert.deepEqual(texts(page), ["after"]);
+      assert.equal(page.cursor, cursorOf(MAX_TOMBSTONE_RUN + 2));
+      const stored = await db.client.send(new GetCommand({ TableName: tables.messages, Key: { room: r, cursor: cursorOf(1) } }));
+      assert.equal(stored.Item, undefined, "no tombstone written");
+    });
+
+    it("gives a number that was tombstoned before its sender stored it back: the sender takes a new one", async () => {
+      const r = room();
+      const first = await store.append(message(r, "one"));
+      // A reader settled 2 before its sender got there (the sender was slower than the grace).
+      await db.client.send(new PutCommand({ TableName: tables.messages, Item: { room: r, cursor: cursorOf(2), type: "tombstone", epoch: first.epoch, numberedAt: 0, expiresAt: 9_999_999_999 } }));
+      await db.client.send(new UpdateCommand({ TableName: tables.messages, Key: { room: r, cursor: "#head" }, UpdateExpression: "SET seq = :one", ExpressionAttributeValues: { ":one": 1 } }));
+      const second = await store.append(message(r, "two", { clientId: "t-2" }));
+      assert.equal(second.cursor, cursorOf(3));
+      assert.deepEqual(texts(await store.history(r, cursorOf(0), 10)), ["one", "(tombstone 2)", "two"]);
+    });
+  });
+
+  it("starts a new epoch when the head is lost, and overwrites the old epoch's leftovers", async () => {
+    const r = room();
+    const old = await store.append(message(r, "old one"));
+    await store.append(message(r, "old two"));
+    await db.client.send(new DeleteCommand({ TableName: tables.messages, Key: { room: r, cursor: "#head" } }));
+    const fresh = await store.append(message(r, "new one"));
+    assert.equal(fresh.cursor, cursorOf(1));
+    assert.notEqual(fresh.epoch, old.epoch);
+    const page = await store.history(r, undefined, 10);
+    assert.equal(page.epoch, fresh.epoch);
+    assert.deepEqual(texts(page), ["new one"], "the old epoch's message 2 is not replayed as the new epoch's");
+  });
+
+  it("follows DynamoDB's 1 MB pages: more and the cursor come from what was read, not the item count", async () => {
+    const r = room();
+    const big = "x".repeat(32_000);
+    for (let i = 1; i <= 40; i++) await store.append(message(r, `${i} ${big}`));
+    const page = await store.history(r, cursorOf(0), 100);
+    assert.equal(page.events.length, 40);
+    assert.deepEqual([page.cursor, page.more], [cursorOf(40), false]);
   });
 
   describe("stale records (a 410 from @connections)", () => {

@@ -1,12 +1,11 @@
 import { ConditionalCheckFailedException, TransactionCanceledException } from "@aws-sdk/client-dynamodb";
-import { DeleteCommand, DynamoDBDocumentClient, GetCommand, QueryCommand, ScanCommand, TransactWriteCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
-import { mockClient } from "aws-sdk-client-mock";
+import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, TransactWriteCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
-import { sendMessageHandlerFactory } from "../../handlers/sendmessage";
+import { MAX_QUEUED_MS, sendMessageHandlerFactory } from "../../handlers/sendmessage";
 import { CONNECT_GRACE_MS } from "../../handlers/shared/connections";
 import { APPEND_BUDGET_MS } from "../../handlers/shared/messages";
 import { FORBIDDEN, GONE, SERVER_ERROR, THROTTLED, withFakeAws } from "./fake-aws";
-import { connId, lambdaContext, messageEvent, stubClient, useEnv, withEnv, withLogs } from "./fixtures";
+import { connId, lambdaContext, messageEvent, useEnv, withEnv, withLogs, stubDocumentClient } from "./fixtures";
 
 const SENDER = connId(0);
 const ENV = {
@@ -17,11 +16,14 @@ const ENV = {
   FANOUT_CHUNK_SIZE: "1000",
   FANOUT_FUNCTION: "ws-chat-fanout-dev",
   MESSAGES_TABLE: "messages-test",
+  HOLE_GRACE_MS: "15000",
   HISTORY_RETENTION_DAYS: "1",
   RATE_LIMIT_MESSAGES: "5",
   RATE_LIMIT_WINDOW_SECONDS: "10",
 };
 const SENDER_RECORD = { connectionId: SENDER, room: "general", name: "alice", connectedAt: 1, expiresAt: 2 };
+const EPOCH = "Ep0ch-01";
+const HEAD = (seq: number) => ({ Attributes: { room: "general", cursor: "#head", seq, epoch: EPOCH } });
 const conditionFailed = () => new ConditionalCheckFailedException({ message: "The conditional request failed", $metadata: {} });
 
 /** Answers the first `times` posts to `id` with `answer`, then 200. */
@@ -31,15 +33,16 @@ function failing(id: string, answer: typeof GONE, times = Infinity) {
 }
 
 describe("sendmessage", () => {
-  const ddbStub = stubClient(() => mockClient(DynamoDBDocumentClient));
+  const ddbStub = stubDocumentClient();
   const aws = withFakeAws();
   withEnv(ENV);
   const logs = withLogs();
   let ddb: ReturnType<typeof ddbStub>;
   beforeEach(() => {
     ddb = ddbStub();
-    ddb.on(UpdateCommand).resolves({ Attributes: SENDER_RECORD }); // rate limit admits, returns the sender
-    ddb.on(GetCommand, { TableName: "messages-test" }).resolves({ Item: { room: "general", cursor: "#head", seq: 41 } });
+    ddb.on(UpdateCommand, { TableName: "connections-test" }).resolves({ Attributes: SENDER_RECORD }); // rate limit admits, returns the sender
+    ddb.on(UpdateCommand, { TableName: "messages-test" }).resolves(HEAD(42)); // the room's next number
+    ddb.on(PutCommand).resolves({});
     ddb.on(TransactWriteCommand).resolves({});
     ddb.on(DeleteCommand).resolves({});
   });
@@ -58,8 +61,10 @@ describe("sendmessage", () => {
     return aws().posts();
   }
 
-  async function send(body: unknown, context = lambdaContext) {
-    const result = await sendMessageHandlerFactory()(messageEvent(SENDER, typeof body === "string" ? body : JSON.stringify(body)), context);
+  let lastEvent: ReturnType<typeof messageEvent>;
+  async function send(body: unknown, context = lambdaContext, receivedAt = Date.now()) {
+    lastEvent = messageEvent(SENDER, typeof body === "string" ? body : JSON.stringify(body), "sendmessage", receivedAt);
+    const result = await sendMessageHandlerFactory()(lastEvent, context);
     assert.equal(result.statusCode, 200);
     return posts();
   }
@@ -80,15 +85,16 @@ describe("sendmessage", () => {
       room: "general",
       from: { name: "alice" },
       message: "hello, everyone!",
-      ts: messageEvent(SENDER, "").requestContext.requestTimeEpoch,
+      ts: lastEvent.requestContext.requestTimeEpoch,
       id: "BFaUBdv1IAMCJxQ=",
       cursor: "0000000000000042",
+      epoch: EPOCH,
     });
     const query = ddb.commandCalls(QueryCommand)[0].args[0].input;
     assert.equal(query.IndexName, "byRoom");
     assert.deepEqual(query.ExpressionAttributeValues, { ":room": "general" });
     assert.deepEqual(fanoutLog(), { ...fanoutLog(), recipients: 2, delivered: 2, stale: 0, failed: 0, room: "general" });
-    assert.equal(typeof fanoutLog().ms, "number");
+    assert.deepEqual(Object.keys(fanoutLog().ms as object), ["queued", "admit", "append", "deliver"], "where the time went");
   });
 
   it("reads members with a paginated Query across several pages, never a Scan", async () => {
@@ -243,7 +249,7 @@ describe("sendmessage", () => {
   });
 
   it("answers unknown_connection when the sender has no record", async () => {
-    ddb.on(UpdateCommand).rejects(conditionFailed());
+    ddb.on(UpdateCommand, { TableName: "connections-test" }).rejects(conditionFailed());
     ddb.on(GetCommand, { TableName: "connections-test" }).resolves({});
     const sent = await send({ action: "sendmessage", message: "hi" });
     assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code]), [[SENDER, "unknown_connection"]]);
@@ -257,29 +263,32 @@ describe("sendmessage", () => {
   });
 
   describe("persistence, acknowledgements and idempotency", () => {
-    function appended() {
-      return ddb.commandCalls(TransactWriteCommand).map((c) => c.args[0].input.TransactItems!);
-    }
+    const puts = () => ddb.commandCalls(PutCommand).map((c) => c.args[0].input);
+    const transactions = () => ddb.commandCalls(TransactWriteCommand).map((c) => c.args[0].input.TransactItems!);
+    const numbersTaken = () => ddb.commandCalls(UpdateCommand, { TableName: "messages-test" }).map((c) => c.args[0].input);
+    const cancelled = (...codes: string[]) =>
+      new TransactionCanceledException({ message: "Transaction cancelled", $metadata: {}, CancellationReasons: codes.map((Code) => ({ Code })) });
 
-    it("persists the message before fan-out: head bumped from 41 to 42, message stored under cursor 42", async () => {
+    it("takes the room's next number with one unconditional ADD, and stores the message under it before fan-out", async () => {
       roomOf([SENDER, connId(1)]);
-      const persistedAtFirstPost: number[] = [];
+      const storedAtFirstPost: number[] = [];
       aws().reply(() => {
-        if (!persistedAtFirstPost.length) persistedAtFirstPost.push(ddb.commandCalls(TransactWriteCommand).length);
+        if (!storedAtFirstPost.length) storedAtFirstPost.push(puts().length);
         return undefined;
       });
       await send({ action: "sendmessage", message: "kept" });
-      const [items] = appended();
-      assert.equal(items.length, 2, "no client id, no claim");
-      assert.deepEqual(items[0].Update?.Key, { room: "general", cursor: "#head" });
-      assert.deepEqual(items[0].Update?.ExpressionAttributeValues, { ":next": 42, ":previous": 41 });
-      assert.equal(items[0].Update?.ConditionExpression, "seq = :previous");
-      const stored = items[1].Put!.Item!;
-      assert.equal(stored.cursor, "0000000000000042");
-      assert.equal(stored.message, "kept");
-      assert.deepEqual(stored.from, { name: "alice" });
-      assert.equal(stored.expiresAt, Math.floor(stored.ts / 1000) + 86_400);
-      assert.deepEqual(persistedAtFirstPost, [1], "persisted before any delivery");
+      const [take] = numbersTaken();
+      assert.deepEqual(take.Key, { room: "general", cursor: "#head" });
+      assert.equal(take.UpdateExpression, "SET epoch = if_not_exists(epoch, :epoch) ADD seq :one");
+      assert.equal(take.ConditionExpression, undefined, "never loses a race: no condition");
+      const [put] = puts();
+      assert.equal(put.Item!.cursor, "0000000000000042");
+      assert.equal(put.Item!.epoch, EPOCH);
+      assert.equal(put.Item!.message, "kept");
+      assert.equal(put.Item!.expiresAt, Math.floor(put.Item!.ts / 1000) + 86_400);
+      assert.equal(put.ConditionExpression, "attribute_not_exists(#cursor) OR epoch <> :epoch", "fills only an empty number");
+      assert.equal(transactions().length, 0, "no client id, no claim, no transaction");
+      assert.deepEqual(storedAtFirstPost, [1], "stored before any delivery");
     });
 
     it("without an id, the sender gets nothing, as in the tutorial", async () => {
@@ -288,80 +297,88 @@ describe("sendmessage", () => {
       assert.deepEqual(sent.map((p) => p.to), [connId(1)]);
     });
 
-    it("with an id, claims it in the same transaction and acknowledges the sender with the cursor", async () => {
+    it("with an id, claims it in the same transaction and acknowledges the sender with the cursor and epoch", async () => {
       roomOf([SENDER, connId(1)]);
       const sent = await send({ action: "sendmessage", message: "hi", id: "c-1" });
-      const claim = appended()[0][2].Put!;
-      assert.deepEqual(claim.Item, { room: "general", cursor: "#id#alice#c-1", messageCursor: "0000000000000042", expiresAt: claim.Item!.expiresAt });
-      assert.equal(claim.ConditionExpression, "attribute_not_exists(#cursor)");
+      const [[message, claim]] = transactions();
+      assert.equal(message.Put!.Item!.cursor, "0000000000000042");
+      assert.deepEqual(claim.Put!.Item, { room: "general", cursor: "#id#alice#c-1", messageCursor: "0000000000000042", epoch: EPOCH, expiresAt: claim.Put!.Item!.expiresAt });
+      assert.equal(claim.Put!.ConditionExpression, "attribute_not_exists(#cursor)");
       const ack = sent.find((p) => p.to === SENDER)!;
-      assert.deepEqual(JSON.parse(ack.data), { type: "ack", id: "c-1", cursor: "0000000000000042" });
+      assert.deepEqual(JSON.parse(ack.data), { type: "ack", id: "c-1", cursor: "0000000000000042", epoch: EPOCH });
       assert.equal(JSON.parse(sent.find((p) => p.to === connId(1))!.data).cursor, "0000000000000042");
     });
 
-    it("acknowledges a repeated id again with the original cursor, and neither stores nor delivers it twice", async () => {
+    it("acknowledges a repeated id again with the original cursor, gives its own number back as a tombstone, and delivers nothing", async () => {
       roomOf([SENDER, connId(1)]);
-      ddb.on(TransactWriteCommand).rejects(
-        new TransactionCanceledException({
-          message: "Transaction cancelled",
-          $metadata: {},
-          CancellationReasons: [{ Code: "None" }, { Code: "None" }, { Code: "ConditionalCheckFailed" }],
-        }),
-      );
-      ddb.on(GetCommand, { TableName: "messages-test", Key: { room: "general", cursor: "#id#alice#c-1" } }).resolves({ Item: { messageCursor: "0000000000000007" } });
+      ddb.on(TransactWriteCommand).rejects(cancelled("None", "ConditionalCheckFailed"));
+      ddb.on(GetCommand, { TableName: "messages-test", Key: { room: "general", cursor: "#id#alice#c-1" } }).resolves({ Item: { messageCursor: "0000000000000007", epoch: EPOCH } });
       const sent = await send({ action: "sendmessage", message: "hi", id: "c-1" });
-      assert.deepEqual(sent, [{ to: SENDER, data: JSON.stringify({ type: "ack", id: "c-1", cursor: "0000000000000007" }) }]);
+      assert.deepEqual(sent, [{ to: SENDER, data: JSON.stringify({ type: "ack", id: "c-1", cursor: "0000000000000007", epoch: EPOCH }) }]);
+      assert.deepEqual(puts().map((p) => [p.Item!.cursor, p.Item!.type]), [["0000000000000042", "tombstone"]]);
       assert.equal(ddb.commandCalls(QueryCommand).length, 0, "no fan-out");
     });
 
-    it("retries when another sender took the next cursor first", async () => {
+    it("takes a new number when its own was tombstoned first (it was slower than the grace)", async () => {
       roomOf([SENDER, connId(1)]);
-      ddb.on(TransactWriteCommand)
-        .rejectsOnce(new TransactionCanceledException({ message: "cancelled", $metadata: {}, CancellationReasons: [{ Code: "ConditionalCheckFailed" }, { Code: "None" }] }))
-        .resolves({});
-      await send({ action: "sendmessage", message: "hi" });
-      assert.equal(appended().length, 2);
-      assert.equal(fanoutLog().delivered, 1);
+      ddb.on(UpdateCommand, { TableName: "messages-test" }).resolvesOnce(HEAD(42)).resolves(HEAD(43));
+      ddb.on(PutCommand).rejectsOnce(conditionFailed()).resolves({});
+      ddb.on(GetCommand, { TableName: "messages-test" }).resolves({ Item: { room: "general", cursor: "0000000000000042", type: "tombstone", epoch: EPOCH } });
+      await send({ action: "sendmessage", message: "late" });
+      assert.deepEqual(puts().map((p) => p.Item!.cursor), ["0000000000000042", "0000000000000043"]);
+      assert.equal(fanoutLog().cursor, "0000000000000043");
     });
 
-    it("after a lost race or a TransactionConflict, reads the head again and builds the next attempt on it", async () => {
+    it("must not store a message twice when a retried write meets its own first attempt", async () => {
       roomOf([SENDER, connId(1)]);
-      ddb.on(GetCommand, { TableName: "messages-test" })
-        .resolvesOnce({ Item: { room: "general", cursor: "#head", seq: 41 } })
-        .resolvesOnce({ Item: { room: "general", cursor: "#head", seq: 45 } })
-        .resolves({ Item: { room: "general", cursor: "#head", seq: 47 } });
-      ddb.on(TransactWriteCommand)
-        .rejectsOnce(new TransactionCanceledException({ message: "cancelled", $metadata: {}, CancellationReasons: [{ Code: "ConditionalCheckFailed" }, { Code: "ConditionalCheckFailed" }] }))
-        .rejectsOnce(new TransactionCanceledException({ message: "cancelled", $metadata: {}, CancellationReasons: [{ Code: "TransactionConflict" }, { Code: "None" }] }))
-        .resolves({});
-      await send({ action: "sendmessage", message: "hi" });
-      assert.deepEqual(appended().map((items) => [items[0].Update?.ExpressionAttributeValues?.[":previous"], items[1].Put?.Item?.cursor]), [
-        [41, "0000000000000042"],
-        [45, "0000000000000046"],
-        [47, "0000000000000048"],
-      ]);
-      assert.equal(fanoutLog().cursor, "0000000000000048");
+      ddb.on(PutCommand).rejects(conditionFailed());
+      ddb.on(GetCommand, { TableName: "messages-test" }).resolves({ Item: { room: "general", cursor: "0000000000000042", id: "BFaUBdv1IAMCJxQ=", epoch: EPOCH } });
+      await send({ action: "sendmessage", message: "once" });
+      assert.equal(numbersTaken().length, 1, "no second number");
+      assert.equal(fanoutLog().cursor, "0000000000000042");
     });
 
-    it("must give up a room it keeps losing by half the time left, answering 'unavailable' with the id and storing nothing", async () => {
+    it("must give up by half the time left when every number it takes is tombstoned first, answering 'unavailable' with the id", async () => {
       roomOf([SENDER, connId(1)]);
-      const lost = { Code: "ConditionalCheckFailed", Item: { room: { S: "general" }, cursor: { S: "#head" }, seq: { N: "45" } } };
-      ddb.on(TransactWriteCommand).rejects(new TransactionCanceledException({ message: "cancelled", $metadata: {}, CancellationReasons: [lost, { Code: "None" }] }));
+      ddb.on(PutCommand).rejects(conditionFailed());
+      ddb.on(TransactWriteCommand).rejects(cancelled("ConditionalCheckFailed", "None"));
+      ddb.on(GetCommand, { TableName: "messages-test" }).resolves({ Item: { type: "tombstone", epoch: EPOCH } });
+      const started = Date.now();
       const sent = await send({ action: "sendmessage", message: "hi", id: "c-busy" }, { ...lambdaContext, getRemainingTimeInMillis: () => 300 });
       assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code, JSON.parse(p.data).id]), [[SENDER, "unavailable", "c-busy"]]);
-      assert.ok(appended().length > 2, `retried until the deadline (${appended().length} attempts)`);
-      const reason = String((logs().find((l) => l.msg === "message not persisted")?.error as { message?: string } | undefined)?.message);
-      const [, attempts, ms] = reason.match(/too busy to append to \((\d+) attempts in (\d+) ms\)/) ?? [];
-      assert.equal(Number(attempts), appended().length, reason);
-      // The store starts its clock a moment after the handler sets the deadline: hence 100, not 150.
-      assert.ok(Number(ms) >= 100 && Number(ms) < 1_000, `gave up at the deadline, 150 ms away, not at the default ${APPEND_BUDGET_MS} ms: ${reason}`);
+      assert.ok(numbersTaken().length > 1, `took numbers until the deadline (${numbersTaken().length})`);
+      assert.ok(Date.now() - started < 1_000, `gave up at the deadline, 150 ms away, not at the default ${APPEND_BUDGET_MS} ms`);
     });
 
-    it("answers 'unavailable', and delivers nothing, when the message cannot be stored", async () => {
+    it("refuses a message that waited in the queue past MAX_QUEUED_MS at once, with a retry hint, touching nothing", async () => {
+      roomOf([SENDER, connId(1)]);
+      const sent = await send({ action: "sendmessage", message: "late", id: "c-q" }, lambdaContext, Date.now() - MAX_QUEUED_MS - 500);
+      const [refusal] = sent.map((p) => JSON.parse(p.data));
+      assert.deepEqual([refusal.code, refusal.id], ["unavailable", "c-q"]);
+      assert.ok(refusal.retryAfterMs >= 500 && refusal.retryAfterMs <= 5_000, `retryAfterMs ${refusal.retryAfterMs}`);
+      assert.equal(ddb.calls().length, 0, "no DynamoDB call: shedding costs nothing but the reply");
+    });
+
+    it("must refuse a message whose frame would not fit once wrapped before storing anything", async () => {
+      const restore = useEnv({ MAX_MESSAGE_BYTES: "65536" });
+      try {
+        roomOf([SENDER, connId(1)]);
+        // 21,830 × U+0001: 21,830 UTF-8 bytes, but 6 bytes each once JSON-escaped in the outgoing frame.
+        const sent = await send({ action: "sendmessage", message: "\u0001".repeat(21_830), id: "c-big" });
+        assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code, JSON.parse(p.data).id]), [[SENDER, "message_too_large", "c-big"]]);
+        assert.equal(numbersTaken().length, 0, "no number taken: nothing stored");
+      } finally {
+        restore();
+      }
+    });
+
+    it("answers 'unavailable' with a retry hint, delivers nothing and tombstones its number, when the message cannot be stored", async () => {
       roomOf([SENDER, connId(1)]);
       ddb.on(TransactWriteCommand).rejects(new Error("connection reset"));
       const sent = await send({ action: "sendmessage", message: "hi", id: "c-9" });
       assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code, JSON.parse(p.data).id]), [[SENDER, "unavailable", "c-9"]], "names the send to retry");
+      assert.equal(typeof JSON.parse(sent[0].data).retryAfterMs, "number");
+      assert.deepEqual(puts().map((p) => [p.Item!.cursor, p.Item!.type]), [["0000000000000042", "tombstone"]], "readers need not wait out the grace");
     });
 
     it("names a valid id in any refusal, even of the message itself, and no id when the id is the problem", async () => {
@@ -377,7 +394,7 @@ describe("sendmessage", () => {
       it(`answers ${what} with invalid_id, storing nothing`, async () => {
         const sent = await send({ action: "sendmessage", message: "hi", id });
         assert.deepEqual(sent.map((p) => JSON.parse(p.data).code), ["invalid_id"]);
-        assert.equal(appended().length, 0);
+        assert.equal(numbersTaken().length, 0);
       });
     }
   });
@@ -394,11 +411,11 @@ describe("sendmessage", () => {
 
     it("over the limit, answers rate_limited and neither stores nor delivers the message", async () => {
       roomOf([SENDER, connId(1)]);
-      ddb.on(UpdateCommand).rejects(conditionFailed());
+      ddb.on(UpdateCommand, { TableName: "connections-test" }).rejects(conditionFailed());
       ddb.on(GetCommand, { TableName: "connections-test" }).resolves({ Item: SENDER_RECORD });
       const sent = await send({ action: "sendmessage", message: "one too many", id: "c-2" });
       assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code, JSON.parse(p.data).id]), [[SENDER, "rate_limited", "c-2"]]);
-      assert.equal(ddb.commandCalls(TransactWriteCommand).length, 0);
+      assert.equal(ddb.commandCalls(UpdateCommand, { TableName: "messages-test" }).length, 0, "no number taken");
       assert.equal(ddb.commandCalls(QueryCommand).length, 0);
     });
   });

@@ -87,19 +87,20 @@ describe("local DynamoDB", () => {
   });
 
   it("meters every request's capacity, and returns it only to callers that asked (ReturnConsumedCapacity)", async () => {
-    const before = { ...db.meter, requests: { ...db.meter.requests } };
+    const before = structuredClone(await db.readMeter());
     const put = await db.client.send(new PutCommand({ TableName: table.name, Item: { connectionId: "meter-1", room: "m" } }));
     assert.equal(put.ConsumedCapacity, undefined, "not asked: not returned");
     const get = await db.client.send(new GetCommand({ TableName: table.name, Key: { connectionId: "meter-1" }, ConsistentRead: true, ReturnConsumedCapacity: "TOTAL" }));
     assert.equal(get.ConsumedCapacity?.CapacityUnits, 1, "asked: returned");
     await db.client.send(new TransactWriteCommand({ TransactItems: [{ Put: { TableName: table.name, Item: { connectionId: "meter-2", room: "m" } } }, { Put: { TableName: table.name, Item: { connectionId: "meter-3", room: "m" } } }] }));
+    const after = await db.readMeter();
     assert.deepEqual(
-      [db.meter.writeUnits - before.writeUnits, db.meter.readUnits - before.readUnits],
+      [after.writeUnits - before.writeUnits, after.readUnits - before.readUnits],
       [1 + 2 * 2, 1],
       "1 WCU for the Put, 2 per item of the transaction, 1 RCU for the consistent GetItem",
     );
     assert.deepEqual(
-      ["PutItem", "GetItem", "TransactWriteItems"].map((op) => (db.meter.requests[op] ?? 0) - (before.requests[op] ?? 0)),
+      ["PutItem", "GetItem", "TransactWriteItems"].map((op) => (after.requests[op] ?? 0) - (before.requests[op] ?? 0)),
       [1, 1, 1],
     );
     for (const connectionId of ["meter-1", "meter-2", "meter-3"]) await db.client.send(new DeleteCommand({ TableName: table.name, Key: { connectionId } }));

@@ -167,7 +167,7 @@ for (const stack of ["dev", "prod"] as const) {
       const table = one(program, "aws:dynamodb/table:Table", "connections").state.name;
       const messages = one(program, "aws:dynamodb/table:Table", "messages").state.name;
       const connectionsEnv = { CONNECTIONS_TABLE: table, ROOM_INDEX: "byRoom" };
-      const historyEnv = { MESSAGES_TABLE: messages, HISTORY_RETENTION_DAYS: config("historyRetentionDays") };
+      const historyEnv = { MESSAGES_TABLE: messages, HISTORY_RETENTION_DAYS: config("historyRetentionDays"), HOLE_GRACE_MS: String((Number(config("lambdaTimeoutSeconds")) + 5) * 1000) };
       assert.deepEqual(fn("connect").inputs.environment.variables, connectionsEnv);
       assert.deepEqual(fn("disconnect").inputs.environment.variables, connectionsEnv);
       assert.deepEqual(fn("default").inputs.environment.variables, { MANAGEMENT_ENDPOINT: endpoint });
@@ -243,10 +243,11 @@ for (const stack of ["dev", "prod"] as const) {
           [fn("fanout").state.name, 2, 120],
         );
       });
-      it("history may read the caller, Query the messages table and POST to this stage's @connections", () => {
+      it("history may read the caller, read the messages table, tombstone settled holes in it and POST to this stage's @connections", () => {
         assert.deepEqual(statements("history"), [
           { Action: ["dynamodb:GetItem"], Resource: [tableArn()] },
-          { Action: ["dynamodb:Query"], Resource: [tableArn("messages")] },
+          { Action: ["dynamodb:Query", "dynamodb:GetItem"], Resource: [tableArn("messages")] },
+          { Action: ["dynamodb:PutItem"], Resource: [tableArn("messages")] },
           { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
         ]);
       });
@@ -318,7 +319,7 @@ for (const stack of ["dev", "prod"] as const) {
       assert.deepEqual(one(program, "aws:s3/bucketOwnershipControls:BucketOwnershipControls").inputs.rule, { objectOwnership: "BucketOwnerEnforced" });
       for (const acl of byType(program, "aws:s3/bucketAclV2:BucketAclV2")) assert.fail(`unexpected ACL ${acl.name}`);
       const objects = byType(program, "aws:s3/bucketObjectv2:BucketObjectv2");
-      assert.deepEqual(objects.map((o) => o.inputs.key).sort(), ["chat.css", "chat.js", "config.json", "index.html"]);
+      assert.deepEqual(objects.map((o) => o.inputs.key).sort(), ["chat.css", "chat.js", "config.json", "index.html", "room-stream.js"]);
       for (const o of objects) {
         assert.equal(o.inputs.bucket, bucket.id);
         assert.equal(o.inputs.acl, undefined, `${o.inputs.key}: no ACL`);

@@ -1,0 +1,199 @@
+/**
+ * The client's delivery rules (web/room-stream.js), as the chat page and the test and benchmark
+ * clients run them. Timers are real but short, and every test waits on the hook it expects.
+ */
+import assert from "node:assert/strict";
+import { HistoryRequest, OrderedSender, RoomStream, StreamFrame } from "../../web/room-stream";
+
+const pad = (n: number) => String(n).padStart(16, "0");
+const message = (n: number, epoch = "E1"): StreamFrame => ({ type: "message", cursor: pad(n), epoch, message: `m${n}` });
+const end = (cursor: number | null, more = false, extra: Partial<StreamFrame> = {}): StreamFrame => ({ type: "history-end", cursor: cursor === null ? null : pad(cursor), more, epoch: "E1", ...extra });
+
+/** A stream whose hooks are recorded; `nextAsk()` resolves with the next history request. */
+function follower(options = {}) {
+  const events: StreamFrame[] = [];
+  const resets: string[] = [];
+  const asks: HistoryRequest[] = [];
+  let waiting: ((r: HistoryRequest) => void) | undefined;
+  const stream = new RoomStream(
+    {
+      event: (f) => events.push(f),
+      reset: (e) => resets.push(e),
+      history(request) {
+        asks.push(request);
+        waiting?.(request);
+        waiting = undefined;
+      },
+    },
+    { gapWaitMs: 5, historyTimeoutMs: 60_000, ...options },
+  );
+  const nextAsk = () => new Promise<HistoryRequest>((resolve) => (waiting = resolve));
+  return { stream, events, resets, asks, nextAsk, shown: () => events.map((f) => Number(f.cursor)) };
+}
+
+describe("the room stream (web/room-stream.js)", () => {
+  it("asks for the latest page first, then follows live messages from where that page ended", () => {
+    const f = follower();
+    f.stream.start();
+    assert.deepEqual(f.asks, [{ action: "history", limit: 100 }]);
+    f.stream.frame(message(4));
+    f.stream.frame(message(5));
+    f.stream.frame(end(5));
+    f.stream.frame(message(6));
+    assert.deepEqual(f.shown(), [4, 5, 6]);
+    assert.equal(f.stream.cursor, 6);
+    f.stream.stop();
+  });
+
+  it("drops a repeated cursor, live or replayed", () => {
+    const f = follower();
+    f.stream.start();
+    f.stream.frame(end(0));
+    for (const n of [1, 1, 2, 1, 2]) f.stream.frame(message(n));
+    assert.deepEqual(f.shown(), [1, 2]);
+    f.stream.stop();
+  });
+
+  it("fills a gap in live delivery from history since the last settled cursor", async () => {
+    const f = follower();
+    f.stream.start();
+    f.stream.frame(end(0));
+    f.stream.frame(message(1));
+    const ask = f.nextAsk();
+    f.stream.frame(message(3)); // 2's fan-out is slower
+    assert.deepEqual(await ask, { action: "history", since: pad(1), limit: 100 });
+    f.stream.frame(message(2));
+    f.stream.frame(end(3));
+    assert.deepEqual(f.shown(), [1, 3, 2]);
+    assert.equal(f.stream.cursor, 3);
+    f.stream.stop();
+  });
+
+  it("skips a tombstoned cursor: it settles the number and shows nothing for it", () => {
+    const f = follower();
+    f.stream.start();
+    f.stream.frame(end(0));
+    f.stream.frame({ type: "tombstone", cursor: pad(1), epoch: "E1" });
+    f.stream.frame(message(2));
+    assert.equal(f.stream.cursor, 2);
+    assert.deepEqual(f.events.map((e) => e.type), ["tombstone", "message"]);
+    f.stream.stop();
+  });
+
+  it("asks again after retryAfterMs while a number is still being written, waiting longer each time it does not move, and never stops asking", async () => {
+    const f = follower({ maxRetryMs: 80 });
+    f.stream.start();
+    f.stream.frame(end(1));
+    const times: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const ask = f.nextAsk();
+      const at = Date.now();
+      f.stream.frame(end(1, true, { retryAfterMs: 10 }));
+      assert.deepEqual(await ask, { action: "history", since: pad(1), limit: 100 });
+      times.push(Date.now() - at);
+    }
+    // 10, 20, 40, then capped at 80 ms: at least those long (timers never fire early).
+    assert.ok(times[1] >= 20 && times[2] >= 40 && times[3] >= 80, `backed off: ${times.join(", ")} ms`);
+    f.stream.frame(end(2));
+    assert.equal(f.stream.cursor, 2);
+    f.stream.stop();
+  });
+
+  it("asks again when a history request goes unanswered", async () => {
+    const f = follower({ historyTimeoutMs: 20 });
+    f.stream.start();
+    await f.nextAsk();
+    assert.equal(f.asks.length, 2);
+    f.stream.stop();
+  });
+
+  it("starts over on a new epoch: resets, asks for the latest page, and shows the new stream's cursor 1", async () => {
+    const f = follower();
+    f.stream.start();
+    f.stream.frame(end(3));
+    f.stream.frame(message(4));
+    const ask = f.nextAsk();
+    f.stream.frame(message(1, "E2")); // numbering started again
+    assert.deepEqual(await ask, { action: "history", limit: 100 });
+    assert.deepEqual(f.resets, ["E2"]);
+    f.stream.frame(message(1, "E2"));
+    f.stream.frame({ ...end(1), epoch: "E2" });
+    f.stream.frame(message(5)); // a late frame of the old stream is ignored
+    assert.deepEqual(f.shown(), [4, 1]);
+    assert.equal(f.stream.cursor, 1);
+    f.stream.stop();
+  });
+});
+
+describe("the ordered sender (web/room-stream.js)", () => {
+  function sender(options = {}) {
+    const sent: Record<string, unknown>[] = [];
+    const acked: string[] = [];
+    const failed: string[] = [];
+    let onSend: (() => void) | undefined;
+    const s = new OrderedSender(
+      {
+        send(frame) {
+          sent.push(frame);
+          onSend?.();
+        },
+        acked: (item) => acked.push(item.id),
+        failed: (item) => failed.push(item.id),
+      },
+      { resendBaseMs: 5, ...options },
+    );
+    const nextSend = () => new Promise<void>((resolve) => (onSend = resolve));
+    return { s, sent, acked, failed, nextSend, ids: () => sent.map((f) => f.id) };
+  }
+
+  it("keeps one message in flight: the next goes only when the previous is acknowledged", () => {
+    const t = sender();
+    t.s.send("a", "one");
+    t.s.send("b", "two");
+    t.s.send("c", "three");
+    assert.deepEqual(t.ids(), ["a"]);
+    t.s.frame({ type: "ack", id: "a", cursor: pad(1) });
+    assert.deepEqual(t.ids(), ["a", "b"]);
+    t.s.frame({ type: "ack", id: "x", cursor: pad(9) }); // not the one in flight
+    assert.deepEqual(t.ids(), ["a", "b"]);
+    t.s.frame({ type: "ack", id: "b", cursor: pad(2) });
+    t.s.frame({ type: "ack", id: "c", cursor: pad(3) });
+    assert.deepEqual(t.acked, ["a", "b", "c"]);
+    t.s.stop();
+  });
+
+  it("resends a message refused as unavailable with the same id after retryAfterMs, and keeps the rest queued", async () => {
+    const t = sender();
+    t.s.send("a", "one");
+    t.s.send("b", "two");
+    const resent = t.nextSend();
+    const at = Date.now();
+    t.s.frame({ type: "error", code: "unavailable", id: "a", retryAfterMs: 30 });
+    await resent;
+    assert.ok(Date.now() - at >= 30, "waited for the hint");
+    assert.deepEqual(t.ids(), ["a", "a"]);
+    t.s.stop();
+  });
+
+  it("resends after API Gateway's 'Internal server error' (the run failed), and moves on after a final refusal", async () => {
+    const t = sender();
+    t.s.send("a", "one");
+    t.s.send("b", "two");
+    const resent = t.nextSend();
+    t.s.frame({ type: undefined as unknown as string, message: "Internal server error" });
+    await resent;
+    t.s.frame({ type: "error", code: "message_too_large", id: "a" });
+    assert.deepEqual([t.failed, t.ids()], [["a"], ["a", "a", "b"]]);
+    t.s.stop();
+  });
+
+  it("resends a message whose ack never came, and again after a reconnect", async () => {
+    const t = sender({ ackTimeoutMs: 20 });
+    t.s.send("a", "one");
+    const resent = t.nextSend();
+    await resent;
+    t.s.resume();
+    assert.deepEqual(t.ids(), ["a", "a", "a"]);
+    t.s.stop();
+  });
+});

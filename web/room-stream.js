@@ -1,0 +1,256 @@
+// The client's side of the delivery rules (README, "How delivery works"), in one place for the
+// chat page and for the Node clients of the tests and benchmarks:
+// - RoomStream follows a room's sequence: it drops repeats, notices gaps in live delivery and
+//   fills them from `history`, skips tombstones, asks again (with backoff) while a number is still
+//   being written, and starts over when the room's epoch changes.
+// - OrderedSender keeps one unacknowledged message in flight per connection and queues the rest,
+//   so a sender's messages are stored in the order it sent them; it resends a message refused as
+//   `unavailable` with the same id after the server's `retryAfterMs`.
+// No dependencies and no build step: a plain script in the browser (window.RoomStream), a
+// CommonJS module in Node.
+(function (root, factory) {
+  if (typeof module === "object" && module.exports) module.exports = factory();
+  else root.RoomStream = factory();
+})(typeof self !== "undefined" ? self : this, function () {
+  "use strict";
+
+  const CURSOR_DIGITS = 16;
+  const pad = (n) => String(n).padStart(CURSOR_DIGITS, "0");
+  const DEFAULTS = {
+    /** A later message came first: wait this long for the one in flight before asking history. */
+    gapWaitMs: 500,
+    /** A history request with no history-end after this long is asked again. */
+    historyTimeoutMs: 10000,
+    /** Longest pause between asks while a number is still being written. */
+    maxRetryMs: 5000,
+    historyLimit: 100,
+  };
+
+  class RoomStream {
+    /**
+     * hooks.event(frame): a message or tombstone seen for the first time (live or replayed);
+     * hooks.reset(epoch): numbering started again, everything shown is void;
+     * hooks.history(request): send this `history` request.
+     */
+    constructor(hooks, options) {
+      this.hooks = hooks;
+      this.options = Object.assign({}, DEFAULTS, options);
+      this.epoch = null;
+      this.retired = new Set();
+      /** Every cursor up to this one is settled (seen, tombstoned or expired); null before the first history-end. */
+      this.cursor = null;
+      /** Cursors seen above `cursor`. */
+      this.ahead = new Set();
+      this.timer = null;
+      this.pendingTries = 0;
+    }
+
+    /** (Re)starts after a connect: asks what was missed, or the latest page. */
+    start() {
+      this.ask();
+    }
+
+    /** Feeds a frame; returns true for a message, tombstone or ack not seen before. */
+    frame(frame) {
+      switch (frame && frame.type) {
+        case "message":
+        case "tombstone":
+        case "ack":
+          return this.take(frame);
+        case "history-end":
+          this.end(frame);
+          return false;
+        default:
+          return false;
+      }
+    }
+
+    /** The request that fetches everything after the settled cursor (or the latest page). */
+    request() {
+      return this.cursor === null
+        ? { action: "history", limit: this.options.historyLimit }
+        : { action: "history", since: pad(this.cursor), limit: this.options.historyLimit };
+    }
+
+    take(frame) {
+      if (!this.sameEpoch(frame.epoch)) return false;
+      const n = Number(frame.cursor);
+      if ((this.cursor !== null && n <= this.cursor) || this.ahead.has(n)) return false;
+      this.ahead.add(n);
+      if (frame.type !== "ack") this.hooks.event(frame);
+      this.advance();
+      return true;
+    }
+
+    end(frame) {
+      if (!this.sameEpoch(frame.epoch)) return;
+      this.clearTimer();
+      const settled = frame.cursor === null ? 0 : Number(frame.cursor);
+      const moved = this.cursor === null || settled > this.cursor;
+      if (moved) this.cursor = settled;
+      for (const n of this.ahead) if (n <= this.cursor) this.ahead.delete(n);
+      while (this.ahead.delete(this.cursor + 1)) this.cursor++;
+      if (frame.more) {
+        // Stopped at a number still being written: ask again after the hint, longer each time it does not move.
+        this.pendingTries = moved ? 0 : this.pendingTries + 1;
+        const base = frame.retryAfterMs === undefined ? 0 : frame.retryAfterMs;
+        return this.schedule(Math.min(this.options.maxRetryMs, base * 2 ** this.pendingTries));
+      }
+      this.pendingTries = 0;
+      this.advance();
+    }
+
+    advance() {
+      if (this.cursor === null) return; // the first history-end sets where we stand
+      while (this.ahead.delete(this.cursor + 1)) this.cursor++;
+      if (this.ahead.size > 0 && this.timer === null) this.schedule(this.options.gapWaitMs);
+      else if (this.ahead.size === 0 && !this.asking) this.clearTimer();
+    }
+
+    /** False when the frame belongs to an old stream, or starts a new one (then everything restarts). */
+    sameEpoch(epoch) {
+      if (!epoch) return true;
+      if (this.epoch === null) this.epoch = epoch;
+      if (epoch === this.epoch) return true;
+      if (this.retired.has(epoch)) return false;
+      this.retired.add(this.epoch);
+      this.epoch = epoch;
+      this.cursor = null;
+      this.ahead.clear();
+      this.pendingTries = 0;
+      this.hooks.reset(epoch);
+      this.ask();
+      return false;
+    }
+
+    ask() {
+      this.clearTimer();
+      this.asking = true;
+      this.hooks.history(this.request());
+      // Watchdog: a lost request or reply (a dropped connection, a failed run) is asked again.
+      this.timer = setTimeout(() => {
+        this.timer = null;
+        this.ask();
+      }, this.options.historyTimeoutMs);
+    }
+
+    schedule(ms) {
+      this.clearTimer();
+      this.timer = setTimeout(() => {
+        this.timer = null;
+        this.ask();
+      }, ms);
+    }
+
+    clearTimer() {
+      this.asking = false;
+      if (this.timer !== null) clearTimeout(this.timer);
+      this.timer = null;
+    }
+
+    /** Stops every timer (the connection is closing for good). */
+    stop() {
+      this.clearTimer();
+    }
+  }
+
+  /** Refusals that are final for that message: it is failed and never resent. */
+  const FINAL = ["message_too_large", "rate_limited", "invalid_message", "invalid_id"];
+
+  class OrderedSender {
+    /**
+     * hooks.send(frame): put a sendmessage frame on the socket (false when it is not open);
+     * hooks.acked(item, ack), hooks.failed(item, errorFrame), hooks.retrying(item, delayMs): optional.
+     */
+    constructor(hooks, options) {
+      this.hooks = hooks;
+      // ackTimeoutMs: no answer at all this long after a send (a lost ack) sends it again; longer
+      // than API Gateway's 29 s integration timeout, after which it answers "Internal server error".
+      this.options = Object.assign({ resendBaseMs: 1000, resendMaxMs: 30000, ackTimeoutMs: 35000 }, options);
+      this.queue = [];
+      this.inFlight = null;
+      this.timer = null;
+    }
+
+    /** Queues a message; it is sent when every earlier one is acknowledged or failed. */
+    send(id, message, extra) {
+      const item = { id, message, extra: extra || {}, resends: 0 };
+      this.queue.push(item);
+      this.next();
+      return item;
+    }
+
+    next() {
+      if (this.inFlight || this.queue.length === 0) return;
+      this.inFlight = this.queue.shift();
+      this.transmit();
+    }
+
+    transmit() {
+      const item = this.inFlight;
+      if (!item) return;
+      this.hooks.send(Object.assign({ action: "sendmessage", message: item.message, id: item.id }, item.extra));
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => this.retry(item, 0), this.options.ackTimeoutMs);
+    }
+
+    /** After a reconnect: the unacknowledged message goes again, with its id (stored once). */
+    resume() {
+      clearTimeout(this.timer);
+      this.transmit();
+      this.next();
+    }
+
+    /** Feeds a frame; returns true when it answered the message in flight. */
+    frame(frame) {
+      const item = this.inFlight;
+      if (!item || !frame) return false;
+      // API Gateway's own answer when the integration failed (a timeout, a crash): no type, no id.
+      // With one message in flight it can only be that one: resend it (its id makes that safe).
+      if (frame.type === undefined && frame.message === "Internal server error") return this.retry(item, 0);
+      if (frame.id !== item.id) return false;
+      if (frame.type === "ack") {
+        this.finish();
+        if (this.hooks.acked) this.hooks.acked(item, frame);
+        this.next();
+        return true;
+      }
+      if (frame.type !== "error") return false;
+      if (frame.code === "unavailable") return this.retry(item, frame.retryAfterMs || 0);
+      if (FINAL.includes(frame.code)) {
+        this.finish();
+        if (this.hooks.failed) this.hooks.failed(item, frame);
+        this.next();
+        return true;
+      }
+      return false;
+    }
+
+    /** Sends the message in flight again after the server's hint or a growing pause, whichever is longer. */
+    retry(item, retryAfterMs) {
+      const backoff = Math.min(this.options.resendMaxMs, this.options.resendBaseMs * 2 ** item.resends);
+      const delay = Math.max(retryAfterMs, backoff);
+      item.resends++;
+      if (this.hooks.retrying) this.hooks.retrying(item, delay);
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => this.transmit(), delay);
+      return true;
+    }
+
+    finish() {
+      clearTimeout(this.timer);
+      this.inFlight = null;
+    }
+
+    /** Every message not yet acknowledged, the one in flight first. */
+    unacknowledged() {
+      return (this.inFlight ? [this.inFlight] : []).concat(this.queue);
+    }
+
+    stop() {
+      clearTimeout(this.timer);
+    }
+  }
+
+  return { RoomStream, OrderedSender, pad, FINAL };
+});
