@@ -101,7 +101,7 @@
       reset() {
         // Numbering started again (the server lost the room's head): what is shown belongs to the old stream.
         $("messages").replaceChildren();
-        system("This room's history was reset on the server; showing it afresh.");
+        system("This room's history was reset on the server (its numbering started again); showing it anew.");
         for (const li of state.lines.values()) place(li);
       },
       history(request) {

@@ -27,8 +27,12 @@ interface Send {
  * `answer` gets each sendmessage and how many times its id has been sent, and returns the frames
  * to send back. History requests get an empty history.
  */
-async function scriptedServer(answer: (send: Send, nth: number) => object[]): Promise<{ url: string; sends: Send[]; close(): Promise<void> }> {
+async function scriptedServer(
+  answer: (send: Send, nth: number) => object[],
+  history: (request: { since?: string }, nth: number) => object[] = () => [{ type: "history-end", cursor: null, more: false, epoch: null }],
+): Promise<{ url: string; sends: Send[]; histories: { since?: string }[]; push(frame: object): void; close(): Promise<void> }> {
   const sends: Send[] = [];
+  const histories: { since?: string }[] = [];
   const server = http.createServer((req, res) => {
     if (!servePage({ url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}`, authEnabled: false }, req, res)) res.writeHead(404).end();
   });
@@ -36,7 +40,11 @@ async function scriptedServer(answer: (send: Send, nth: number) => object[]): Pr
   wss.on("connection", (ws) =>
     ws.on("message", (data) => {
       const frame = JSON.parse(data.toString()) as { action: string } & Send;
-      if (frame.action === "history") return ws.send(JSON.stringify({ type: "history-end", cursor: null, more: false }));
+      if (frame.action === "history") {
+        histories.push({ since: (frame as { since?: string }).since });
+        for (const reply of history(frame as { since?: string }, histories.length)) ws.send(JSON.stringify(reply));
+        return;
+      }
       if (frame.action !== "sendmessage") return;
       sends.push({ id: frame.id, message: frame.message });
       for (const reply of answer(frame, sends.filter((x) => x.id === frame.id).length)) ws.send(JSON.stringify(reply));
@@ -46,6 +54,8 @@ async function scriptedServer(answer: (send: Send, nth: number) => object[]): Pr
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`,
     sends,
+    histories,
+    push: (frame) => wss.clients.forEach((ws) => ws.send(JSON.stringify(frame))),
     async close() {
       for (const ws of wss.clients) ws.terminate();
       wss.close();
@@ -149,22 +159,48 @@ describe("the chat page in Chromium", function () {
     }
   });
 
-  it("marks failed the send a refusal names by id, not whichever was sent last", async () => {
-    // The first message is refused once both are in; the second is acknowledged.
-    const server = await scriptedServer((send) =>
+  it("sends one message at a time, in the order typed, and marks failed exactly the send a refusal names", async () => {
+    // "first" is refused as unavailable once, then finally as rate_limited; "second" is acknowledged.
+    const server = await scriptedServer((send, nth) =>
       send.message === "first"
-        ? []
-        : [
-            { type: "error", code: "rate_limited", message: "too fast", id: server.sends[0].id },
-            { type: "ack", id: send.id, cursor: "0000000000000001" },
-          ],
+        ? [nth === 1 ? { type: "error", code: "unavailable", message: "busy", id: send.id, retryAfterMs: 50 } : { type: "error", code: "rate_limited", message: "too fast", id: send.id }]
+        : [{ type: "ack", id: send.id, cursor: "0000000000000001", epoch: "E1" }],
     );
     try {
-      const page = await join("fay", "ids", "", server.url);
+      const page = await join("fay", "ids", "&resendMs=50", server.url);
       await say(page, "first");
       await say(page, "second");
       await page.locator("#messages li.failed", { hasText: "first" }).waitFor();
       await page.locator("#messages li:not(.pending):not(.failed)", { hasText: "second" }).waitFor();
+      assert.deepEqual(server.sends.map((s) => s.message), ["first", "first", "second"], "second waited until first was answered for good");
+    } finally {
+      await server.close();
+    }
+  });
+
+  it("fills a gap in live delivery from history, skips a tombstone, and starts over, saying so, when the room's epoch changes", async () => {
+    const msg = (n: number, text: string, epoch = "E1") => ({ type: "message", room: "gaps", from: { name: "gus" }, message: text, ts: 1_700_000_000_000 + n, id: `s-${epoch}-${n}`, cursor: String(n).padStart(16, "0"), epoch });
+    const end = (n: number | null, epoch: string | null) => ({ type: "history-end", cursor: n === null ? null : String(n).padStart(16, "0"), more: false, epoch });
+    const server = await scriptedServer(
+      () => [],
+      (request, nth) => {
+        if (nth === 1) return [end(null, null)]; // an empty room at first
+        if (request.since) return [{ type: "tombstone", room: "gaps", cursor: "0000000000000002", epoch: "E1" }, msg(3, "three"), end(3, "E1")];
+        return [msg(1, "fresh", "E2"), end(1, "E2")]; // the latest page of the new stream
+      },
+    );
+    try {
+      const page = await join("hal", "gaps", "", server.url);
+      await page.getByRole("status").filter({ hasText: "Connected" }).waitFor();
+      server.push(msg(1, "one"));
+      server.push(msg(3, "three")); // 2 never comes live: the page asks history since 1
+      await page.waitForFunction("window.chat.stream.cursor === 3"); // settled through the tombstone
+      assert.deepEqual(await page.locator("#messages li .text").allTextContents(), ["one", "three"], "the tombstone shows nothing, three shows once");
+      assert.equal(server.histories[1].since, "0000000000000001", "asked since the last settled cursor");
+      server.push(msg(1, "fresh", "E2")); // numbering started again on the server
+      await page.getByText("history was reset").waitFor();
+      await page.locator("#messages li", { hasText: "fresh" }).waitFor();
+      assert.deepEqual(await page.locator("#messages li .text").allTextContents(), ["fresh"], "the old stream's messages are gone");
     } finally {
       await server.close();
     }
