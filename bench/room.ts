@@ -18,6 +18,8 @@ export interface RoomStep {
   rate: number;
   seconds: number;
   messages: number;
+  /** Messages still queued or unacknowledged at a sender when the step ended (past capacity). */
+  unacknowledged: number;
   /** Deliveries expected: every message to every member but its sender. */
   expected: number;
   /** Distinct (member, message) deliveries, live or from history. */
@@ -182,14 +184,17 @@ export async function measureRoom(implementation: "ours" | "floor", url: string,
     }
   }
   const expected = n * (options.members - 1);
-  // The tail: until everything arrived, or nothing more for 5 s.
-  for (let seen = -1, quietSince = Date.now(); tally.delivered < expected && Date.now() - quietSince < 5_000; ) {
+  // The tail: until everything arrived, or nothing more for 5 s, or 60 s in all (past a room's
+  // capacity the senders' queues hold more than that; what is still queued then counts as not delivered).
+  const drainEnds = Date.now() + 60_000;
+  for (let seen = -1, quietSince = Date.now(); tally.delivered < expected && Date.now() - quietSince < 5_000 && Date.now() < drainEnds; ) {
     await sleep(100);
     if (tally.delivered !== seen) {
       seen = tally.delivered;
       quietSince = Date.now();
     }
   }
+  const unsent = members.reduce((count, m) => count + (m?.sender.unacknowledged().length ?? 0), 0);
   for (const m of members) {
     m?.stream.stop();
     m?.sender.stop();
@@ -202,6 +207,7 @@ export async function measureRoom(implementation: "ours" | "floor", url: string,
     rate: options.rate,
     seconds: options.seconds,
     messages: n,
+    unacknowledged: unsent,
     expected,
     delivered: tally.delivered,
     duplicates: tally.duplicates + tally.storedTwice(),
