@@ -2,6 +2,19 @@
 import type { FanoutSample } from "./fanout";
 import { median } from "./stats";
 
+type Padding = { left: number; right: number; top: number; bottom: number };
+
+/** The opening of every chart: the SVG element, a white ground, the title and the two axes. */
+function chartFrame(width: number, height: number, pad: Padding, title: string): string[] {
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
+    `<rect width="100%" height="100%" fill="#ffffff"/>`,
+    `<text x="${width / 2}" y="22" text-anchor="middle" font-size="14" font-weight="bold">${title}</text>`,
+    `<line x1="${pad.left}" y1="${height - pad.bottom}" x2="${width - pad.right}" y2="${height - pad.bottom}" stroke="#111"/>`,
+    `<line x1="${pad.left}" y1="${pad.top}" x2="${pad.left}" y2="${height - pad.bottom}" stroke="#111"/>`,
+  ];
+}
+
 const COLORS: Record<string, string> = { ours: "#1b6ac9", seed: "#c2410c", floor: "#4b5563" };
 const LABELS: Record<string, string> = { ours: "ours (sendmessage + fanout)", seed: "seed (Scan + Promise.all)", floor: "raw ws relay (floor)" };
 
@@ -27,11 +40,7 @@ export function fanoutChart(samples: FanoutSample[], title: string): string {
   const y = (ms: number) => height - pad.bottom - (ms / maxMs) * (height - pad.top - pad.bottom);
   const ticks = Array.from({ length: 5 }, (_, i) => (maxMs * (i + 1)) / 5);
   const parts = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
-    `<rect width="100%" height="100%" fill="#ffffff"/>`,
-    `<text x="${width / 2}" y="22" text-anchor="middle" font-size="14" font-weight="bold">${title}</text>`,
-    `<line x1="${pad.left}" y1="${height - pad.bottom}" x2="${width - pad.right}" y2="${height - pad.bottom}" stroke="#111"/>`,
-    `<line x1="${pad.left}" y1="${pad.top}" x2="${pad.left}" y2="${height - pad.bottom}" stroke="#111"/>`,
+    ...chartFrame(width, height, pad, title),
     ...ticks.map((t) => `<line x1="${pad.left}" y1="${y(t)}" x2="${width - pad.right}" y2="${y(t)}" stroke="#e5e7eb"/><text x="${pad.left - 6}" y="${y(t) + 4}" text-anchor="end">${(t / 1000).toFixed(1)} s</text>`),
     ...sizes.map((n) => `<text x="${x(n)}" y="${height - pad.bottom + 18}" text-anchor="middle">${n.toLocaleString("en-US")}</text>`),
     `<text x="${width / 2}" y="${height - 14}" text-anchor="middle">members of the room (N)</text>`,
@@ -69,11 +78,7 @@ export function roomChart(steps: { implementation: string; members: number; rate
   const ticks = [1, 10, 100, 1_000, 10_000, 100_000].filter((t) => t <= hi);
   const label = (ms: number) => (ms >= 1000 ? `${ms / 1000} s` : `${ms} ms`);
   const parts = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
-    `<rect width="100%" height="100%" fill="#ffffff"/>`,
-    `<text x="${width / 2}" y="22" text-anchor="middle" font-size="14" font-weight="bold">${title}</text>`,
-    `<line x1="${pad.left}" y1="${height - pad.bottom}" x2="${width - pad.right}" y2="${height - pad.bottom}" stroke="#111"/>`,
-    `<line x1="${pad.left}" y1="${pad.top}" x2="${pad.left}" y2="${height - pad.bottom}" stroke="#111"/>`,
+    ...chartFrame(width, height, pad, title),
     ...ticks.map((t) => `<line x1="${pad.left}" y1="${y(t)}" x2="${width - pad.right}" y2="${y(t)}" stroke="#e5e7eb"/><text x="${pad.left - 6}" y="${y(t) + 4}" text-anchor="end">${label(t)}</text>`),
     `<line x1="${pad.left}" y1="${y(limitMs)}" x2="${width - pad.right}" y2="${y(limitMs)}" stroke="#dc2626" stroke-dasharray="6 4"/><text x="${width - pad.right}" y="${y(limitMs) - 6}" text-anchor="end" fill="#dc2626">p99 target ${label(limitMs)}</text>`,
     ...rates.map((r) => `<text x="${x(r)}" y="${height - pad.bottom + 18}" text-anchor="middle">${r}</text>`),

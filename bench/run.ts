@@ -6,7 +6,7 @@
  *   --runs 3                  measured runs per size (after --warmup runs), the median is reported
  *   --warmup 1                unmeasured runs per size and implementation
  *   --latency 15              ms added to every @connections answer (the AWS network)
- *   --only fanout,coldstart,latency,cost,room
+ *   --only fanout,coldstart,latency,cost,room,stages
  *   --only chart              redraw bench/fanout.svg and bench/room.svg from bench/results.json
  *   --rates 10,25,50,100,200,400   room: the offered rates, messages a second in one room
  *   --rooms 10,100            room: the room sizes (members)
@@ -25,6 +25,7 @@ import { FanoutSample, Implementation, runFanout } from "./fanout";
 import { startFloor } from "./floor";
 import { LatencySample, measureLatency } from "./latency";
 import { capacity, measureRoom, RoomStep } from "./room";
+import { measureStages, StageCosts } from "./stages";
 import { localStack } from "../test/e2e/stack";
 import { median } from "./stats";
 
@@ -121,7 +122,7 @@ async function main() {
       runs: { type: "string", default: "3" },
       warmup: { type: "string", default: "1" },
       latency: { type: "string", default: "15" },
-      only: { type: "string", default: "fanout,coldstart,latency,cost,room" },
+      only: { type: "string", default: "fanout,coldstart,latency,cost,room,stages" },
       rates: { type: "string", default: "10,25,50,100,200,400" },
       rooms: { type: "string", default: "10,100" },
       "step-seconds": { type: "string", default: "10" },
@@ -155,6 +156,8 @@ async function main() {
 
   // Sections this run does not measure keep their last figures; each section records when and how it ran.
   const runInfo = { date: new Date().toISOString(), command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim() };
+  // Written after every phase, so a phase that fails keeps the figures of those before it.
+  const save = () => fs.writeFileSync(RESULTS, JSON.stringify(results, null, 2) + "\n");
   const results: Record<string, unknown> = {
     ...readResults(),
     ...runInfo,
@@ -171,6 +174,7 @@ async function main() {
       fanout.push(...sizes.flatMap((n) => all.filter((s) => s.members === n).slice(warmup)));
     }
     results.fanout = { ...runInfo, samples: fanout, summary: fanoutSummary(fanout) };
+    save();
     fs.writeFileSync(path.join(__dirname, "fanout.svg"), fanoutChart(fanout, chartTitle(os.cpus().length, latencyMs)));
   }
 
@@ -179,6 +183,7 @@ async function main() {
     log("\n== Cold start and package size (prod stack, every function)");
     cold = await runColdStart(quick ? 3 : 9, log);
     results.coldStart = cold;
+    save();
   }
 
   const latency: LatencySample[] = [];
@@ -202,6 +207,7 @@ async function main() {
     for (const l of latency) log(`  ${l.implementation} at ${l.rate} msg/s: p50 ${l.p50Ms} ms, p99 ${l.p99Ms} ms (${l.deliveries}/${l.expected} deliveries)`);
     results.latency = latency;
     results.latencyRun = runInfo;
+    save();
   }
 
   let room: RoomStep[] = [];
@@ -216,7 +222,17 @@ async function main() {
       (["floor", "ours"] as const).map((implementation) => ({ implementation, members, capacity: capacity(room.filter((s) => s.members === members && s.implementation === implementation), ROOM_P99_LIMIT_MS) })),
     );
     results.room = { ...runInfo, p99LimitMs: ROOM_P99_LIMIT_MS, steps: room, capacities };
+    save();
     fs.writeFileSync(path.join(__dirname, "room.svg"), roomChart(room, roomTitle(os.cpus().length), ROOM_P99_LIMIT_MS));
+  }
+
+  let stages: StageCosts | undefined;
+  if (only.has("stages")) {
+    const opts = { members: 10, rate: 50, seconds: quick ? 5 : 15, log };
+    log(`\n== Cost per message of each stage: a room of ${opts.members} at ${opts.rate} msg/s for ${opts.seconds} s`);
+    stages = await measureStages(opts);
+    results.stages = { ...runInfo, ...stages };
+    save();
   }
 
   const cost: CostSample[] = [];
@@ -230,6 +246,7 @@ async function main() {
     }
     results.cost = cost;
     results.costRun = runInfo;
+    save();
   }
 
   // Targets (issue 5), judged at the largest size run.
@@ -263,7 +280,7 @@ async function main() {
   }
   const kept = ((results.targets as { target: string }[] | undefined) ?? []).filter((old) => !targets.some((t) => t.target === old.target));
   results.targets = [...kept, ...targets];
-  fs.writeFileSync(RESULTS, JSON.stringify(results, null, 2) + "\n");
+  save();
 
   log("\n== Results (medians)");
   if (sum.length) {
@@ -303,6 +320,14 @@ async function main() {
           `${s.delivered.toLocaleString("en-US")}/${s.expected.toLocaleString("en-US")} | ${s.duplicates} | ${refusals} | ${s.resends} | ${s.historyRequests} |`,
       );
     }
+  }
+  if (stages) {
+    log(`\n| stage (room of ${stages.members} at ${stages.rate} msg/s, ${stages.messages} messages) | CPU ms per message |`);
+    log("|---|---:|");
+    for (const [stage, ms] of Object.entries(stages.cpuMsPerMessage)) log(`| ${stage} | ${ms.toFixed(2)} |`);
+    log("\n| requests per message | count |");
+    log("|---|---:|");
+    for (const [kind, n] of Object.entries(stages.requestsPerMessage)) log(`| ${kind} | ${n.toFixed(2)} |`);
   }
   if (cost.length) {
     log("\n| cost of one message | read units | write units | @connections calls | invocations | DynamoDB requests |");

@@ -17,8 +17,12 @@
   const CURSOR_DIGITS = 16;
   const pad = (n) => String(n).padStart(CURSOR_DIGITS, "0");
   const DEFAULTS = {
-    /** A later message came first: wait this long for the one in flight before asking history. */
-    gapWaitMs: 500,
+    /**
+     * A later message came first: wait this long for the one in flight before asking history. Two
+     * fan-outs racing reorder messages by up to a few hundred ms under load; asking sooner only
+     * adds history requests to an overloaded room.
+     */
+    gapWaitMs: 1000,
     /** A history request with no history-end after this long is asked again. */
     historyTimeoutMs: 10000,
     /** Longest pause between asks while a number is still being written. */
@@ -43,6 +47,8 @@
       this.ahead = new Set();
       this.timer = null;
       this.pendingTries = 0;
+      /** The last number of the gap the outstanding request asks for (null: a catch-up). */
+      this.gapEnd = null;
     }
 
     /** (Re)starts after a connect: asks what was missed, or the latest page. */
@@ -65,11 +71,18 @@
       }
     }
 
-    /** The request that fetches everything after the settled cursor (or the latest page). */
+    /**
+     * The request that fetches what is missing: the latest page before the first history-end; the
+     * numbers between the settled cursor and the first one already held, when live delivery left a
+     * gap (not again what arrived live); otherwise everything after the settled cursor.
+     */
     request() {
-      return this.cursor === null
-        ? { action: "history", limit: this.options.historyLimit }
-        : { action: "history", since: pad(this.cursor), limit: this.options.historyLimit };
+      this.gapEnd = null;
+      if (this.cursor === null) return { action: "history", limit: this.options.historyLimit };
+      const held = this.ahead.size ? Math.min(...this.ahead) : Infinity;
+      const gap = held - this.cursor - 1;
+      if (gap <= this.options.historyLimit) this.gapEnd = held - 1;
+      return { action: "history", since: pad(this.cursor), limit: Math.max(1, Math.min(this.options.historyLimit, gap)) };
     }
 
     take(frame) {
@@ -90,13 +103,16 @@
       if (moved) this.cursor = settled;
       for (const n of this.ahead) if (n <= this.cursor) this.ahead.delete(n);
       while (this.ahead.delete(this.cursor + 1)) this.cursor++;
-      if (frame.more) {
+      if (frame.more && frame.retryAfterMs !== undefined) {
         // Stopped at a number still being written: ask again after the hint, longer each time it does not move.
         this.pendingTries = moved ? 0 : this.pendingTries + 1;
-        const base = frame.retryAfterMs === undefined ? 0 : frame.retryAfterMs;
-        return this.schedule(Math.min(this.options.maxRetryMs, base * 2 ** this.pendingTries));
+        return this.schedule(Math.min(this.options.maxRetryMs, frame.retryAfterMs * 2 ** this.pendingTries));
       }
       this.pendingTries = 0;
+      // A full page of a catch-up: the next one at once. A gap's page is full by design (what
+      // follows it was held already): once the gap is filled, advance() asks again only for another.
+      const gapFilled = this.gapEnd !== null && settled >= this.gapEnd;
+      if (frame.more && !gapFilled) return this.ask();
       this.advance();
     }
 

@@ -88,6 +88,14 @@ function signingKey(secret: string, date: string, region: string, service: strin
   return key;
 }
 
+/** The last body hashed: a fan-out posts one body to every member, so it is hashed once, not per post. */
+const lastBody = { text: "", hash: sha256("") };
+
+function bodyHash(body: string): string {
+  if (body !== lastBody.text) Object.assign(lastBody, { text: body, hash: sha256(body) });
+  return lastBody.hash;
+}
+
 /** Returns the headers to send: the given ones plus host, x-amz-date, the token and Authorization. */
 export function signRequest(input: SignInput): Record<string, string> {
   const amzDate = (input.now ?? new Date()).toISOString().replace(/[:-]|\.\d{3}/g, "");
@@ -105,7 +113,7 @@ export function signRequest(input: SignInput): Record<string, string> {
     canonicalQuery(input.url.searchParams),
     names.map((name) => `${name}:${lower[name].trim().replace(/\s+/g, " ")}\n`).join(""),
     signedHeaders,
-    sha256(input.body),
+    bodyHash(input.body),
   ].join("\n");
   const scope = `${date}/${input.region}/${input.service}/aws4_request`;
   const toSign = ["AWS4-HMAC-SHA256", amzDate, scope, sha256(canonical)].join("\n");

@@ -1,9 +1,11 @@
 /**
  * The chat page in real headless Chromium (Debian's, driven by playwright-core), against a local
- * stack: two pages in one room and one in another. Saves docs/screenshot.png for the README.
+ * stack: two pages in one room and one in another. Saves its screenshot to a temporary folder, or
+ * to docs/screenshot.png for the README with UPDATE_SCREENSHOTS=1 (so `npm test` changes no tracked file).
  */
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -131,7 +133,8 @@ describe("the chat page in Chromium", function () {
     assert.ok(shown.indexOf("missed one") < shown.indexOf("missed two"), "in order");
     assert.equal(await bo.locator("#messages li[data-replayed]", { hasText: "missed one" }).count(), 1, "came from history");
 
-    await bo.screenshot({ path: path.join(PROJECT_DIR, "docs", "screenshot.png") });
+    const shots = process.env.UPDATE_SCREENSHOTS === "1" ? path.join(PROJECT_DIR, "docs") : fs.mkdtempSync(path.join(os.tmpdir(), "ws-chat-screens-"));
+    await bo.screenshot({ path: path.join(shots, "screenshot.png") });
   });
 
   it("shows a too-long message's error inline, and marks the message not sent", async () => {

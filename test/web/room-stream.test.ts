@@ -54,18 +54,29 @@ describe("the room stream (web/room-stream.js)", () => {
     f.stream.stop();
   });
 
-  it("fills a gap in live delivery from history since the last settled cursor", async () => {
+  it("fills a gap in live delivery from history since the last settled cursor, asking only for the missing numbers", async () => {
     const f = follower();
     f.stream.start();
     f.stream.frame(end(0));
     f.stream.frame(message(1));
     const ask = f.nextAsk();
     f.stream.frame(message(3)); // 2's fan-out is slower
-    assert.deepEqual(await ask, { action: "history", since: pad(1), limit: 100 });
+    assert.deepEqual(await ask, { action: "history", since: pad(1), limit: 1 }, "not 3 again, which arrived live");
     f.stream.frame(message(2));
-    f.stream.frame(end(3));
+    f.stream.frame(end(2, true)); // more: 3 follows, and is held already
     assert.deepEqual(f.shown(), [1, 3, 2]);
     assert.equal(f.stream.cursor, 3);
+    assert.equal(f.asks.length, 2, "the gap is filled: nothing more to ask");
+    f.stream.stop();
+  });
+
+  it("pages on at once through a catch-up whose page was full", async () => {
+    const f = follower();
+    f.stream.start();
+    f.stream.frame(end(0));
+    const next = f.nextAsk();
+    f.stream.frame(end(100, true)); // a full page, nothing held: there is more to fetch
+    assert.deepEqual(await next, { action: "history", since: pad(100), limit: 100 });
     f.stream.stop();
   });
 
