@@ -97,7 +97,7 @@ export function roomChart(steps: { implementation: string; members: number; rate
       const name = impl === "ours" ? `ours, room of ${members}` : `raw ws relay, room of ${members}`;
       return `<rect x="${pad.left + 12}" y="${pad.top + 6 + i * 18}" width="12" height="12" fill="${ROOM_COLORS[key] ?? "#0f766e"}"/><text x="${pad.left + 30}" y="${pad.top + 16 + i * 18}">${name}</text>`;
     }),
-    `<text x="${width - pad.right}" y="${height - pad.bottom - 8}" text-anchor="end" fill="#6b7280">hollow point: not every message delivered</text>`,
+    `<text x="${width - pad.right}" y="${pad.top + 12}" text-anchor="end" fill="#6b7280">hollow point: not every message delivered</text>`,
     `</svg>`,
   ];
   return parts.join("\n") + "\n";
