@@ -86,11 +86,7 @@ class Tally {
   }
 
   receive(member: number, marker: string, cursor?: string) {
-    if (cursor) {
-      const cursors = this.cursorsOf.get(marker) ?? new Set();
-      cursors.add(cursor);
-      this.cursorsOf.set(marker, cursors);
-    }
+    if (cursor) this.storedAt(marker, cursor);
     if (this.senderOf.get(marker) === member) return;
     if (this.seenBy[member].has(marker)) {
       this.duplicates++;
@@ -103,6 +99,13 @@ class Tally {
     if (due !== undefined) this.latencies.push(Math.round(now - due));
     const wire = this.wireAt.get(marker);
     if (wire !== undefined) this.wireLatencies.push(now - wire);
+  }
+
+  /** Records a cursor a message was seen (or acknowledged) under. */
+  storedAt(marker: string, cursor: string) {
+    const cursors = this.cursorsOf.get(marker) ?? new Set();
+    cursors.add(cursor);
+    this.cursorsOf.set(marker, cursors);
   }
 
   /** Messages stored under more than one cursor (a resend stored twice). */
@@ -135,7 +138,7 @@ function ourMember(ws: WebSocket, index: number, tally: Tally, counters: { refus
       },
       acked: (item, ack) => {
         tally.ackLatencies.push(Date.now() - tally.wireAt.get(item.id)!);
-        tally.cursorsOf.set(item.message, new Set([...(tally.cursorsOf.get(item.message) ?? []), String(ack.cursor)]));
+        tally.storedAt(item.message, String(ack.cursor));
       },
       retrying: () => counters.resends++,
     },

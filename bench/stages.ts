@@ -6,6 +6,7 @@
  * What `npm run bench -- --only stages` prints, to show where a room's capacity goes.
  */
 import * as fs from "fs";
+import { DYNAMODB_PROCESS_FILE } from "../local/dynamodb-process";
 import { METRICS_PATH } from "../local/stack";
 import { localStack } from "../test/e2e/stack";
 import { parseReports } from "./reports";
@@ -43,7 +44,7 @@ function dynamodbPid(stackPid: number): number {
     try {
       const stat = fs.readFileSync(`/proc/${entry}/stat`, "utf8");
       if (Number(stat.split(") ")[1].split(" ")[1]) !== stackPid) continue;
-      if (fs.readFileSync(`/proc/${entry}/cmdline`, "utf8").includes("dynamodb-process")) return Number(entry);
+      if (fs.readFileSync(`/proc/${entry}/cmdline`, "utf8").includes(DYNAMODB_PROCESS_FILE)) return Number(entry);
     } catch {
       // gone meanwhile
     }

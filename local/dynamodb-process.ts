@@ -120,5 +120,5 @@ export async function startDynamoDBProcess(options: DynamoOptions): Promise<Loca
 
 if (process.env.LOCAL_DYNAMODB_CHILD === "1" && require.main === module) void serve();
 
-/** Where this module lives, for tests that check the child is gone. */
+/** This module's file name, as the child's command line shows it (bench/stages.ts finds the process by it). */
 export const DYNAMODB_PROCESS_FILE = path.basename(__filename);

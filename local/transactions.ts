@@ -1,9 +1,8 @@
 /**
  * TransactWriteItems for the embedded DynamoDB, which dynalite lacks. A proxy in front of dynalite
- * forwards every request, but runs the writes to each item one at a time (PutItem, UpdateItem,
- * DeleteItem, BatchWriteItem and TransactWriteItems wait for the earlier writes to the items they
- * name), so a transaction is isolated from every other write to its items, as DynamoDB isolates
- * them, while writes to other items go on in parallel. A transaction applies all its actions at
+ * forwards every request, and isolates each transaction per item (`itemQueue`): it waits for the
+ * earlier writes to its items and later writes to them wait for it, as DynamoDB isolates them,
+ * while single-item writes go on in parallel (dynalite locks an item per write). A transaction applies all its actions at
  * once (they touch distinct items, as DynamoDB requires), each with its own condition and asking
  * for the item as it was; when any fails, the items already changed are restored and the caller
  * gets a TransactionCanceledException with a CancellationReason per item, as DynamoDB answers.
@@ -26,13 +25,12 @@ type Attributes = { Attributes?: Key };
 
 /** Applies one transaction item as a single-item write with its condition; resolves with the item as it was. */
 function stepFor(call: DirectCall, action: TransactWriteItem, current: () => Promise<Key | undefined>): () => Promise<Key | undefined> {
-  const write = async (operation: string, input: object) => (await dynamo<Attributes>(call, operation, { ...input, ReturnValues: "ALL_OLD" })).Attributes;
-  const { ReturnValuesOnConditionCheckFailure: _put, ...put } = action.Put ?? {};
-  const { ReturnValuesOnConditionCheckFailure: _update, ...update } = action.Update ?? {};
-  const { ReturnValuesOnConditionCheckFailure: _delete, ...del } = action.Delete ?? {};
-  if (action.Put) return () => write("PutItem", put);
-  if (action.Update) return () => write("UpdateItem", update);
-  if (action.Delete) return () => write("DeleteItem", del);
+  const write = action.Put ? "PutItem" : action.Update ? "UpdateItem" : action.Delete ? "DeleteItem" : undefined;
+  if (write) {
+    // The single-item write takes the same fields, less the transaction-only one.
+    const { ReturnValuesOnConditionCheckFailure: _, ...input } = (action.Put ?? action.Update ?? action.Delete)!;
+    return async () => (await dynamo<Attributes>(call, write, { ...input, ReturnValues: "ALL_OLD" })).Attributes;
+  }
   if (action.ConditionCheck) {
     // Evaluates the condition against the item without changing it: rewrite the item as it is
     // (or, when there is none, delete nothing), with the condition attached.
@@ -207,9 +205,8 @@ export interface TransactionProxy {
 
 /** Starts the proxy in front of dynalite (called in this process). `schemas` maps table name → key attribute names. */
 export async function startTransactionProxy(call: DirectCall, schemas: Map<string, string[]>): Promise<TransactionProxy> {
-  // One write queue per item, as DynamoDB isolates writes: a write waits for the earlier writes to
-  // its items only, so appends to a busy room's new numbers run in parallel, and a transaction
-  // holds exactly its own items.
+  // Per item, as DynamoDB isolates writes: a transaction holds exactly its own items, and writes to
+  // other items (a busy room's new numbers, its head's ADDs) run in parallel.
   const serialized = itemQueue();
   const keysOf = (input: RequestBody): string[] => {
     try {

@@ -22,10 +22,8 @@
     attempts: 0, reconnectTimer: 0, replaying: false,
     /** The room's sequence as this page follows it (room-stream.js). */
     stream: null,
-    /** Messages typed and not yet acknowledged, one on the wire at a time (room-stream.js). */
+    /** Messages typed and not yet acknowledged, one on the wire at a time, each with its line (`li`). */
     sender: null,
-    /** The line shown for each unacknowledged send, by client id. */
-    lines: new Map(),
   };
 
   function setStatus(text, offline) {
@@ -102,7 +100,7 @@
         // Numbering started again (the server lost the room's head): what is shown belongs to the old stream.
         $("messages").replaceChildren();
         system("This room's history was reset on the server (its numbering started again); showing it anew.");
-        for (const li of state.lines.values()) place(li);
+        for (const item of state.sender.unacknowledged()) place(item.li);
       },
       history(request) {
         send(request);
@@ -113,18 +111,13 @@
       {
         send,
         acked(item, ack) {
-          const li = state.lines.get(item.id);
-          state.lines.delete(item.id);
           if (item.resends) showError(""); // the "busy" notice is answered
-          if (!li) return;
-          li.classList.remove("pending");
-          li.dataset.cursor = ack.cursor;
-          place(li);
+          item.li.classList.remove("pending");
+          item.li.dataset.cursor = ack.cursor;
+          place(item.li);
         },
         failed(item, error) {
-          const li = state.lines.get(item.id);
-          state.lines.delete(item.id);
-          if (li) li.classList.replace("pending", "failed");
+          item.li.classList.replace("pending", "failed");
           showError(ERRORS[error.code] || error.message);
         },
         retrying() {
@@ -206,7 +199,6 @@
     state.room = $("room").value.trim();
     if (roomChanged || !state.stream) {
       $("messages").replaceChildren();
-      state.lines.clear();
       follow();
     }
     $("leave-button").disabled = false;
@@ -229,8 +221,7 @@
     const id = crypto.randomUUID();
     const li = render({ ts: Date.now(), name: state.name || "me", text, mine: true });
     li.classList.add("pending");
-    state.lines.set(id, li);
-    state.sender.send(id, text);
+    state.sender.send(id, text).li = li; // answered only later, on a frame: the line is there by then
     $("text").value = "";
   }
 

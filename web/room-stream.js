@@ -46,6 +46,8 @@
       /** Cursors seen above `cursor`. */
       this.ahead = new Set();
       this.timer = null;
+      /** Whether `timer` is the watchdog of a request in flight (else a pause before the next ask). */
+      this.asking = false;
       this.pendingTries = 0;
       /** The last number of the gap the outstanding request asks for (null: a catch-up). */
       this.gapEnd = null;
@@ -77,12 +79,16 @@
      * gap (not again what arrived live); otherwise everything after the settled cursor.
      */
     request() {
-      this.gapEnd = null;
-      if (this.cursor === null) return { action: "history", limit: this.options.historyLimit };
+      return this.missing().request;
+    }
+
+    /** What `request()` asks for, and the last number of the gap it fills (null: a catch-up). */
+    missing() {
+      if (this.cursor === null) return { request: { action: "history", limit: this.options.historyLimit }, gapEnd: null };
       const held = this.ahead.size ? Math.min(...this.ahead) : Infinity;
       const gap = held - this.cursor - 1;
-      if (gap <= this.options.historyLimit) this.gapEnd = held - 1;
-      return { action: "history", since: pad(this.cursor), limit: Math.max(1, Math.min(this.options.historyLimit, gap)) };
+      const limit = Math.max(1, Math.min(this.options.historyLimit, gap));
+      return { request: { action: "history", since: pad(this.cursor), limit }, gapEnd: gap <= this.options.historyLimit ? held - 1 : null };
     }
 
     take(frame) {
@@ -102,7 +108,7 @@
       const moved = this.cursor === null || settled > this.cursor;
       if (moved) this.cursor = settled;
       for (const n of this.ahead) if (n <= this.cursor) this.ahead.delete(n);
-      while (this.ahead.delete(this.cursor + 1)) this.cursor++;
+      this.consumeHeld();
       if (frame.more && frame.retryAfterMs !== undefined) {
         // Stopped at a number still being written: ask again after the hint, longer each time it does not move.
         this.pendingTries = moved ? 0 : this.pendingTries + 1;
@@ -118,9 +124,14 @@
 
     advance() {
       if (this.cursor === null) return; // the first history-end sets where we stand
-      while (this.ahead.delete(this.cursor + 1)) this.cursor++;
+      this.consumeHeld();
       if (this.ahead.size > 0 && this.timer === null) this.schedule(this.options.gapWaitMs);
       else if (this.ahead.size === 0 && !this.asking) this.clearTimer();
+    }
+
+    /** Moves the settled cursor over the held cursors that follow it without a gap. */
+    consumeHeld() {
+      while (this.ahead.delete(this.cursor + 1)) this.cursor++;
     }
 
     /** False when the frame belongs to an old stream, or starts a new one (then everything restarts). */
@@ -140,14 +151,12 @@
     }
 
     ask() {
-      this.clearTimer();
-      this.asking = true;
-      this.hooks.history(this.request());
       // Watchdog: a lost request or reply (a dropped connection, a failed run) is asked again.
-      this.timer = setTimeout(() => {
-        this.timer = null;
-        this.ask();
-      }, this.options.historyTimeoutMs);
+      this.schedule(this.options.historyTimeoutMs);
+      this.asking = true;
+      const { request, gapEnd } = this.missing();
+      this.gapEnd = gapEnd;
+      this.hooks.history(request);
     }
 
     schedule(ms) {

@@ -4,9 +4,8 @@
  * is called, into ChatErrors with code `store_unavailable`.
  */
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
-import { createLeanDocumentClient, DocumentClient } from "./dynamodb";
+import { createLeanDocumentClient, DocumentClient, isConditionFailure, storeUnavailable, tableCalls } from "./dynamodb";
 import { ENV, requireEnv } from "./env";
-import { chatError } from "./errors";
 
 /** API Gateway closes every WebSocket connection after 2 hours. */
 export const MAX_CONNECTION_SECONDS = 2 * 60 * 60;
@@ -71,18 +70,10 @@ export function createDocumentClient(): DocumentClient {
   return createLeanDocumentClient();
 }
 
-const isConditionFailure = (err: unknown) => (err as Error)?.name === "ConditionalCheckFailedException";
-
 export function createConnectionsStore(doc: DocumentClient, config: StoreConfig): ConnectionsStore {
   const { tableName, roomIndexName } = config;
 
-  async function call<T>(operation: string, run: () => Promise<T>): Promise<T> {
-    try {
-      return await run();
-    } catch (err) {
-      throw chatError("store_unavailable", `DynamoDB ${operation} on ${tableName} failed: ${(err as Error).name}: ${(err as Error).message}`, 500, err);
-    }
-  }
+  const call = tableCalls(tableName);
 
   const store: ConnectionsStore = {
     async put(record) {
@@ -141,7 +132,7 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
           const out = await update(expression, condition, values);
           return { record: out.Attributes as ConnectionRecord, allowed: true };
         } catch (err) {
-          if (!isConditionFailure(err)) throw chatError("store_unavailable", `DynamoDB UpdateItem on ${tableName} failed: ${(err as Error).name}`, 500, err);
+          if (!isConditionFailure(err)) throw storeUnavailable(tableName, "UpdateItem", err);
         }
       }
       // Every condition failed: the connection is unknown, or this window is used up.

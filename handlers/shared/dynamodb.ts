@@ -30,6 +30,7 @@ import {
   UpdateCommand,
 } from "@aws-sdk/lib-dynamodb";
 import { AwsHttpError, createAwsClient, serviceEndpoint } from "./aws-http";
+import { chatError, ChatError } from "./errors";
 
 export const REQUEST_TIMEOUT_MS = 3_000;
 const ATTEMPTS = 3;
@@ -39,6 +40,25 @@ const THROTTLING = ["ThrottlingException", "ProvisionedThroughputExceededExcepti
 
 /** What the handlers need of a document client: `send`, with lib-dynamodb's typing. */
 export type DocumentClient = Pick<DynamoDBDocumentClient, "send">;
+
+export const isConditionFailure = (err: unknown) => (err as Error)?.name === "ConditionalCheckFailedException";
+export const isCancellation = (err: unknown) => (err as Error)?.name === "TransactionCanceledException";
+
+/** A DynamoDB failure as the stores report it: the `store_unavailable` ChatError, naming the call and table. */
+export function storeUnavailable(tableName: string, operation: string, err: unknown): ChatError {
+  return chatError("store_unavailable", `DynamoDB ${operation} on ${tableName} failed: ${(err as Error).name}: ${(err as Error).message}`, 500, err);
+}
+
+/** Runs DynamoDB calls on one table, translating any failure where the call is made (storeUnavailable). */
+export function tableCalls(tableName: string) {
+  return async <T>(operation: string, run: () => Promise<T>): Promise<T> => {
+    try {
+      return await run();
+    } catch (err) {
+      throw storeUnavailable(tableName, operation, err);
+    }
+  };
+}
 
 type Doc = Record<string, unknown>;
 type Wire = Record<string, unknown>;

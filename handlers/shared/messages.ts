@@ -26,7 +26,7 @@ import type { TransactionCanceledException } from "@aws-sdk/client-dynamodb";
 import { GetCommand, PutCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import { randomBytes } from "crypto";
 import { createDocumentClient } from "./connections";
-import type { DocumentClient } from "./dynamodb";
+import { DocumentClient, isCancellation, isConditionFailure, storeUnavailable, tableCalls } from "./dynamodb";
 import { ENV, RANGES, requireEnv, requireIntEnv } from "./env";
 import { chatError } from "./errors";
 import { settlePage } from "./sequence";
@@ -126,18 +126,10 @@ export function cursorOf(seq: number): string {
 /** Epochs are 8 characters (6 random bytes, base64url), so a frame's size is known before storing. */
 export const EPOCH_LENGTH = 8;
 const newEpoch = () => randomBytes((EPOCH_LENGTH * 3) / 4).toString("base64url");
-const isCancellation = (err: unknown) => (err as Error)?.name === "TransactionCanceledException";
-const isConditionFailure = (err: unknown) => (err as Error)?.name === "ConditionalCheckFailedException";
 
 export function createMessageStore(doc: DocumentClient, tableName: string, retentionDays: number, options: MessageStoreOptions): MessageStore {
   const { holeGraceMs, pendingRetryMs = 250 } = options;
-  async function call<T>(operation: string, run: () => Promise<T>, status = 500): Promise<T> {
-    try {
-      return await run();
-    } catch (err) {
-      throw chatError("store_unavailable", `DynamoDB ${operation} on ${tableName} failed: ${(err as Error).name}: ${(err as Error).message}`, status, err);
-    }
-  }
+  const call = tableCalls(tableName);
   const claimKey = (m: NewMessage) => `#id#${m.from.name}#${m.clientId}`;
   const getItem = (room: string, cursor: string) =>
     call("GetItem", async () => (await doc.send(new GetCommand({ TableName: tableName, Key: { room, cursor }, ConsistentRead: true }))).Item);
@@ -161,13 +153,15 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
   /** Fills an empty number with a tombstone; false when something is stored there already. */
   async function tombstone(room: string, seq: number, epoch: string, numberedAt: number): Promise<boolean> {
     const item: StoredTombstone = { room, cursor: cursorOf(seq), type: "tombstone", epoch, numberedAt, expiresAt: Math.floor(Date.now() / 1000) + retentionDays * 86_400 };
-    try {
-      await doc.send(new PutCommand({ TableName: tableName, Item: item, ConditionExpression: FREE_NUMBER, ExpressionAttributeNames: CURSOR_NAME, ExpressionAttributeValues: { ":epoch": epoch } }));
-      return true;
-    } catch (err) {
-      if (isConditionFailure(err)) return false;
-      throw chatError("store_unavailable", `DynamoDB PutItem on ${tableName} failed: ${(err as Error).name}: ${(err as Error).message}`, 500, err);
-    }
+    return call("PutItem", async () => {
+      try {
+        await doc.send(new PutCommand({ TableName: tableName, Item: item, ConditionExpression: FREE_NUMBER, ExpressionAttributeNames: CURSOR_NAME, ExpressionAttributeValues: { ":epoch": epoch } }));
+        return true;
+      } catch (err) {
+        if (isConditionFailure(err)) return false;
+        throw err;
+      }
+    });
   }
 
   /** Stores the message under its number: "stored", "taken" (a tombstone got there first) or "duplicate" (the id's claim exists). */
@@ -211,7 +205,7 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
     } catch (err) {
       // Our number stays empty: fill it now rather than leave readers waiting out the grace.
       await tombstone(message.room, seq, epoch, numberedAt).catch(() => undefined);
-      throw chatError("store_unavailable", `DynamoDB write on ${tableName} failed: ${(err as Error).name}: ${(err as Error).message}`, 500, err);
+      throw storeUnavailable(tableName, message.clientId ? "TransactWriteItems" : "PutItem", err);
     }
     const ours = { cursor: item.cursor, epoch, duplicate: false };
     if (outcome === "stored") return ours;

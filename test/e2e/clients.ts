@@ -178,17 +178,39 @@ export class PageLikeClient {
   readonly sender: OrderedSender;
   private changed: (() => void)[] = [];
 
-  constructor(readonly client: Client, options: { resendBaseMs?: number; gapWaitMs?: number } = {}) {
+  private constructor(
+    public client: Client,
+    options: { resendBaseMs?: number; gapWaitMs?: number } = {},
+  ) {
     this.stream = new RoomStream(
       {
         event: (frame) => this.record(() => this.events.push(frame)),
         reset: (epoch) => this.record(() => this.resets.push(epoch)),
-        history: (request) => client.send(request),
+        history: (request) => this.client.send(request),
       },
       { gapWaitMs: options.gapWaitMs ?? 100 },
     );
-    this.sender = new OrderedSender({ send: (frame) => client.send(frame), acked: (_item, ack) => this.record(() => this.acks.push(ack)) }, { resendBaseMs: options.resendBaseMs ?? 200 });
-    client.socket.on("message", (data) => {
+    this.sender = new OrderedSender({ send: (frame) => this.client.send(frame), acked: (_item, ack) => this.record(() => this.acks.push(ack)) }, { resendBaseMs: options.resendBaseMs ?? 200 });
+    this.listen();
+  }
+
+  /** Opens a connection and starts following the room. */
+  static async open(url: string, query: Record<string, string>, options?: { resendBaseMs?: number; gapWaitMs?: number }): Promise<PageLikeClient> {
+    const page = new PageLikeClient(await Client.open(url, query), options);
+    page.stream.start();
+    return page;
+  }
+
+  /** Connects again after the socket closed, as the page does: the same stream and queue go on. */
+  async reopen(url: string, query: Record<string, string>): Promise<void> {
+    this.client = await Client.open(url, query);
+    this.listen();
+    this.stream.start();
+    this.sender.resume();
+  }
+
+  private listen() {
+    this.client.socket.on("message", (data) => {
       let frame: StreamFrame;
       try {
         frame = JSON.parse(data.toString()) as StreamFrame;
@@ -199,13 +221,6 @@ export class PageLikeClient {
       this.stream.frame(frame);
       this.record(() => undefined);
     });
-  }
-
-  /** Opens a connection and starts following the room. */
-  static async open(url: string, query: Record<string, string>, options?: { resendBaseMs?: number; gapWaitMs?: number }): Promise<PageLikeClient> {
-    const page = new PageLikeClient(await Client.open(url, query), options);
-    page.stream.start();
-    return page;
   }
 
   /** The messages shown, in cursor order. */

@@ -107,12 +107,7 @@ describe("the room sequence: a stream that starts again", function () {
       await stack.stop();
       stack = await stackOf({ port });
       // The watcher's connection was closed by the stop; it reconnects as the page does, from cursor 3.
-      const reconnected = new PageLikeClient(await Client.open(stack.outputs.url, { room, name: "wes" }));
-      Object.assign(reconnected.stream, { epoch: watcher.stream.epoch, cursor: watcher.stream.cursor });
-      reconnected.events.push(...watcher.events);
-      watcher.stream.stop();
-      watcher = reconnected;
-      watcher.stream.start();
+      await watcher.reopen(stack.outputs.url, { room, name: "wes" });
       sender = await PageLikeClient.open(stack.outputs.url, { room, name: "sal" });
       sender.sender.send("new-1", "new 1");
       await watcher.until(() => watcher!.resets.length === 1 && watcher!.stream.cursor === 1 && watcher!.messages().some((m) => m.message === "new 1"), 30_000, "the new stream");
