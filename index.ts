@@ -15,6 +15,7 @@ import { fanoutHandlerFactory } from "./handlers/fanout";
 import { seedSendMessageHandlerFactory } from "./handlers/seed-sendmessage";
 import { sendMessageHandlerFactory } from "./handlers/sendmessage";
 import { ENV, holeGraceMsFor } from "./handlers/shared/env";
+import { tokenAudience as audienceOf } from "./handlers/shared/tokens";
 import { chatFunction, ChatFunction } from "./infra/function";
 import { chatSite } from "./infra/site";
 import { loadStackSettings } from "./stacks";
@@ -73,6 +74,12 @@ const managementEndpoint = pulumi.interpolate`${api.apiEndpoint}`.apply(
 const connectionsArn = (method: "GET" | "POST" | "DELETE") =>
   pulumi.interpolate`${api.executionArn}/${stageName}/${method}/@connections/*`;
 const connectionsEnv = { [ENV.tableName]: connections.name, [ENV.roomIndexName]: ROOM_INDEX };
+// The per-connection budget every route a client can call spends (handlers/shared/connections.ts).
+const budgetEnv = {
+  [ENV.rateLimitMessages]: String(settings.rateLimitMessages),
+  [ENV.rateLimitWindowSeconds]: String(settings.rateLimitWindowSeconds),
+};
+const audience = audienceOf(project, pulumi.getStack());
 const historyEnv = {
   [ENV.messagesTable]: messages.name,
   [ENV.historyRetentionDays]: String(settings.historyRetentionDays),
@@ -80,16 +87,23 @@ const historyEnv = {
 };
 
 // The route handlers, each with its own role holding only what its code calls.
+// With auth on, $connect also takes one of the verified name's places (a conditional PutItem of a
+// place item in the same table) and frees it (DeleteItem) if the record cannot be written.
 const connect = chatFunction(`${project}-connect`, {
   factory: connectHandlerFactory,
   settings,
-  environment: connectionsEnv,
-  statements: [{ Sid: "RecordConnection", Effect: "Allow", Action: ["dynamodb:PutItem"], Resource: [connections.arn] }],
+  reservedConcurrency: settings.reservedConcurrencyConnect,
+  environment: { ...connectionsEnv, ...(settings.authEnabled ? { [ENV.maxConnectionsPerName]: String(settings.maxConnectionsPerName) } : {}) },
+  statements: [
+    { Sid: "RecordConnection", Effect: "Allow", Action: ["dynamodb:PutItem", ...(settings.authEnabled ? ["dynamodb:DeleteItem"] : [])], Resource: [connections.arn] },
+  ],
 });
 
+// DeleteItem removes the record and, for one that held a place among its name's, that place.
 const disconnect = chatFunction(`${project}-disconnect`, {
   factory: disconnectHandlerFactory,
   settings,
+  reservedConcurrency: settings.reservedConcurrencyDisconnect,
   environment: connectionsEnv,
   statements: [{ Sid: "ForgetConnection", Effect: "Allow", Action: ["dynamodb:DeleteItem"], Resource: [connections.arn] }],
 });
@@ -99,10 +113,11 @@ const disconnect = chatFunction(`${project}-disconnect`, {
 const fanout = chatFunction(`${project}-fanout`, {
   factory: fanoutHandlerFactory,
   settings,
+  reservedConcurrency: settings.reservedConcurrencyFanout,
   environment: { ...connectionsEnv, [ENV.managementEndpoint]: managementEndpoint, [ENV.fanoutConcurrency]: String(settings.fanoutConcurrency) },
   statements: [
     { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
-    // Removes recipients that answered 410.
+    // Removes recipients that answered 410, and the name's place one of them held.
     { Sid: "RemoveStale", Effect: "Allow", Action: ["dynamodb:DeleteItem"], Resource: [connections.arn] },
   ],
 });
@@ -131,6 +146,7 @@ const sendMessage = settings.benchSeedFanout
   : chatFunction(`${project}-sendmessage`, {
       factory: sendMessageHandlerFactory,
       settings,
+      reservedConcurrency: settings.reservedConcurrencySendMessage,
       environment: {
         ...connectionsEnv,
         ...historyEnv,
@@ -139,12 +155,11 @@ const sendMessage = settings.benchSeedFanout
         [ENV.fanoutConcurrency]: String(settings.fanoutConcurrency),
         [ENV.fanoutChunkSize]: String(settings.fanoutChunkSize),
         [ENV.fanoutFunction]: fanout.fn.name,
-        [ENV.rateLimitMessages]: String(settings.rateLimitMessages),
-        [ENV.rateLimitWindowSeconds]: String(settings.rateLimitWindowSeconds),
+        ...budgetEnv,
       },
       statements: [
-        // UpdateItem counts the sender's rate limit and returns its record (GetItem when refused);
-        // DeleteItem removes recipients that answered 410.
+        // UpdateItem spends the sender's budget and returns its record (GetItem when refused);
+        // DeleteItem removes recipients that answered 410 (and the name's place one of them held).
         { Sid: "AdmitSenderRemoveStale", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
         { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [pulumi.interpolate`${connections.arn}/index/${ROOM_INDEX}`] },
         // Appending: UpdateItem takes the room's next number (ADD on the head); PutItem stores the
@@ -161,9 +176,12 @@ const sendMessage = settings.benchSeedFanout
 const history = chatFunction(`${project}-history`, {
   factory: historyHandlerFactory,
   settings,
-  environment: { ...connectionsEnv, ...historyEnv, [ENV.managementEndpoint]: managementEndpoint },
+  reservedConcurrency: settings.reservedConcurrencyHistory,
+  environment: { ...connectionsEnv, ...historyEnv, ...budgetEnv, [ENV.managementEndpoint]: managementEndpoint },
   statements: [
-    { Sid: "ReadCaller", Effect: "Allow", Action: ["dynamodb:GetItem"], Resource: [connections.arn] },
+    // UpdateItem spends the caller's budget (up front, then by what the page returned) and returns
+    // its record (GetItem when refused).
+    { Sid: "AdmitCaller", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem"], Resource: [connections.arn] },
     // Query reads the events, GetItem the room's head (its epoch); PutItem writes a tombstone into a
     // number whose sender died before storing it (handlers/shared/sequence.ts).
     { Sid: "ReadHistory", Effect: "Allow", Action: ["dynamodb:Query", "dynamodb:GetItem"], Resource: [messages.arn] },
@@ -175,22 +193,33 @@ const history = chatFunction(`${project}-history`, {
 const defaultRoute = chatFunction(`${project}-default`, {
   factory: defaultHandlerFactory,
   settings,
-  environment: { [ENV.managementEndpoint]: managementEndpoint },
+  reservedConcurrency: settings.reservedConcurrencyDefault,
+  environment: { ...connectionsEnv, ...budgetEnv, [ENV.managementEndpoint]: managementEndpoint },
   statements: [
+    // Every frame spends the caller's budget: UpdateItem (GetItem when refused).
+    { Sid: "AdmitCaller", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem"], Resource: [connections.arn] },
     // GET is GetConnection (the caller's info); POST answers the caller.
     { Sid: "AnswerCaller", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("GET"), connectionsArn("POST")] },
   ],
 });
 
-// With auth on, a REQUEST authorizer checks the signed ?token= before $connect runs. The key is a
-// secret Output: it reaches the function as an environment variable, never in its code.
+// With auth on, a REQUEST authorizer checks the signed ?token= before $connect runs: this stack as
+// its audience, at most tokenMaxLifetimeHours long, signed by the current key or, during a rotation,
+// the previous one. The keys are secret Outputs: they reach the function as environment variables,
+// never in its code (README, "Security notes": why not SSM or Secrets Manager).
 let connectAuthorizer: aws.apigatewayv2.Authorizer | undefined;
 let authorizerFn: ChatFunction | undefined;
 if (settings.authEnabled && settings.tokenKey) {
   authorizerFn = chatFunction(`${project}-authorizer`, {
     factory: authorizerHandlerFactory,
     settings,
-    environment: { [ENV.tokenKey]: settings.tokenKey },
+    reservedConcurrency: settings.reservedConcurrencyAuthorizer,
+    environment: {
+      [ENV.tokenKey]: settings.tokenKey,
+      ...(settings.tokenPreviousKey ? { [ENV.tokenPreviousKey]: settings.tokenPreviousKey } : {}),
+      [ENV.tokenAudience]: audience,
+      [ENV.tokenMaxLifetimeSeconds]: String(settings.tokenMaxLifetimeHours * 3600),
+    },
     statements: [],
   });
   connectAuthorizer = new aws.apigatewayv2.Authorizer("connect-token", {
@@ -364,6 +393,8 @@ export const tableName = connections.name;
 export const messagesTableName = messages.name;
 export const stage = chatStage.name;
 export const authEnabled = settings.authEnabled;
+/** The audience a token for this stack carries (`npm run token -- --stack <stack>` sets it). */
+export const tokenAudience = settings.authEnabled ? audience : undefined;
 export const alarmTopicArn = alarmTopic?.arn;
 export { webUrl };
 export { region };

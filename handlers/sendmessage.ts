@@ -16,7 +16,8 @@
  */
 import { randomUUID } from "crypto";
 import { deliver, memberBroadcast, onePage } from "./shared/broadcaster";
-import { connectionsStoreFromEnv, createDocumentClient, RateLimit } from "./shared/connections";
+import { isDeadline, timeBudget } from "./shared/budget";
+import { budgetFromEnv, connectionsStoreFromEnv, createDocumentClient } from "./shared/connections";
 import { ENV, RANGES, requireEnv, requireIntEnv } from "./shared/env";
 import { ClientErrorCode, describeError, isChatError } from "./shared/errors";
 import type { WebSocketEvent, WebSocketHandler, WebSocketResult } from "./shared/events";
@@ -37,10 +38,7 @@ const EPOCH_PLACEHOLDER = "e".repeat(EPOCH_LENGTH);
 export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
   const maxMessageBytes = requireIntEnv(ENV.maxMessageBytes, RANGES.maxMessageBytes.min, RANGES.maxMessageBytes.max);
   const concurrency = requireIntEnv(ENV.fanoutConcurrency, RANGES.fanoutConcurrency.min, RANGES.fanoutConcurrency.max);
-  const rateLimit: RateLimit = {
-    messages: requireIntEnv(ENV.rateLimitMessages, RANGES.rateLimitMessages.min, RANGES.rateLimitMessages.max),
-    windowSeconds: requireIntEnv(ENV.rateLimitWindowSeconds, RANGES.rateLimitWindowSeconds.min, RANGES.rateLimitWindowSeconds.max),
-  };
+  const rateLimit = budgetFromEnv();
   const doc = createDocumentClient();
   const store = connectionsStoreFromEnv(doc);
   const history = messageStoreFromEnv(doc);
@@ -51,6 +49,7 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
 
   return async (event, context) => {
     const started = Date.now();
+    const budget = timeBudget(context, started);
     const { connectionId: senderId, messageId, requestTimeEpoch } = event.requestContext;
     const requestId = context.awsRequestId;
 
@@ -62,17 +61,9 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
       return { statusCode: 200 };
     }
 
-    const parsed = parseBody(event.body);
-    if (!parsed.ok) return refuse("invalid_json", "the body must be a JSON object");
-
-    let text: string;
-    try {
-      clientId = validateClientId(parsed.value.id);
-      text = validateMessage(parsed.value.message, maxMessageBytes);
-    } catch (err) {
-      if (!isChatError(err)) throw err;
-      return refuse(err.code as ClientErrorCode, err.message);
-    }
+    // Read first, refused only after the budget is spent: a flood of bad frames costs its sender too.
+    const read = readMessage(event.body, maxMessageBytes);
+    clientId = read.clientId;
 
     const queuedMs = requestTimeEpoch === undefined ? 0 : started - requestTimeEpoch;
     if (queuedMs > MAX_QUEUED_MS) {
@@ -82,17 +73,19 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
 
     let admission;
     try {
-      admission = await store.admitMessage(senderId, started, rateLimit);
+      admission = await budget.step("the rate-limit step", store.admit(senderId, started, rateLimit));
     } catch (err) {
       log("error", "sender lookup failed", { connectionId: senderId, requestId, error: describeError(err) });
-      return refuse("unavailable", "the message could not be sent; try again", MIN_RETRY_AFTER_MS);
+      return refuse("unavailable", "the message could not be sent; nothing was stored: try again", MIN_RETRY_AFTER_MS);
     }
     const admittedAt = Date.now();
     const sender = admission.record;
     if (!sender) return refuse("unknown_connection", "this connection is not registered; reconnect");
     if (!admission.allowed) {
-      return refuse("rate_limited", `more than ${rateLimit.messages} messages in ${rateLimit.windowSeconds} s; this one was not sent`);
+      return refuse("rate_limited", `more than ${rateLimit.messages} requests in ${rateLimit.windowSeconds} s; this one was not sent`, admission.retryAfterMs);
     }
+    if (!("text" in read)) return refuse(read.problem.code, read.problem.message);
+    const text = read.text;
 
     const ts = requestTimeEpoch ?? started;
     const id = messageId ?? randomUUID();
@@ -104,16 +97,24 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
       return refuse("message_too_large", `the message does not fit in one ${MAX_FRAME_BYTES}-byte frame once wrapped; nothing was stored`);
     }
     // A busy room may take a while to append to; half the time left stays for the fan-out and reply.
-    const deadline = Date.now() + Math.min(APPEND_BUDGET_MS, context.getRemainingTimeInMillis() / 2);
+    const deadline = Date.now() + Math.min(APPEND_BUDGET_MS, (budget.deadline - Date.now()) / 2);
     let stored;
     try {
-      stored = await history.append({ room: sender.room, id, from: { name: sender.name }, message: text, ts, ...(clientId ? { clientId } : {}) }, deadline);
+      stored = await budget.step("the append", history.append({ room: sender.room, id, from: { name: sender.name }, message: text, ts, ...(clientId ? { clientId } : {}) }, deadline));
     } catch (err) {
       log("error", "message not persisted", { connectionId: senderId, requestId, room: sender.room, error: describeError(err) });
       return refuse("unavailable", "the message was not stored; send it again (with the same id, it is stored once)", MIN_RETRY_AFTER_MS);
     }
     const storedAt = Date.now();
-    if (clientId) await deliver(management, senderId, ackFrame(clientId, stored.cursor, stored.epoch));
+    if (clientId) {
+      try {
+        await budget.step("the ack", deliver(management, senderId, ackFrame(clientId, stored.cursor, stored.epoch)));
+      } catch (err) {
+        // Stored, unacknowledged: the sender resends after its ack timeout and is acknowledged then.
+        log("error", "ack cut short by the time budget", { connectionId: senderId, requestId, room: sender.room, clientId, cursor: stored.cursor, error: describeError(err) });
+        return { statusCode: 200 };
+      }
+    }
     if (stored.duplicate) {
       log("info", "duplicate acknowledged", { connectionId: senderId, requestId, room: sender.room, clientId, cursor: stored.cursor });
       return { statusCode: 200 };
@@ -123,7 +124,7 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
 
     let stats: SpreadStats;
     try {
-      stats = await spread({
+      stats = await budget.step("the fan-out", spread({
         pages: store.roomMembers(sender.room),
         exclude: senderId,
         room: sender.room,
@@ -135,10 +136,10 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
         onDispatchFailed(chunk, err) {
           log("warn", "fan-out hand-off failed; delivering that chunk here", { requestId, room: sender.room, cursor: stored.cursor, chunk, error: describeError(err) });
         },
-      });
+      }));
     } catch (err) {
       // The message is stored: members who missed it get it from `history`.
-      log("error", "fan-out aborted", { connectionId: senderId, requestId, room: sender.room, cursor: stored.cursor, error: describeError(err) });
+      log("error", isDeadline(err) ? "fan-out cut short by the time budget" : "fan-out aborted", { connectionId: senderId, requestId, room: sender.room, cursor: stored.cursor, error: describeError(err) });
       return refuse("unavailable", "the message is stored but may not have reached everyone live; they will get it from history");
     }
 
@@ -147,4 +148,20 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
     log("info", "message", { connectionId: senderId, requestId, room: sender.room, id, cursor: stored.cursor, ...stats, ms });
     return { statusCode: 200 };
   };
+}
+
+type ReadMessage = { clientId?: string; text: string } | { clientId?: string; problem: { code: ClientErrorCode; message: string } };
+
+/** The message and client id a body carries, or what is wrong with it (the id is kept once valid, to name it in refusals). */
+function readMessage(body: string | undefined, maxMessageBytes: number): ReadMessage {
+  const parsed = parseBody(body);
+  if (!parsed.ok) return { problem: { code: "invalid_json", message: "the body must be a JSON object" } };
+  let clientId: string | undefined;
+  try {
+    clientId = validateClientId(parsed.value.id);
+    return { clientId, text: validateMessage(parsed.value.message, maxMessageBytes) };
+  } catch (err) {
+    if (!isChatError(err)) throw err;
+    return { clientId, problem: { code: err.code as ClientErrorCode, message: err.message } };
+  }
 }

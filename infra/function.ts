@@ -39,6 +39,8 @@ export interface ChatFunctionArgs<E, R> {
   /** Called once per Lambda instance; returns the `(event, context)` handler. */
   factory: () => (event: E, context: Context) => Promise<R>;
   settings: StackSettings;
+  /** Reserved concurrency from the stack's settings; 0 leaves the function unreserved. */
+  reservedConcurrency?: number;
   environment: Record<string, pulumi.Input<string>>;
   /** What the function's own code calls, beyond writing its logs (and traces, with tracing on). */
   statements: Statement[];
@@ -94,6 +96,8 @@ export function chatFunction<E, R>(name: string, args: ChatFunctionArgs<E, R>): 
       runtime: aws.lambda.Runtime.NodeJS22dX,
       memorySize: args.settings.lambdaMemoryMb,
       timeout: args.settings.lambdaTimeoutSeconds,
+      // -1 is Lambda's "unreserved" (0 would stop the function).
+      reservedConcurrentExecutions: args.reservedConcurrency ? args.reservedConcurrency : -1,
       environment: { variables: args.environment },
       loggingConfig: { logFormat: "Text", logGroup: logGroup.name },
       tracingConfig: { mode: args.settings.tracingEnabled ? "Active" : "PassThrough" },

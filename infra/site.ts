@@ -1,20 +1,15 @@
 /**
  * The chat page, published with the stack: a private S3 bucket (public access blocked, ACLs
  * disabled) that only this CloudFront distribution may read, through origin access control.
- * The page finds the stack's WebSocket URL in the config.json published beside it.
+ * The page finds the stack's WebSocket URL in the config.json published beside it, and every
+ * response carries the security headers of infra/page-headers.ts (a response headers policy):
+ * a Content-Security-Policy that lets the page connect only to that URL, HSTS, no framing, no
+ * Referer.
  */
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import * as path from "path";
-
-export const WEB_DIR = path.resolve(__dirname, "..", "web");
-/** The page's files and their content types (config.json is generated per stack). */
-export const WEB_FILES: Record<string, string> = {
-  "index.html": "text/html; charset=utf-8",
-  "chat.js": "text/javascript; charset=utf-8",
-  "room-stream.js": "text/javascript; charset=utf-8",
-  "chat.css": "text/css; charset=utf-8",
-};
+import { contentSecurityPolicy, FRAME_OPTIONS, HSTS_MAX_AGE_SECONDS, REFERRER_POLICY, WEB_DIR, WEB_FILES } from "./page-headers";
 /** AWS's managed cache policy "Managed-CachingOptimized"; objects say no-cache, so new deploys show at once. */
 const CACHING_OPTIMIZED = "658327ea-f89d-4fab-a63d-7e88639e58f6";
 
@@ -53,6 +48,23 @@ export function chatSite(name: string, config: { url: pulumi.Input<string>; auth
     signingBehavior: "always",
     signingProtocol: "sigv4",
   });
+  // Every property as @pulumi/aws 7.48 types it (cloudfront/responseHeadersPolicy.d.ts,
+  // inputs.cloudfront.ResponseHeadersPolicySecurityHeadersConfig). `override: true` throughout:
+  // these values win over any header the origin sends. The policy is autonamed, as the OAC is.
+  const securityHeaders = new aws.cloudfront.ResponseHeadersPolicy(name, {
+    comment: `${pulumi.getProject()} ${pulumi.getStack()} chat page: CSP (connects only to the stack url), HSTS, no framing, no referrer`.slice(0, 128),
+    securityHeadersConfig: {
+      // Checked against CloudFront's 1,783-character quota by the builder.
+      contentSecurityPolicy: { contentSecurityPolicy: pulumi.output(config.url).apply(contentSecurityPolicy), override: true },
+      // preload is off: the page lives on a *.cloudfront.net name, which only its owner (AWS) can
+      // submit to the browsers' preload list. includeSubDomains covers only names under the
+      // page's own host (none on cloudfront.net; on a custom domain, that name's subdomains).
+      strictTransportSecurity: { accessControlMaxAgeSec: HSTS_MAX_AGE_SECONDS, includeSubdomains: true, preload: false, override: true },
+      contentTypeOptions: { override: true },
+      frameOptions: { frameOption: FRAME_OPTIONS, override: true },
+      referrerPolicy: { referrerPolicy: REFERRER_POLICY, override: true },
+    },
+  });
   const distribution = new aws.cloudfront.Distribution(name, {
     enabled: true,
     comment: `${pulumi.getProject()} ${pulumi.getStack()} chat page`,
@@ -67,6 +79,7 @@ export function chatSite(name: string, config: { url: pulumi.Input<string>; auth
       cachedMethods: ["GET", "HEAD"],
       compress: true,
       cachePolicyId: CACHING_OPTIMIZED,
+      responseHeadersPolicyId: securityHeaders.id,
     },
     restrictions: { geoRestriction: { restrictionType: "none" } },
     viewerCertificate: { cloudfrontDefaultCertificate: true },

@@ -6,7 +6,7 @@
  */
 import { CreateTableCommand, CreateTableCommandInput, DescribeTableCommand, DynamoDBClient, ResourceNotFoundException } from "@aws-sdk/client-dynamodb";
 import { DeleteCommand, DynamoDBDocumentClient, ScanCommand } from "@aws-sdk/lib-dynamodb";
-import "./dynalite-patch"; // before dynalite loads its db module: unique index keys
+import "./dynalite-patch"; // before dynalite loads its db module: unique index keys, sizes in UTF-8 bytes
 import dynalite = require("dynalite");
 import * as fs from "fs";
 import type { AddressInfo } from "net";

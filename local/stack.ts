@@ -156,7 +156,11 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       stack: options.stack,
       apiEndpoint: () => `ws://${host}:${port}`,
       configOverrides: options.configOverrides,
-      secrets: { [`${readProjectFile().name}:tokenKey`]: tokenKey },
+      secrets: {
+        [`${readProjectFile().name}:tokenKey`]: tokenKey,
+        // A key being rotated out (README, "Rotating the key"): tokens it signed stay valid.
+        ...(process.env.CHAT_TOKEN_PREVIOUS_KEY ? { [`${readProjectFile().name}:tokenPreviousKey`]: process.env.CHAT_TOKEN_PREVIOUS_KEY } : {}),
+      },
     });
     const of = (type: string) => program.resources.filter((r) => r.type === type);
 

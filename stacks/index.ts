@@ -13,6 +13,8 @@ export type { StackSettings } from "./settings";
 export interface StackConfig extends StackSettings {
   /** Present when `authEnabled`. */
   readonly tokenKey?: pulumi.Output<string>;
+  /** The key being rotated out, when set (`tokenPreviousKey`): tokens it signed stay valid until they expire. */
+  readonly tokenPreviousKey?: pulumi.Output<string>;
 }
 
 export function loadStackSettings(): StackConfig {
@@ -27,9 +29,12 @@ export function loadStackSettings(): StackConfig {
       `${config.name}:tokenKey is required when authEnabled is true: pulumi config set --secret tokenKey "$(openssl rand -base64 48)"`,
     ]);
   }
-  const tokenKey = config.requireSecret("tokenKey").apply((key) => {
-    if (key.length < MIN_KEY_LENGTH) throw new SettingsError([`${config.name}:tokenKey must be at least ${MIN_KEY_LENGTH} characters`]);
-    return key;
-  });
-  return { ...settings, tokenKey };
+  const checked = (key: string) =>
+    config.requireSecret(key).apply((value) => {
+      if (value.length < MIN_KEY_LENGTH) throw new SettingsError([`${config.name}:${key} must be at least ${MIN_KEY_LENGTH} characters`]);
+      return value;
+    });
+  const tokenKey = checked("tokenKey");
+  const tokenPreviousKey = config.get("tokenPreviousKey") === undefined ? undefined : checked("tokenPreviousKey");
+  return { ...settings, tokenKey, ...(tokenPreviousKey ? { tokenPreviousKey } : {}) };
 }

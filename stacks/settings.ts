@@ -19,6 +19,12 @@ type Spec = IntegerSpec | BooleanSpec | StringSpec;
 
 type ValueOf<S> = S extends IntegerSpec ? number : S extends BooleanSpec ? boolean : string;
 
+/** One function's reserved concurrency (infra/function.ts): 0 leaves it unreserved. */
+const reservedConcurrency = (what: string): IntegerSpec => ({
+  type: "integer", min: 0, max: 10000,
+  description: `Reserved concurrency of ${what}: the most instances it may run at once, also guaranteed to it; 0 leaves it unreserved.`,
+});
+
 export const SETTINGS_SCHEMA = {
   stageName: {
     type: "string",
@@ -86,6 +92,21 @@ export const SETTINGS_SCHEMA = {
     type: "boolean",
     description: "Require a signed token (?token=) on connect, checked by a $connect authorizer; needs the secret tokenKey.",
   },
+  tokenMaxLifetimeHours: {
+    type: "integer", min: 1, max: 8760,
+    description: "Longest token lifetime (expiry minus issue time) the authorizer accepts, in hours; longer tokens are refused whoever signed them.",
+  },
+  maxConnectionsPerName: {
+    type: "integer", min: RANGES.maxConnectionsPerName.min, max: RANGES.maxConnectionsPerName.max,
+    description: "With auth on, open connections one verified name may hold at once; more are refused at $connect with 429.",
+  },
+  reservedConcurrencyConnect: reservedConcurrency("$connect (new connections)"),
+  reservedConcurrencyDisconnect: reservedConcurrency("$disconnect"),
+  reservedConcurrencyAuthorizer: reservedConcurrency("the $connect authorizer"),
+  reservedConcurrencySendMessage: reservedConcurrency("sendmessage (messages stored and fanned out)"),
+  reservedConcurrencyFanout: reservedConcurrency("fanout (chunks of large rooms)"),
+  reservedConcurrencyHistory: reservedConcurrency("history (replays)"),
+  reservedConcurrencyDefault: reservedConcurrency("$default (echo and usage answers)"),
   alarmsEnabled: {
     type: "boolean",
     description: "CloudWatch alarms on Lambda errors and throttles, API integration and execution errors, and DynamoDB throttling.",

@@ -6,12 +6,51 @@
 // the unacknowledged message with the same id. A send refused as `unavailable` (nothing stored: a
 // busy room, a store outage) is resent after the server's `retryAfterMs`, or a growing pause. When
 // the room's epoch changes (its numbering started again) the page says so and reloads the room.
+// Tokens: a `?token=` leaves the address bar at once and is kept for this tab only; nothing global
+// holds it or the socket. The server: config.json's `url` when the site has one (a link's `?url=`
+// is then ignored, and the Content-Security-Policy refuses any other server anyway); `?url=` only
+// where there is no config.json (the page opened from disk or a plain file server).
 // No framework, no build step.
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
+
+  // First, before any request of this script: take the token out of the address (and so out of
+  // the history, bookmarks, shared links and Referer headers) and keep it in sessionStorage, which
+  // a reload of this tab keeps and a new tab does not have. The meta referrer in index.html and
+  // the Referrer-Policy header cover the requests made before this runs.
+  // The token is kept with the server it is for: a later `?url=` (possible only where there is no
+  // config.json) cannot make this tab send it to another server.
+  const TOKEN_KEY = "ws-chat.token";
+  let tokenForThisLoad = "{}"; // where sessionStorage is unavailable (storage blocked): this load only
+  function savedToken(url) {
+    let saved = {};
+    try {
+      saved = JSON.parse(sessionStorage.getItem(TOKEN_KEY) || "{}");
+    } catch {
+      saved = JSON.parse(tokenForThisLoad);
+    }
+    return saved && typeof saved.token === "string" && (!saved.url || saved.url === url) ? saved.token : "";
+  }
+  function saveToken(token, url) {
+    tokenForThisLoad = JSON.stringify(token ? { token, url } : {});
+    try {
+      if (token) sessionStorage.setItem(TOKEN_KEY, tokenForThisLoad);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch {
+      // storage blocked: the token lasts until the page is left
+    }
+  }
+  if (params.has("token")) {
+    saveToken(params.get("token").trim(), null); // bound to the server once the config names it
+    params.delete("token");
+    const clean = new URL(location.href);
+    clean.search = params.toString();
+    history.replaceState(history.state, "", clean);
+  }
+
   const { RoomStream, OrderedSender } = window.RoomStream;
   const RECONNECT_BASE_MS = Number(params.get("reconnectMs")) || 1000;
   const RECONNECT_MAX_MS = 30000;
@@ -34,6 +73,16 @@
   function showError(text) {
     $("error").textContent = text;
     $("error").hidden = !text;
+  }
+
+  function showNotice(text) {
+    $("notice").textContent = text;
+    $("notice").hidden = !text;
+  }
+
+  /** Every cursor up to this one is settled: a fact tests and the curious can read from the DOM. */
+  function showSettled() {
+    $("messages").dataset.settled = state.stream && state.stream.cursor !== null ? String(state.stream.cursor) : "";
   }
 
   const ERRORS = {
@@ -137,11 +186,13 @@
     }
     if (frame.type === "error") {
       // A refusal of a send names it (`id`): the sender decides to resend or fail it.
-      if (!state.sender.frame(frame)) showError(ERRORS[frame.code] || frame.message);
+      // An id-less refusal of a history request is retried by the stream after its hint.
+      if (!state.sender.frame(frame) && !state.stream.frame(frame)) showError(ERRORS[frame.code] || frame.message);
       return;
     }
     if (frame.type === "ack") state.sender.frame(frame);
     state.stream.frame(frame);
+    showSettled();
     if (frame.type === "history-end" && !frame.more) state.replaying = false;
   }
 
@@ -200,7 +251,9 @@
     if (roomChanged || !state.stream) {
       $("messages").replaceChildren();
       follow();
+      showSettled();
     }
+    saveToken($("token").value.trim(), state.config.url); // what this tab joined with: a reload keeps it
     $("leave-button").disabled = false;
     connect();
     $("text").focus();
@@ -225,19 +278,58 @@
     $("text").value = "";
   }
 
+  /**
+   * The server to connect to. A site that publishes a config.json with a `url` (every stack's page,
+   * on CloudFront and locally) connects there and nowhere else: a link's `?url=` is ignored, with a
+   * notice, so a link to the genuine page cannot send its token to another server. `?url=` is for a
+   * page with no config.json: opened from disk (fetch has no file: scheme) or from a server that
+   * answers 404. Any other failure to read config.json stops here rather than trust the link.
+   */
+  async function loadConfig() {
+    const fromLink = params.get("url");
+    let response = null;
+    try {
+      response = await fetch("config.json");
+    } catch {
+      if (location.protocol !== "file:") throw new Error("Could not load this page's config.json; reload to try again.");
+    }
+    if (response && !response.ok && response.status !== 404) throw new Error(`Could not load this page's config.json (HTTP ${response.status}); reload to try again.`);
+    let fromFile = null;
+    if (response && response.ok) {
+      try {
+        fromFile = await response.json();
+      } catch {
+        throw new Error("This page's config.json is not valid JSON.");
+      }
+    }
+    if (fromFile && fromFile.url) {
+      if (fromLink !== null && fromLink !== fromFile.url) {
+        showNotice(`The "url" in the link that opened this page was ignored: this page connects only to its own chat server, ${new URL(fromFile.url).host}.`);
+      }
+      return fromFile;
+    }
+    return { ...(fromFile || {}), url: fromLink };
+  }
+
   async function start() {
-    const response = await fetch("config.json").catch(() => null);
-    const fromFile = response && response.ok ? await response.json() : {};
-    state.config = { ...fromFile, url: params.get("url") || fromFile.url };
+    try {
+      state.config = await loadConfig();
+    } catch (err) {
+      return showError(err.message);
+    }
     if (!state.config.url) return showError("No chat URL: open this page with ?url=wss://… or next to a config.json.");
-    if (params.get("token")) $("token").value = params.get("token");
+    if (!/^wss?:\/\//i.test(state.config.url)) return showError("The chat URL must start with ws:// or wss://.");
+    const token = savedToken(state.config.url);
+    if (token) {
+      $("token").value = token;
+      saveToken(token, state.config.url);
+    }
     if (params.get("name")) $("name").value = params.get("name");
     if (params.get("room")) $("room").value = params.get("room");
-    $("token-field").hidden = !(state.config.authEnabled || params.get("token"));
+    $("token-field").hidden = !(state.config.authEnabled || token);
     $("join").addEventListener("submit", join);
     $("leave-button").addEventListener("click", leave);
     $("compose").addEventListener("submit", submit);
-    window.chat = state; // for tests and the curious
   }
 
   start();

@@ -14,6 +14,7 @@ export interface HistoryRequest {
   action: "history";
   since?: string;
   limit: number;
+  epoch?: string;
 }
 
 export interface RoomStreamOptions {

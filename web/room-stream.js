@@ -68,9 +68,24 @@
         case "history-end":
           this.end(frame);
           return false;
+        case "error":
+          return this.refused(frame);
         default:
           return false;
       }
+    }
+
+    /**
+     * An error frame without an id, while a history request is out, is that request's refusal
+     * (rate_limited or unavailable, with retryAfterMs): it is asked again after the hint instead of
+     * after the watchdog. Returns true when it was taken as such.
+     */
+    refused(frame) {
+      if (frame.id !== undefined || !this.asking || typeof frame.retryAfterMs !== "number") return false;
+      // A spent budget names when the next window starts: ask then, not sooner (no cap).
+      const wait = Math.max(0, frame.retryAfterMs);
+      this.schedule(frame.code === "rate_limited" ? wait : Math.min(this.options.maxRetryMs, wait));
+      return true;
     }
 
     /**
@@ -88,7 +103,11 @@
       const held = this.ahead.size ? Math.min(...this.ahead) : Infinity;
       const gap = held - this.cursor - 1;
       const limit = Math.max(1, Math.min(this.options.historyLimit, gap));
-      return { request: { action: "history", since: pad(this.cursor), limit }, gapEnd: gap <= this.options.historyLimit ? held - 1 : null };
+      // With the epoch the cursor belongs to: if the room's stream changed meanwhile, the server
+      // answers with the new stream's latest page instead of settling a cursor that means nothing there.
+      const request = { action: "history", since: pad(this.cursor), limit };
+      if (this.epoch !== null) request.epoch = this.epoch;
+      return { request, gapEnd: gap <= this.options.historyLimit ? held - 1 : null };
     }
 
     take(frame) {
@@ -242,6 +261,9 @@
       }
       if (frame.type !== "error") return false;
       if (frame.code === "unavailable") return this.retry(item, frame.retryAfterMs || 0);
+      // Over the connection's budget, with the time until the next window: nothing was stored, so it
+      // goes again then (history and echo spend the same budget as messages).
+      if (frame.code === "rate_limited" && typeof frame.retryAfterMs === "number") return this.retry(item, frame.retryAfterMs);
       if (FINAL.includes(frame.code)) {
         this.finish();
         if (this.hooks.failed) this.hooks.failed(item, frame);

@@ -5,7 +5,7 @@
  */
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import { createLeanDocumentClient, DocumentClient, isConditionFailure, storeUnavailable, tableCalls } from "./dynamodb";
-import { ENV, requireEnv } from "./env";
+import { ENV, RANGES, requireEnv, requireIntEnv } from "./env";
 
 /** API Gateway closes every WebSocket connection after 2 hours. */
 export const MAX_CONNECTION_SECONDS = 2 * 60 * 60;
@@ -29,7 +29,15 @@ export interface ConnectionRecord {
   connectedAt: number;
   /** Epoch seconds: the table's TTL attribute. DynamoDB TTL only reads seconds. */
   expiresAt: number;
+  /** The key of the place it holds among its name's (auth on): removing the record frees it. */
+  place?: string;
 }
+
+/**
+ * The per-connection budget: `messages` units per fixed window of `windowSeconds`, shared by every
+ * route (a message, an echo or any other `$default` frame costs 1 unit; a history request 1 up
+ * front plus what it returns, see handlers/history.ts).
+ */
 
 export interface RateLimit {
   messages: number;
@@ -43,7 +51,10 @@ export interface StoreConfig {
 
 export interface ConnectionsStore {
   put(record: ConnectionRecord): Promise<void>;
-  /** Idempotent: deleting a record that is not there succeeds. */
+  /**
+   * Idempotent: deleting a record that is not there succeeds. A record that counted against its
+   * name's cap gives its place back.
+   */
   remove(connectionId: string): Promise<void>;
   /**
    * Deletes the record of a connection that answered 410, unless it connected less than
@@ -53,12 +64,45 @@ export interface ConnectionsStore {
   removeStale(connectionId: string, nowMs: number): Promise<boolean>;
   get(connectionId: string): Promise<ConnectionRecord | undefined>;
   /**
-   * Counts one message against the connection's fixed-window rate limit and returns its record.
-   * `record` is undefined for an unknown connection; `allowed` is false over the limit.
+   * Spends `cost` units of the connection's budget in one conditional write, and returns its
+   * record. `record` is undefined for an unknown connection; `allowed` is false when the window's
+   * budget cannot cover the cost, and `retryAfterMs` then says when the next window starts.
    */
-  admitMessage(connectionId: string, nowMs: number, limit: RateLimit): Promise<{ record?: ConnectionRecord; allowed: boolean }>;
+  admit(connectionId: string, nowMs: number, limit: RateLimit, cost?: number): Promise<Admission>;
+  /**
+   * Charges `units` more to the current window after the work was done (what a history page
+   * returned). Unconditional within the window, so it may overdraw it: later requests wait.
+   */
+  charge(connectionId: string, nowMs: number, limit: RateLimit, units: number): Promise<void>;
+  /**
+   * Takes one of `cap` places for `name`, held by `connectionId` until `expiresAt` (epoch s): the
+   * place's key, or undefined when every place is held. A place is one item (`#name#<name>#<i>`)
+   * written only while free or expired, so a place whose holder vanished without `$disconnect`
+   * comes back when that connection would have expired, and nothing can drift.
+   */
+  takePlace(name: string, connectionId: string, expiresAt: number, nowMs: number, cap: number): Promise<string | undefined>;
+  /** Frees a place if `connectionId` still holds it (idempotent). */
+  freePlace(place: string, connectionId: string): Promise<void>;
   /** The connection ids in a room, one DynamoDB page at a time (a Query, never a Scan). */
   roomMembers(room: string, pageSize?: number): AsyncGenerator<string[], void, undefined>;
+}
+
+export interface Admission {
+  record?: ConnectionRecord;
+  allowed: boolean;
+  retryAfterMs?: number;
+}
+
+/** The key of one of a name's places: API Gateway's connection ids never contain '#'. */
+export function placeKey(name: string, index: number): string {
+  return `#name#${name}#${index}`;
+}
+
+/** The fixed window `nowMs` falls in, and how long until the next one starts. */
+function windowOf(nowMs: number, limit: RateLimit): { window: number; retryAfterMs: number } {
+  const windowMs = limit.windowSeconds * 1000;
+  const window = Math.floor(nowMs / windowMs);
+  return { window, retryAfterMs: (window + 1) * windowMs - nowMs };
 }
 
 export function expiresAtFor(connectedAtMs: number): number {
@@ -74,6 +118,19 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
   const { tableName, roomIndexName } = config;
 
   const call = tableCalls(tableName);
+  /** Frees a place (see ConnectionsStore.freePlace). */
+  async function freePlace(place: string, connectionId: string): Promise<void> {
+    await call("DeleteItem", async () => {
+      try {
+        await doc.send(new DeleteCommand({ TableName: tableName, Key: { connectionId: place }, ConditionExpression: "holder = :holder", ExpressionAttributeValues: { ":holder": connectionId } }));
+      } catch (err) {
+        if (!isConditionFailure(err)) throw err; // free already, or taken again after it expired
+      }
+    });
+  }
+  const releasePlace = async (old: ConnectionRecord | undefined) => {
+    if (old?.place) await freePlace(old.place, old.connectionId);
+  };
 
   const store: ConnectionsStore = {
     async put(record) {
@@ -81,20 +138,23 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
     },
 
     async remove(connectionId) {
-      await call("DeleteItem", () => doc.send(new DeleteCommand({ TableName: tableName, Key: { connectionId } })));
+      const out = await call("DeleteItem", () => doc.send(new DeleteCommand({ TableName: tableName, Key: { connectionId }, ReturnValues: "ALL_OLD" })));
+      await releasePlace(out.Attributes as ConnectionRecord | undefined);
     },
 
     async removeStale(connectionId, nowMs) {
       return call("DeleteItem", async () => {
         try {
-          await doc.send(
+          const out = await doc.send(
             new DeleteCommand({
               TableName: tableName,
               Key: { connectionId },
               ConditionExpression: "connectedAt < :cutoff",
               ExpressionAttributeValues: { ":cutoff": nowMs - CONNECT_GRACE_MS },
+              ReturnValues: "ALL_OLD",
             }),
           );
+          await releasePlace(out.Attributes as ConnectionRecord | undefined);
           return true;
         } catch (err) {
           if (isConditionFailure(err)) return false; // too young to call stale, or already gone
@@ -110,8 +170,8 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
       return out.Item as ConnectionRecord | undefined;
     },
 
-    async admitMessage(connectionId, nowMs, limit) {
-      const window = Math.floor(nowMs / 1000 / limit.windowSeconds);
+    async admit(connectionId, nowMs, limit, cost = 1) {
+      const { window, retryAfterMs } = windowOf(nowMs, limit);
       const update = (expression: string, condition: string, values: Record<string, unknown>) =>
         doc.send(
           new UpdateCommand({
@@ -123,22 +183,81 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
             ReturnValues: "ALL_NEW",
           }),
         );
-      // Same window and room left: count it. Otherwise a new window: restart the count at 1. When
-      // the restart loses to a concurrent message that restarted the window first, count again.
-      const count: [string, string, Record<string, unknown>] = ["SET rlCount = rlCount + :one", "rlWindow = :window AND rlCount < :max", { ":one": 1, ":window": window, ":max": limit.messages }];
-      const restart: [string, string, Record<string, unknown>] = ["SET rlWindow = :window, rlCount = :one", "attribute_not_exists(rlWindow) OR rlWindow <> :window", { ":one": 1, ":window": window }];
-      for (const [expression, condition, values] of [count, restart, count]) {
-        try {
-          const out = await update(expression, condition, values);
-          return { record: out.Attributes as ConnectionRecord, allowed: true };
-        } catch (err) {
-          if (!isConditionFailure(err)) throw storeUnavailable(tableName, "UpdateItem", err);
+      // Condition expressions have no arithmetic: the limits are computed here.
+      const max = limit.messages;
+      const attempts: [string, string, Record<string, unknown>][] = [
+        // This window, with enough left: spend it.
+        ["SET rlCount = rlCount + :cost", "rlWindow = :window AND rlCount <= :left", { ":cost": cost, ":window": window, ":left": max - cost }],
+        // A new window after a window within budget, or after an idle one: start the count at the cost.
+        ["SET rlWindow = :window, rlCount = :cost", "attribute_not_exists(rlWindow) OR rlWindow < :previous OR (rlWindow = :previous AND rlCount <= :max)", { ":cost": cost, ":window": window, ":previous": window - 1, ":max": max }],
+        // A new window right after an overdrawn one (a history page charged after the fact): the debt
+        // carries over, once; admitted only if the window can still cover the cost.
+        ["SET rlWindow = :window, rlCount = rlCount - :credit", "rlWindow = :previous AND rlCount > :max AND rlCount <= :carry", { ":window": window, ":previous": window - 1, ":max": max, ":credit": max - cost, ":carry": 2 * max - cost }],
+      ];
+      if (cost <= max) {
+        // Each attempt fails on its condition unless its case holds; a concurrent request that
+        // started the window first makes the spend succeed on the second pass.
+        for (const [expression, condition, values] of [...attempts, attempts[0]]) {
+          try {
+            const out = await update(expression, condition, values);
+            return { record: out.Attributes as ConnectionRecord, allowed: true };
+          } catch (err) {
+            if (!isConditionFailure(err)) throw storeUnavailable(tableName, "UpdateItem", err);
+          }
         }
       }
-      // Every condition failed: the connection is unknown, or this window is used up.
+      // Every condition failed: the connection is unknown, or this window's budget is spent.
       const record = await store.get(connectionId);
-      return { record, allowed: false };
+      return { record, allowed: false, ...(record ? { retryAfterMs } : {}) };
     },
+
+    async charge(connectionId, nowMs, limit, units) {
+      if (units <= 0) return;
+      const { window } = windowOf(nowMs, limit);
+      await call("UpdateItem", async () => {
+        try {
+          await doc.send(
+            new UpdateCommand({
+              TableName: tableName,
+              Key: { connectionId },
+              UpdateExpression: "SET rlCount = rlCount + :units",
+              ConditionExpression: "attribute_exists(connectionId) AND rlWindow = :window",
+              ExpressionAttributeValues: { ":units": units, ":window": window },
+            }),
+          );
+        } catch (err) {
+          if (!isConditionFailure(err)) throw err; // a new window began, or the connection is gone: nothing to charge
+        }
+      });
+    },
+
+    async takePlace(name, connectionId, expiresAt, nowMs, cap) {
+      // From a random place on, so that a burst of one name's connects spreads over the places.
+      const first = Math.floor(Math.random() * cap);
+      for (let k = 0; k < cap; k++) {
+        const place = placeKey(name, (first + k) % cap);
+        const taken = await call("PutItem", async () => {
+          try {
+            await doc.send(
+              new PutCommand({
+                TableName: tableName,
+                Item: { connectionId: place, holder: connectionId, expiresAt },
+                ConditionExpression: "attribute_not_exists(connectionId) OR expiresAt <= :now",
+                ExpressionAttributeValues: { ":now": Math.floor(nowMs / 1000) },
+              }),
+            );
+            return true;
+          } catch (err) {
+            if (isConditionFailure(err)) return false;
+            throw err;
+          }
+        });
+        if (taken) return place;
+      }
+      return undefined;
+    },
+
+    freePlace,
 
     async *roomMembers(room, pageSize) {
       let startKey: Record<string, unknown> | undefined;
@@ -174,4 +293,17 @@ export function connectionsStoreFromEnv(doc: DocumentClient = createDocumentClie
     tableName: requireEnv(ENV.tableName, env),
     roomIndexName: requireEnv(ENV.roomIndexName, env),
   });
+}
+
+/** The per-connection budget as the program configures it (every route a client can call spends it). */
+export function budgetFromEnv(env: NodeJS.ProcessEnv = process.env): RateLimit {
+  return {
+    messages: requireIntEnv(ENV.rateLimitMessages, RANGES.rateLimitMessages.min, RANGES.rateLimitMessages.max, env),
+    windowSeconds: requireIntEnv(ENV.rateLimitWindowSeconds, RANGES.rateLimitWindowSeconds.min, RANGES.rateLimitWindowSeconds.max, env),
+  };
+}
+
+/** The text of a `rate_limited` refusal of a request other than a message. */
+export function budgetSpent(limit: RateLimit): string {
+  return `this connection used its ${limit.messages} requests for ${limit.windowSeconds} s; ask again after retryAfterMs`;
 }

@@ -36,6 +36,10 @@ export const ENV = {
   rateLimitMessages: "RATE_LIMIT_MESSAGES",
   rateLimitWindowSeconds: "RATE_LIMIT_WINDOW_SECONDS",
   tokenKey: "TOKEN_KEY",
+  tokenPreviousKey: "TOKEN_PREVIOUS_KEY",
+  tokenAudience: "TOKEN_AUDIENCE",
+  tokenMaxLifetimeSeconds: "TOKEN_MAX_LIFETIME_SECONDS",
+  maxConnectionsPerName: "MAX_CONNECTIONS_PER_NAME",
   holeGraceMs: "HOLE_GRACE_MS",
 } as const;
 
@@ -48,6 +52,8 @@ export const RANGES = {
   rateLimitMessages: { min: 1, max: 10_000 },
   rateLimitWindowSeconds: { min: 1, max: 3_600 },
   holeGraceMs: { min: 1_000, max: 3_600_000 },
+  tokenMaxLifetimeSeconds: { min: 60, max: 365 * 86_400 },
+  maxConnectionsPerName: { min: 1, max: 1_000 },
 } as const;
 
 /**

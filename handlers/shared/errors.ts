@@ -22,7 +22,7 @@ export type ClientErrorCode =
 /** A request the client got wrong, or a service we depend on that failed: both answered, never thrown to API Gateway. */
 export interface ChatError extends Error {
   readonly name: "ChatError";
-  readonly code: ClientErrorCode | "invalid_room" | "invalid_name" | "store_unavailable" | "config";
+  readonly code: ClientErrorCode | "invalid_room" | "invalid_name" | "room_not_allowed" | "too_many_connections" | "store_unavailable" | "deadline" | "config";
   /** The HTTP status used where an error refuses a handshake. */
   readonly status: number;
 }

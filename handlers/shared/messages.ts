@@ -36,6 +36,8 @@ export const CURSOR_PATTERN = /^\d{16}$/;
 const FIRST_CURSOR = "0".repeat(CURSOR_DIGITS);
 const LAST_CURSOR = "9".repeat(CURSOR_DIGITS);
 const HEAD = "#head";
+/** A room's head outlives its newest message by this much (see takeNumber). */
+const HEAD_MARGIN_DAYS = 1;
 /** `cursor` is a DynamoDB reserved word: expressions name it through a placeholder. */
 const CURSOR_NAME = { "#cursor": "cursor" };
 /** A number may be filled only while it is empty, or holds a stale epoch's leftover. */
@@ -109,7 +111,8 @@ export interface MessageStore {
    */
   append(message: NewMessage, deadline?: number): Promise<Appended>;
   /** Events after `since`, oldest first; without `since`, the latest `limit`. */
-  history(room: string, since: string | undefined, limit: number): Promise<HistoryPage>;
+  /** `epoch`: the stream `since` belongs to; when the room's is another, `since` is void and the latest page is read. */
+  history(room: string, since: string | undefined, limit: number, epoch?: string): Promise<HistoryPage>;
 }
 
 export interface MessageStoreOptions {
@@ -141,8 +144,10 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
         new UpdateCommand({
           TableName: tableName,
           Key: { room, cursor: HEAD },
-          UpdateExpression: "SET epoch = if_not_exists(epoch, :epoch) ADD seq :one",
-          ExpressionAttributeValues: { ":epoch": newEpoch(), ":one": 1 },
+          // The head expires a day after the room's newest message would: an idle room leaves nothing
+          // behind, and when it is used again its new head starts a new epoch, which clients notice.
+          UpdateExpression: "SET epoch = if_not_exists(epoch, :epoch), expiresAt = :expires ADD seq :one",
+          ExpressionAttributeValues: { ":epoch": newEpoch(), ":one": 1, ":expires": Math.floor(Date.now() / 1000) + (retentionDays + HEAD_MARGIN_DAYS) * 86_400 },
           ReturnValues: "ALL_NEW",
         }),
       ),
@@ -238,10 +243,12 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
       }
     },
 
-    async history(room, since, limit) {
+    async history(room, asked, limit, askedEpoch) {
       const head = await getItem(room, HEAD);
-      if (!head?.epoch) return { events: [], cursor: since ?? null, more: false, epoch: null };
+      if (!head?.epoch) return { events: [], cursor: asked ?? null, more: false, epoch: null };
       const epoch = String(head.epoch);
+      // A cursor of another stream (the client asked before it saw the new epoch) says nothing here.
+      const since = askedEpoch !== undefined && askedEpoch !== epoch ? undefined : asked;
       const ofEpoch = (e: StoredEvent) => e.epoch === undefined || e.epoch === epoch;
       // Latest: the newest `limit` events, settled from just before the oldest of them. Since: the
       // page plus one, so the extra item says whether more exist.

@@ -117,6 +117,8 @@ export interface TombstoneFrame {
   room: string;
   cursor: string;
   epoch: string;
+  /** Absent: the number holds nothing. `undeliverable`: it holds a message too large to post (never stored since the size check). */
+  reason?: "undeliverable";
 }
 
 export interface ErrorFrame {
@@ -185,7 +187,12 @@ export const HISTORY_MAX_LIMIT = 100;
 export interface HistoryRequest {
   since?: string;
   limit: number;
+  /** The stream `since` belongs to: when the room's stream is another, `since` is void and the latest page is sent. */
+  epoch?: string;
 }
+
+/** An epoch as a client may send it back (the server makes 8 base64url characters). */
+const EPOCH_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
 
 /** Validates `{"action":"history","since":…,"limit":…}`. `since` is a cursor from a message or history-end frame. */
 export function validateHistoryRequest(body: Record<string, unknown>, cursorPattern: RegExp): HistoryRequest {
@@ -196,7 +203,15 @@ export function validateHistoryRequest(body: Record<string, unknown>, cursorPatt
   if (limit !== undefined && (typeof limit !== "number" || !Number.isInteger(limit) || limit < 1)) {
     throw chatError("invalid_history", `limit must be a whole number from 1 to ${HISTORY_MAX_LIMIT}`, 400);
   }
-  return { ...(typeof since === "string" ? { since } : {}), limit: Math.min(typeof limit === "number" ? limit : HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT) };
+  const { epoch } = body;
+  if (epoch !== undefined && epoch !== null && (typeof epoch !== "string" || !EPOCH_PATTERN.test(epoch))) {
+    throw chatError("invalid_history", "epoch must be the epoch of a message or history-end frame", 400);
+  }
+  return {
+    ...(typeof since === "string" ? { since } : {}),
+    limit: Math.min(typeof limit === "number" ? limit : HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT),
+    ...(typeof epoch === "string" ? { epoch } : {}),
+  };
 }
 
 export function ackFrame(id: string, cursor: string, epoch: string): string {

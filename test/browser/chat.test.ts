@@ -4,6 +4,7 @@
  * to docs/screenshot.png for the README with UPDATE_SCREENSHOTS=1 (so `npm test` changes no tracked file).
  */
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -27,19 +28,25 @@ interface Send {
 /**
  * A WebSocket server on port 0 that serves the page and plays the chat protocol from a script:
  * `answer` gets each sendmessage and how many times its id has been sent, and returns the frames
- * to send back. History requests get an empty history.
+ * to send back. History requests get an empty history. It records the URL of every WebSocket
+ * connection (`connections`) and every Referer header it was sent (`referers`).
  */
 async function scriptedServer(
   answer: (send: Send, nth: number) => object[],
   history: (request: { since?: string }, nth: number) => object[] = () => [{ type: "history-end", cursor: null, more: false, epoch: null }],
-): Promise<{ url: string; sends: Send[]; histories: { since?: string }[]; push(frame: object): void; close(): Promise<void> }> {
+): Promise<{ url: string; sends: Send[]; histories: { since?: string }[]; connections: string[]; referers: string[]; push(frame: object): void; close(): Promise<void> }> {
   const sends: Send[] = [];
   const histories: { since?: string }[] = [];
+  const connections: string[] = [];
+  const referers: string[] = [];
   const server = http.createServer((req, res) => {
+    if (req.headers.referer) referers.push(req.headers.referer);
     if (!servePage({ url: `ws://127.0.0.1:${(server.address() as AddressInfo).port}`, authEnabled: false }, req, res)) res.writeHead(404).end();
   });
   const wss = new WebSocketServer({ server });
-  wss.on("connection", (ws) =>
+  wss.on("connection", (ws, req) => {
+    connections.push(req.url ?? "");
+    if (req.headers.referer) referers.push(req.headers.referer);
     ws.on("message", (data) => {
       const frame = JSON.parse(data.toString()) as { action: string } & Send;
       if (frame.action === "history") {
@@ -50,13 +57,15 @@ async function scriptedServer(
       if (frame.action !== "sendmessage") return;
       sends.push({ id: frame.id, message: frame.message });
       for (const reply of answer(frame, sends.filter((x) => x.id === frame.id).length)) ws.send(JSON.stringify(reply));
-    }),
-  );
+    });
+  });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   return {
     url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`,
     sends,
     histories,
+    connections,
+    referers,
     push: (frame) => wss.clients.forEach((ws) => ws.send(JSON.stringify(frame))),
     async close() {
       for (const ws of wss.clients) ws.terminate();
@@ -121,7 +130,11 @@ describe("the chat page in Chromium", function () {
     const bo = await join("bo2", room);
     await say(ann, "before the drop");
     await bo.locator("#messages li", { hasText: "before the drop" }).waitFor();
-    await bo.evaluate(() => (globalThis as unknown as { chat: { socket: { close(code: number, reason: string): void } } }).chat.socket.close(4000, "network lost"));
+    // The server drops bo2 (API Gateway's DeleteConnection, on the local stack's @connections API).
+    const dropped = (await stack.scanConnections()).filter((c) => c.name === "bo2");
+    assert.equal(dropped.length, 1, "bo2 has one connection");
+    const deleted = await fetch(`${stack.outputs.connectionsUrl}/${encodeURIComponent(String(dropped[0].connectionId))}`, { method: "DELETE" });
+    assert.equal(deleted.status, 204);
     await bo.getByRole("status").filter({ hasText: "Disconnected. Reconnecting" }).waitFor();
     await say(ann, "missed one");
     await say(ann, "missed two");
@@ -197,7 +210,7 @@ describe("the chat page in Chromium", function () {
       await page.getByRole("status").filter({ hasText: "Connected" }).waitFor();
       server.push(msg(1, "one"));
       server.push(msg(3, "three")); // 2 never comes live: the page asks history since 1
-      await page.waitForFunction("window.chat.stream.cursor === 3"); // settled through the tombstone
+      await page.locator('#messages[data-settled="3"]').waitFor({ state: "attached" }); // settled through the tombstone
       assert.deepEqual(await page.locator("#messages li .text").allTextContents(), ["one", "three"], "the tombstone shows nothing, three shows once");
       assert.equal(server.histories[1].since, "0000000000000001", "asked since the last settled cursor");
       server.push(msg(1, "fresh", "E2")); // numbering started again on the server
@@ -224,5 +237,138 @@ describe("the chat page in Chromium", function () {
     } finally {
       await prod.stop();
     }
+  });
+  describe("keeping the token on the page", () => {
+    // The page's globals as the tests read them (tsconfig has no DOM library).
+    type Browserish = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- browser globals, untyped here
+
+    it("must not connect where a link's ?url= points when the site has a config.json: it connects to the config's url and says the link's was ignored", async () => {
+      const page = await browser.newPage();
+      const sockets: string[] = [];
+      page.on("websocket", (ws) => sockets.push(ws.url()));
+      await page.goto(`${pageUrl}?url=ws://127.0.0.1:1/evil`);
+      const opened = page.waitForEvent("websocket");
+      await page.locator("#notice").filter({ hasText: "was ignored" }).waitFor({ timeout: 10_000 }); // also: the page has started
+      await page.getByLabel("Room", { exact: true }).fill(`links-${Date.now()}`);
+      await page.getByLabel("Room", { exact: true }).press("Enter");
+      assert.ok((await opened).url().startsWith(`${stack.outputs.url}?`), `connected to ${(await opened).url()}`);
+      await page.getByRole("status").filter({ hasText: "Connected to #links-" }).waitFor();
+      assert.deepEqual(sockets.filter((u) => !u.startsWith(`${stack.outputs.url}?`)), [], "no other server was tried");
+      assert.match((await page.locator("#notice").textContent())!, new RegExp(`its own chat server, ${new URL(stack.outputs.url).host.replace(/\./g, "\\.")}`));
+      await page.close();
+    });
+
+    it("must not keep a ?token= in the address bar or send it in a Referer: it is kept for the tab only, and a reload in the tab reconnects with it", async () => {
+      const server = await scriptedServer(() => []);
+      const token = `tok-${randomBytes(12).toString("hex")}`;
+      const context = await browser.newContext();
+      try {
+        const page = await context.newPage();
+        await page.goto(`${server.url}?room=vault&token=${token}`);
+        await page.getByLabel("Token", { exact: true }).waitFor(); // shown once the page has started
+        assert.equal(await page.evaluate(() => (globalThis as Browserish).location.href), `${server.url}?room=vault`);
+        const stored = await page.evaluate(() => Object.values((globalThis as Browserish).sessionStorage) as string[]);
+        assert.deepEqual(stored.map((v) => JSON.parse(v)), [{ token, url: server.url.replace(/^http/, "ws").replace(/\/$/, "") }], "kept in sessionStorage, with the server it is for");
+        await page.getByLabel("Room", { exact: true }).press("Enter");
+        await page.getByRole("status").filter({ hasText: "Connected to #vault" }).waitFor();
+
+        await page.reload();
+        await page.getByLabel("Token", { exact: true }).waitFor();
+        assert.ok(!page.url().includes(token), "not back in the address bar");
+        await page.getByLabel("Room", { exact: true }).press("Enter");
+        await page.getByRole("status").filter({ hasText: "Connected to #vault" }).waitFor();
+        assert.deepEqual(server.connections.map((u) => new URL(u, "ws://x").searchParams.get("token")), [token, token], "both connections carried it");
+
+        const otherTab = await context.newPage();
+        await otherTab.goto(`${server.url}?room=vault`);
+        await otherTab.getByLabel("Room", { exact: true }).waitFor();
+        assert.deepEqual(await otherTab.evaluate(() => Object.values((globalThis as Browserish).sessionStorage)), [], "a new tab does not have it");
+        assert.equal(await otherTab.getByLabel("Token", { exact: true }).isHidden(), true);
+        assert.deepEqual(server.referers.filter((r) => r.includes(token)), [], "no request named the tokened address in its Referer");
+      } finally {
+        await context.close();
+        await server.close();
+      }
+    });
+
+    it("must not let the page connect anywhere but its stack's url: the Content-Security-Policy is served and blocks another server", async () => {
+      const page = await browser.newPage();
+      const response = (await page.goto(pageUrl))!;
+      const headers = response.headers();
+      const csp = headers["content-security-policy"];
+      assert.ok(csp, "a Content-Security-Policy header");
+      const connectSrc = csp.split(";").map((d) => d.trim()).find((d) => d.startsWith("connect-src "));
+      assert.equal(connectSrc, `connect-src 'self' ${stack.outputs.url}`);
+      assert.deepEqual([headers["x-frame-options"], headers["referrer-policy"], headers["x-content-type-options"]], ["DENY", "no-referrer", "nosniff"]);
+      const violation = await page.evaluate(
+        () =>
+          new Promise<{ directive: string; blocked: string }>((resolve) => {
+            const g = globalThis as Browserish;
+            g.document.addEventListener("securitypolicyviolation", (e: Browserish) => resolve({ directive: e.effectiveDirective, blocked: e.blockedURI }), { once: true });
+            try {
+              new g.WebSocket("ws://127.0.0.1:9/x");
+            } catch {
+              // a browser may also throw SecurityError at once; the violation event is the proof
+            }
+          }),
+      );
+      assert.deepEqual(violation, { directive: "connect-src", blocked: "ws://127.0.0.1:9/x" });
+      await page.close();
+    });
+
+    it("must not hold the token or the socket in any global", async () => {
+      const server = await scriptedServer(() => []);
+      const token = `tok-${randomBytes(12).toString("hex")}`;
+      try {
+        const page = await browser.newPage();
+        await page.goto(`${server.url}?room=globals&token=${token}`);
+        await page.getByLabel("Token", { exact: true }).waitFor();
+        await page.getByLabel("Room", { exact: true }).press("Enter");
+        await page.getByRole("status").filter({ hasText: "Connected to #globals" }).waitFor();
+        // Every own key of window, and two levels into what it holds (a socket's url, a URL's href);
+        // not sessionStorage, the one place the token is meant to be.
+        const leaks = await page.evaluate((token) => {
+          const g = globalThis as Browserish;
+          const found: string[] = [];
+          const seen = new Set<unknown>();
+          const visit = (value: unknown, at: string, depth: number): void => {
+            if (typeof value === "string") {
+              if (value.includes(token)) found.push(at);
+              return;
+            }
+            if (value === null || (typeof value !== "object" && typeof value !== "function") || seen.has(value) || value === g || value instanceof g.Node || value instanceof g.Storage) return;
+            seen.add(value);
+            const v = value as Browserish;
+            if (value instanceof g.WebSocket) visit(v.url, `${at}.url`, 0);
+            if (value instanceof g.URL || value instanceof g.Location) visit(v.href, `${at}.href`, 0);
+            if (depth === 0) return;
+            for (const key of Object.keys(v)) {
+              let inner: unknown;
+              try {
+                inner = v[key];
+              } catch {
+                continue;
+              }
+              visit(inner, `${at}.${key}`, depth - 1);
+            }
+          };
+          for (const key of Object.keys(g)) {
+            let value: unknown;
+            try {
+              value = g[key];
+            } catch {
+              continue;
+            }
+            visit(value, key, 2);
+          }
+          return found;
+        }, token);
+        assert.deepEqual(leaks, []);
+        assert.ok(server.connections.some((u) => u.includes(token)), "the page did use the token");
+        await page.close();
+      } finally {
+        await server.close();
+      }
+    });
   });
 });

@@ -70,6 +70,8 @@ const FRAMES: FrameCase[] = [
   { name: "a 40 KB message", send: send({ message: "x".repeat(40_000) }), expect: { error: "message_too_large" } },
   { name: "a message one byte over 32 KB", send: send({ message: "x".repeat(32_769) }), expect: { error: "message_too_large" } },
   { name: "a message over 32 KB in UTF-8 only", send: send({ message: "가".repeat(11_000) }), expect: { error: "message_too_large" } },
+  // Under 32 KB of text, but 6 bytes a character once escaped: its frame would not fit once wrapped (issue 11).
+  { name: "21,830 × U+0001 (a frame too large once wrapped)", send: send({ message: "\u0001".repeat(21_830) }), expect: { error: "message_too_large" } },
   { name: "a numeric id", send: send({ message: "hi", id: 5 }), expect: { error: "invalid_id" } },
   { name: "an id with a space", send: send({ message: "hi", id: "a b" }), expect: { error: "invalid_id" } },
   { name: "a 65-character id", send: send({ message: "hi", id: "i".repeat(65) }), expect: { error: "invalid_id" } },
@@ -79,6 +81,8 @@ const FRAMES: FrameCase[] = [
   { name: "history with limit 0", send: '{"action":"history","limit":0}', expect: { error: "invalid_history" } },
   { name: "history with a negative limit", send: '{"action":"history","limit":-1}', expect: { error: "invalid_history" } },
   { name: "history with a string limit", send: '{"action":"history","limit":"10"}', expect: { error: "invalid_history" } },
+  { name: "history with a fractional limit", send: '{"action":"history","limit":1.5}', expect: { error: "invalid_history" } },
+  { name: "history with a numeric epoch", send: '{"action":"history","since":"0000000000000001","epoch":7}', expect: { error: "invalid_history" } },
   // echo.
   { name: "echo without data", send: '{"action":"echo"}', expect: { error: "invalid_data" } },
   { name: "echo with numeric data", send: '{"action":"echo","data":5}', expect: { error: "invalid_data" } },

@@ -3,8 +3,10 @@
  * resends, the rate limit, and the $connect authorizer, end to end from the stack outputs.
  */
 import assert from "node:assert/strict";
+import { stackConfig } from "../../local/program";
 import { Client } from "./clients";
-import { E2EStack, e2eAuthStack, e2eStack } from "./stack";
+import { mintToken } from "../../handlers/shared/tokens";
+import { E2EStack, e2eAuthStack, e2eStack, eventually, localStack } from "./stack";
 
 const messages = (c: Client) => c.json().filter((f) => f.type === "message");
 const isType = (type: string) => (f: string) => f.includes(`"type":"${type}"`);
@@ -110,6 +112,25 @@ describe("e2e: the $connect authorizer (a stack with auth on)", function () {
     await assert.rejects(Client.open(stack.outputs.url, { token: stack.token({ name: "alice", rooms: ["ops"] }), room: "general" }), { status: 403 });
   });
 
+  it("must refuse a 10-year token, a token for another stack and a v1 token with 403, whoever signed them", async () => {
+    const now = Math.floor(Date.now() / 1000);
+    await assert.rejects(Client.open(stack.outputs.url, { token: stack.token({ name: "alice", expiresAt: now + 10 * 365 * 86_400 }) }), { status: 403 });
+    await assert.rejects(Client.open(stack.outputs.url, { token: stack.token({ name: "alice", audience: "ws-chat/elsewhere" }) }), { status: 403 });
+    const v1 = `v1.${Buffer.from(JSON.stringify({ n: "alice", e: now + 60 })).toString("base64url")}.sig`;
+    await assert.rejects(Client.open(stack.outputs.url, { token: v1 }), { status: 403 });
+  });
+
+  it("must not let one token hold more than maxConnectionsPerName connections: the next gets 429 until one closes", async () => {
+    const cap = Number(stackConfig(process.env.E2E_AUTH_STACK ?? "prod")["ws-chat:maxConnectionsPerName"]);
+    assert.ok(cap >= 1 && cap <= 20, `cap ${cap}`);
+    const token = stack.token({ name: `capped-${Date.now()}` });
+    const held = await Promise.all(Array.from({ length: cap }, () => connect({ token })));
+    await assert.rejects(Client.open(stack.outputs.url, { token }), { status: 429 });
+    await held[0].close();
+    // $disconnect gives the place back; it runs after the close completes.
+    open.push(await eventually(() => Client.open(stack.outputs.url, { token }), 15_000));
+  });
+
   it("makes a forged name impossible: every frame carries the token's name, whatever the name parameter says", async () => {
     const room = `auth-${Date.now()}`;
     const alice = await connect({ token: stack.token({ name: "alice", rooms: [room] }), room, name: "mallory" });
@@ -118,5 +139,25 @@ describe("e2e: the $connect authorizer (a stack with auth on)", function () {
     alice.send({ action: "sendmessage", message: "it's me", name: "admin", from: { name: "admin" } });
     const frame = JSON.parse(await bob.waitFor(isType("message")));
     assert.deepEqual(frame.from, { name: "alice" });
+  });
+});
+
+describe("e2e: rotating the token key (a local stack with auth on and a previous key)", function () {
+  this.timeout(90_000);
+  const previous = `previous-${"p".repeat(40)}`;
+  let stack: E2EStack;
+  before(async function () {
+    if (process.env.E2E_AUTH_STACK) this.skip(); // a deployed stack's keys are its own
+    stack = await localStack([], "prod", { CHAT_TOKEN_PREVIOUS_KEY: previous });
+  });
+  after(async () => stack?.stop());
+
+  it("accepts tokens signed by the current and the previous key, and refuses any other key with 403", async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const claims = { audience: String(stack.outputs.tokenAudience), issuedAt: now, expiresAt: now + 600 };
+    const current = await Client.open(stack.outputs.url, { token: stack.token({ name: "cur" }) });
+    const old = await Client.open(stack.outputs.url, { token: mintToken(previous, { name: "old", ...claims }) });
+    await Promise.all([current.close(), old.close()]);
+    await assert.rejects(Client.open(stack.outputs.url, { token: mintToken("x".repeat(48), { name: "eve", ...claims }) }), { status: 403 });
   });
 });

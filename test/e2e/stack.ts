@@ -61,25 +61,29 @@ function connectionsTable(outputs: StackOutputs, endpoint?: string): Pick<E2ESta
   };
 }
 
-function signer(key: () => string) {
-  return (claims: Partial<TokenClaims> & { name: string }) => mintToken(key(), { expiresAt: Math.floor(Date.now() / 1000) + 600, ...claims });
+/** Signs a token for the stack (its `tokenAudience` output), valid for 10 minutes unless the claims say otherwise. */
+function signer(key: () => string, outputs: StackOutputs) {
+  return (claims: Partial<TokenClaims> & { name: string }) => {
+    const now = Math.floor(Date.now() / 1000);
+    return mintToken(key(), { audience: String(outputs.tokenAudience), issuedAt: now, expiresAt: now + 600, ...claims });
+  };
 }
 
 async function deployedStack(name: string): Promise<E2EStack> {
   const outputs = JSON.parse(execFileSync("pulumi", ["stack", "output", "--json", "--stack", name], { cwd: PROJECT_DIR, encoding: "utf8" })) as StackOutputs;
   const key = () => process.env.CHAT_TOKEN_KEY ?? execFileSync("pulumi", ["config", "get", "tokenKey", "--stack", name], { cwd: PROJECT_DIR, encoding: "utf8" }).trim();
-  return { outputs, local: false, ...connectionsTable(outputs), logs: () => "", token: signer(key), stop: async () => undefined };
+  return { outputs, local: false, ...connectionsTable(outputs), logs: () => "", token: signer(key, outputs), stop: async () => undefined };
 }
 
 /** Starts `local/cli.ts --port 0` as its own process and waits for its "Ready" line. */
-export async function localStack(extraArgs: string[] = [], stack = "dev"): Promise<E2EStack> {
+export async function localStack(extraArgs: string[] = [], stack = "dev", env: Record<string, string> = {}): Promise<E2EStack> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ws-chat-e2e-"));
   const tokenKey = `e2e-${randomBytes(24).toString("base64url")}`;
   const outputsFile = path.join(dir, "outputs.json");
   const child: ChildProcess = spawn(
     process.execPath,
     ["--require", "ts-node/register/transpile-only", "local/cli.ts", "--stack", stack, "--port", "0", "--outputs", outputsFile, ...extraArgs],
-    { cwd: PROJECT_DIR, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CHAT_TOKEN_KEY: tokenKey } },
+    { cwd: PROJECT_DIR, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CHAT_TOKEN_KEY: tokenKey, ...env } },
   );
   let output = "";
   child.stdout!.on("data", (d) => (output += d));
@@ -108,7 +112,7 @@ export async function localStack(extraArgs: string[] = [], stack = "dev"): Promi
     local: true,
     ...connectionsTable(outputs, endpoint),
     logs: () => output,
-    token: signer(() => tokenKey),
+    token: signer(() => tokenKey, outputs),
     async stop() {
       child.kill("SIGTERM");
       const code = await exited;

@@ -96,8 +96,16 @@ describe("$disconnect", () => {
     assert.equal(result.statusCode, 200);
     const calls = ddb.commandCalls(DeleteCommand);
     assert.equal(calls.length, 1);
-    assert.deepEqual(calls[0].args[0].input, { TableName: "connections-test", Key: { connectionId: "BFaT_fALIAMCKug=" } });
+    assert.deepEqual(calls[0].args[0].input, { TableName: "connections-test", Key: { connectionId: "BFaT_fALIAMCKug=" }, ReturnValues: "ALL_OLD" });
     assert.ok(logs().some((l) => l.msg === "disconnected" && l.code === 1005));
+    assert.equal(calls.length, 1, "a record without a place frees nothing");
+  });
+
+  it("frees the place its record held, if it still holds it", async () => {
+    ddb.on(DeleteCommand).resolves({ Attributes: { connectionId: "BFaT_fALIAMCKug=", room: "general", name: "carol", place: "#name#carol#3" } });
+    await disconnectHandlerFactory()(disconnectEvent("BFaT_fALIAMCKug="), lambdaContext);
+    const [, free] = ddb.commandCalls(DeleteCommand).map((c) => c.args[0].input);
+    assert.deepEqual([free.Key, free.ConditionExpression, free.ExpressionAttributeValues], [{ connectionId: "#name#carol#3" }, "holder = :holder", { ":holder": "BFaT_fALIAMCKug=" }]);
   });
 
   it("is idempotent: a second disconnect for the same id succeeds", async () => {

@@ -1,13 +1,18 @@
+import { GetCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
 import { defaultHandlerFactory } from "../../handlers/default";
 import { FORBIDDEN, GONE, withFakeAws } from "./fake-aws";
-import { lambdaContext, messageEvent, withLogs } from "./fixtures";
+import { conditionFailed, lambdaContext, messageEvent, stubDocumentClient, withEnv, withLogs } from "./fixtures";
 
 const CALLER = "BFaT_fALIAMCKug=";
 
 describe("$default", () => {
   const aws = withFakeAws();
   const logs = withLogs();
+  const ddb = stubDocumentClient();
+  withEnv({ CONNECTIONS_TABLE: "connections-test", ROOM_INDEX: "byRoom", RATE_LIMIT_MESSAGES: "5", RATE_LIMIT_WINDOW_SECONDS: "10" });
+  const RECORD = { connectionId: CALLER, room: "general", name: "ann", rlWindow: 1, rlCount: 1 };
+  beforeEach(() => ddb().on(UpdateCommand).resolves({ Attributes: RECORD }));
   // GetConnection's answer, as API Gateway sends it.
   const CONNECTION = JSON.stringify({
     connectedAt: "2024-11-11T11:35:19.000Z",
@@ -72,6 +77,32 @@ describe("$default", () => {
     aws().reply((call) => (call.method === "GET" ? FORBIDDEN : undefined));
     const [reply] = await send("not json");
     assert.deepEqual(JSON.parse(reply.data).connection, { connectionId: CALLER });
+  });
+
+  it("spends one unit of the caller's budget on every frame, echo or not", async () => {
+    await send('{"action":"echo","data":"x"}');
+    await send("junk");
+    const spent = ddb().commandCalls(UpdateCommand).map((c) => c.args[0].input);
+    assert.deepEqual(spent.map((u) => [u.Key, u.ExpressionAttributeValues?.[":cost"]]), [[{ connectionId: CALLER }, 1], [{ connectionId: CALLER }, 1]]);
+  });
+
+  it("over the budget, answers rate_limited with the time until the next window, and echoes nothing", async () => {
+    ddb().on(UpdateCommand).rejects(conditionFailed());
+    ddb().on(GetCommand).resolves({ Item: RECORD });
+    const [reply] = await send('{"action":"echo","data":"x"}');
+    const frame = JSON.parse(reply.data);
+    assert.equal(frame.code, "rate_limited");
+    assert.ok(frame.retryAfterMs > 0 && frame.retryAfterMs <= 10_000);
+  });
+
+  it("answers an unknown connection with unknown_connection, and a failing store with unavailable", async () => {
+    ddb().on(UpdateCommand).rejects(conditionFailed());
+    ddb().on(GetCommand).resolves({});
+    assert.equal(JSON.parse((await send("junk"))[0].data).code, "unknown_connection");
+    aws().calls.length = 0;
+    ddb().on(UpdateCommand).rejects(Object.assign(new Error("boom"), { name: "InternalServerError", $metadata: { httpStatusCode: 500 } }));
+    const [reply] = await send('{"action":"echo","data":"x"}');
+    assert.deepEqual([JSON.parse(reply.data).code, JSON.parse(reply.data).retryAfterMs], ["unavailable", 1_000]);
   });
 
   it("does not throw when the caller is already gone", async () => {

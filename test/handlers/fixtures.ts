@@ -2,6 +2,7 @@
  * Realistic API Gateway WebSocket events, shaped as ../shared/docs/apigw-websocket.md describes
  * (16-character ids ending in "=", epoch-ms times, headers and query only on $connect).
  */
+import { ConditionalCheckFailedException } from "@aws-sdk/client-dynamodb";
 import type { ServiceInputTypes, ServiceOutputTypes } from "@aws-sdk/lib-dynamodb";
 import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
 import { AwsStub, mockClient } from "aws-sdk-client-mock";
@@ -149,3 +150,6 @@ export function withLogs(): () => Record<string, unknown>[] {
 export function stubDocumentClient(): () => AwsStub<ServiceInputTypes, ServiceOutputTypes, unknown> {
   return stubClient(() => mockClient(LeanDocumentClient as unknown as typeof DynamoDBDocumentClient));
 }
+
+/** DynamoDB's answer to a failed condition, as the SDK raises it. */
+export const conditionFailed = () => new ConditionalCheckFailedException({ message: "The conditional request failed", $metadata: {} });

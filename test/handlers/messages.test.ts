@@ -4,7 +4,7 @@
  */
 import { DeleteCommand, GetCommand, PutCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
-import { CONNECT_GRACE_MS, createConnectionsStore } from "../../handlers/shared/connections";
+import { CONNECT_GRACE_MS, createConnectionsStore, placeKey } from "../../handlers/shared/connections";
 import { createMessageStore, cursorOf, EPOCH_LENGTH, HistoryPage, isTombstone, MAX_TOMBSTONE_RUN, MessageStore, NewMessage, StoredMessage } from "../../handlers/shared/messages";
 import { LocalDynamoDB, startDynamoDB, tableSpec } from "../../local/dynamodb";
 import { loadProgram } from "../../local/program";
@@ -187,6 +187,19 @@ describe("message history (DynamoDB)", function () {
     assert.deepEqual(texts(page), ["new one"], "the old epoch's message 2 is not replayed as the new epoch's");
   });
 
+  it("must not settle a cursor of another epoch: asked with the old epoch, it answers the new stream's latest page", async () => {
+    const r = room();
+    const old = await store.append(message(r, "old one"));
+    await store.append(message(r, "old two"));
+    await store.append(message(r, "old three"));
+    await db.client.send(new DeleteCommand({ TableName: tables.messages, Key: { room: r, cursor: "#head" } }));
+    const fresh = await store.append(message(r, "new one"));
+    const stale = await store.history(r, cursorOf(3), 10, old.epoch);
+    assert.deepEqual([texts(stale), stale.cursor, stale.epoch], [["new one"], cursorOf(1), fresh.epoch]);
+    const same = await store.history(r, cursorOf(1), 10, fresh.epoch);
+    assert.deepEqual([texts(same), same.cursor], [[], cursorOf(1)], "the same epoch pages on from since");
+  });
+
   it("follows DynamoDB's 1 MB pages: more and the cursor come from what was read, not the item count", async () => {
     const r = room();
     const big = "x".repeat(32_000);
@@ -217,17 +230,18 @@ describe("message history (DynamoDB)", function () {
       await connections.put({ connectionId: "rl-1", room: "r", name: "ann", connectedAt: 0, expiresAt: 9_999_999_999 });
       const t0 = 1_700_000_000_000;
       const verdicts = [];
-      for (let i = 0; i < 4; i++) verdicts.push((await connections.admitMessage("rl-1", t0, limit)).allowed);
+      for (let i = 0; i < 4; i++) verdicts.push((await connections.admit("rl-1", t0, limit)).allowed);
       assert.deepEqual(verdicts, [true, true, true, false]);
-      const refused = await connections.admitMessage("rl-1", t0, limit);
+      const refused = await connections.admit("rl-1", t0 + 4_000, limit);
       assert.equal(refused.record?.name, "ann", "the record comes back even when refused");
-      assert.equal((await connections.admitMessage("rl-1", t0 + 10_000, limit)).allowed, true);
+      assert.equal(refused.retryAfterMs, 6_000, "the refusal says when the next window starts");
+      assert.equal((await connections.admit("rl-1", t0 + 10_000, limit)).allowed, true);
     });
 
     it("admits exactly the limit when a window's messages arrive all at once", async () => {
       const connections = createConnectionsStore(db.client, { tableName: tables.connections, roomIndexName: "byRoom" });
       await connections.put({ connectionId: "rl-burst", room: "r", name: "di", connectedAt: 0, expiresAt: 9_999_999_999 });
-      const verdicts = await Promise.all(Array.from({ length: 8 }, () => connections.admitMessage("rl-burst", 1_700_000_200_000, limit)));
+      const verdicts = await Promise.all(Array.from({ length: 8 }, () => connections.admit("rl-burst", 1_700_000_200_000, limit)));
       assert.equal(verdicts.filter((v) => v.allowed).length, 3);
     });
 
@@ -236,10 +250,66 @@ describe("message history (DynamoDB)", function () {
       await connections.put({ connectionId: "rl-2", room: "r", name: "bo", connectedAt: 0, expiresAt: 9_999_999_999 });
       await connections.put({ connectionId: "rl-3", room: "r", name: "cy", connectedAt: 0, expiresAt: 9_999_999_999 });
       const t0 = 1_700_000_100_000;
-      for (let i = 0; i < 3; i++) await connections.admitMessage("rl-2", t0, limit);
-      assert.equal((await connections.admitMessage("rl-2", t0, limit)).allowed, false);
-      assert.equal((await connections.admitMessage("rl-3", t0, limit)).allowed, true);
-      assert.deepEqual(await connections.admitMessage("nobody", t0, limit), { record: undefined, allowed: false });
+      for (let i = 0; i < 3; i++) await connections.admit("rl-2", t0, limit);
+      assert.equal((await connections.admit("rl-2", t0, limit)).allowed, false);
+      assert.equal((await connections.admit("rl-3", t0, limit)).allowed, true);
+      assert.deepEqual(await connections.admit("nobody", t0, limit), { record: undefined, allowed: false });
+    });
+
+    it("spends a cost only when the window can cover all of it; a charge after the fact overdraws it, and the debt carries into the next window once", async () => {
+      const connections = createConnectionsStore(db.client, { tableName: tables.connections, roomIndexName: "byRoom" });
+      await connections.put({ connectionId: "rl-cost", room: "r", name: "ed", connectedAt: 0, expiresAt: 9_999_999_999 });
+      const t0 = 1_700_000_300_000; // the start of a 10 s window
+      const allowed = async (at: number, cost = 1) => (await connections.admit("rl-cost", at, limit, cost)).allowed;
+      assert.deepEqual([await allowed(t0, 2), await allowed(t0, 2), await allowed(t0, 1)], [true, false, true], "2 + 2 > 3; 2 + 1 fits");
+      assert.equal(await allowed(t0 + 10_000), true, "a new window after one within budget starts afresh");
+      await connections.charge("rl-cost", t0 + 10_000, limit, 3); // a page charged after it was sent: 4 of 3
+      assert.equal(await allowed(t0 + 10_000), false);
+      assert.deepEqual([await allowed(t0 + 20_000), await allowed(t0 + 20_000), await allowed(t0 + 20_000)], [true, true, false], "1 unit of debt carried over");
+      assert.equal(await allowed(t0 + 10_000), false, "a late request from an older window must not restart the count");
+      assert.equal(await allowed(t0 + 30_000, 4), false, "a cost above the whole budget is never admitted");
+      await connections.charge("rl-cost", t0 + 20_000, limit, 30); // far overdrawn: more debt than one window can carry
+      assert.equal(await allowed(t0 + 30_000), false);
+      assert.equal(await allowed(t0 + 40_000), true, "forgiven after a whole window");
+    });
+  });
+
+  describe("connections per name (auth on)", () => {
+    const store = () => createConnectionsStore(db.client, { tableName: tables.connections, roomIndexName: "byRoom" });
+    const later = Math.floor(Date.now() / 1000) + 3_600;
+
+    it("gives out exactly the cap's places under a burst, each to one holder", async () => {
+      const connections = store();
+      const now = Date.now();
+      const places = await Promise.all(Array.from({ length: 12 }, (_, i) => connections.takePlace("carol", `c-${i}`, later, now, 5)));
+      const taken = places.filter((p): p is string => p !== undefined);
+      assert.equal(taken.length, 5);
+      assert.deepEqual(new Set(taken), new Set([0, 1, 2, 3, 4].map((i) => placeKey("carol", i))));
+    });
+
+    it("frees a place when its holder's record is removed, or removed as stale, and never one taken again by another holder", async () => {
+      const connections = store();
+      const now = Date.now();
+      const place = (await connections.takePlace("erin", "erin-1", later, now, 1))!;
+      await connections.put({ connectionId: "erin-1", room: "r", name: "erin", connectedAt: now - CONNECT_GRACE_MS - 1, expiresAt: later, place });
+      await connections.put({ connectionId: "erin-guest", room: "r", name: "erin", connectedAt: now - CONNECT_GRACE_MS - 1, expiresAt: later });
+      assert.equal(await connections.removeStale("erin-guest", now), true);
+      assert.equal(await connections.takePlace("erin", "erin-2", later, now, 1), undefined, "a record without a place frees nothing");
+      assert.equal(await connections.removeStale("erin-1", now), true);
+      assert.equal(await connections.takePlace("erin", "erin-2", later, now, 1), place);
+      await connections.freePlace(place, "erin-1"); // a late, repeated release by the old holder
+      assert.equal(await connections.takePlace("erin", "erin-3", later, now, 1), undefined, "erin-2 still holds it");
+      await connections.put({ connectionId: "erin-2", room: "r", name: "erin", connectedAt: now, expiresAt: later, place });
+      await connections.remove("erin-2");
+      assert.equal(await connections.takePlace("erin", "erin-3", later, now, 1), place);
+    });
+
+    it("takes over a place whose holder expired without a $disconnect", async () => {
+      const connections = store();
+      const now = Date.now();
+      assert.ok(await connections.takePlace("dave", "d-1", Math.floor(now / 1000) - 1, now, 1));
+      assert.ok(await connections.takePlace("dave", "d-2", later, now, 1), "the first holder's connection would have expired");
+      assert.equal(await connections.takePlace("dave", "d-3", later, now, 1), undefined);
     });
   });
 });

@@ -1,11 +1,11 @@
-import { ConditionalCheckFailedException, TransactionCanceledException } from "@aws-sdk/client-dynamodb";
+import { TransactionCanceledException } from "@aws-sdk/client-dynamodb";
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, TransactWriteCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
 import { MAX_QUEUED_MS, sendMessageHandlerFactory } from "../../handlers/sendmessage";
 import { CONNECT_GRACE_MS } from "../../handlers/shared/connections";
 import { APPEND_BUDGET_MS } from "../../handlers/shared/messages";
 import { FORBIDDEN, GONE, SERVER_ERROR, THROTTLED, withFakeAws } from "./fake-aws";
-import { connId, lambdaContext, messageEvent, useEnv, withEnv, withLogs, stubDocumentClient } from "./fixtures";
+import { conditionFailed, connId, lambdaContext, messageEvent, useEnv, withEnv, withLogs, stubDocumentClient } from "./fixtures";
 
 const SENDER = connId(0);
 const ENV = {
@@ -24,7 +24,6 @@ const ENV = {
 const SENDER_RECORD = { connectionId: SENDER, room: "general", name: "alice", connectedAt: 1, expiresAt: 2 };
 const EPOCH = "Ep0ch-01";
 const HEAD = (seq: number) => ({ Attributes: { room: "general", cursor: "#head", seq, epoch: EPOCH } });
-const conditionFailed = () => new ConditionalCheckFailedException({ message: "The conditional request failed", $metadata: {} });
 
 /** Answers the first `times` posts to `id` with `answer`, then 200. */
 function failing(id: string, answer: typeof GONE, times = Infinity) {
@@ -279,7 +278,9 @@ describe("sendmessage", () => {
       await send({ action: "sendmessage", message: "kept" });
       const [take] = numbersTaken();
       assert.deepEqual(take.Key, { room: "general", cursor: "#head" });
-      assert.equal(take.UpdateExpression, "SET epoch = if_not_exists(epoch, :epoch) ADD seq :one");
+      assert.equal(take.UpdateExpression, "SET epoch = if_not_exists(epoch, :epoch), expiresAt = :expires ADD seq :one");
+      const dayAfterRetention = Math.floor(Date.now() / 1000) + 2 * 86_400;
+      assert.ok(Math.abs(Number(take.ExpressionAttributeValues![":expires"]) - dayAfterRetention) <= 5, "the head expires a day after the room's newest message would");
       assert.equal(take.ConditionExpression, undefined, "never loses a race: no condition");
       const [put] = puts();
       assert.equal(put.Item!.cursor, "0000000000000042");
@@ -405,8 +406,21 @@ describe("sendmessage", () => {
       await send({ action: "sendmessage", message: "hi" });
       const update = ddb.commandCalls(UpdateCommand)[0].args[0].input;
       assert.deepEqual(update.Key, { connectionId: SENDER });
-      assert.equal(update.ExpressionAttributeValues?.[":max"], 5);
+      assert.equal(update.ExpressionAttributeValues?.[":left"], 4, "one unit, and the budget of 5 must cover it");
+      assert.equal(update.ExpressionAttributeValues?.[":cost"], 1);
       assert.equal(update.ExpressionAttributeValues?.[":window"], Math.floor(Date.now() / 1000 / 10));
+    });
+
+    it("must spend the budget on a bad message too: refused as invalid only once admitted, as rate_limited when over", async () => {
+      roomOf([SENDER, connId(1)]);
+      const [invalid] = await send({ action: "sendmessage", message: "", id: "c-9" });
+      assert.deepEqual([JSON.parse(invalid.data).code, JSON.parse(invalid.data).id], ["invalid_message", "c-9"]);
+      assert.equal(ddb.commandCalls(UpdateCommand, { TableName: "connections-test" }).length, 1);
+      ddb.on(UpdateCommand, { TableName: "connections-test" }).rejects(conditionFailed());
+      ddb.on(GetCommand, { TableName: "connections-test" }).resolves({ Item: SENDER_RECORD });
+      aws().calls.length = 0;
+      const [limited] = await send({ action: "sendmessage", message: "" });
+      assert.equal(JSON.parse(limited.data).code, "rate_limited");
     });
 
     it("over the limit, answers rate_limited and neither stores nor delivers the message", async () => {
@@ -415,6 +429,8 @@ describe("sendmessage", () => {
       ddb.on(GetCommand, { TableName: "connections-test" }).resolves({ Item: SENDER_RECORD });
       const sent = await send({ action: "sendmessage", message: "one too many", id: "c-2" });
       assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code, JSON.parse(p.data).id]), [[SENDER, "rate_limited", "c-2"]]);
+      const retryAfterMs = JSON.parse(sent[0].data).retryAfterMs;
+      assert.ok(retryAfterMs > 0 && retryAfterMs <= 10_000, `the refusal says when the window ends (${retryAfterMs})`);
       assert.equal(ddb.commandCalls(UpdateCommand, { TableName: "messages-test" }).length, 0, "no number taken");
       assert.equal(ddb.commandCalls(QueryCommand).length, 0);
     });

@@ -1,6 +1,6 @@
 import { DescribeTableCommand, DynamoDBClient } from "@aws-sdk/client-dynamodb";
 import { TransactionCanceledException } from "@aws-sdk/client-dynamodb";
-import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, TransactWriteCommand } from "@aws-sdk/lib-dynamodb";
+import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, TransactWriteCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -11,9 +11,11 @@ import { loadProgram } from "../../local/program";
 describe("local DynamoDB", () => {
   let db: LocalDynamoDB;
   let table: ReturnType<typeof tableSpec>;
+  let messages: ReturnType<typeof tableSpec>;
   before(async () => {
     const program = await loadProgram({ stack: "dev" });
     table = tableSpec(program.resources.find((r) => r.type === "aws:dynamodb/table:Table" && r.name === "connections")!);
+    messages = tableSpec(program.resources.find((r) => r.type === "aws:dynamodb/table:Table" && r.name === "messages")!);
     db = await startDynamoDB({ tables: [table], region: "us-east-1", sweepIntervalMs: 60_000 });
   });
   after(() => db?.close());
@@ -104,6 +106,61 @@ describe("local DynamoDB", () => {
       [1, 1, 1],
     );
     for (const connectionId of ["meter-1", "meter-2", "meter-3"]) await db.client.send(new DeleteCommand({ TableName: table.name, Key: { connectionId } }));
+  });
+
+  describe("item sizes in UTF-8 bytes, as DynamoDB counts them (dynalite counted UTF-16 units)", () => {
+    // '가' is 1 UTF-16 unit but 3 UTF-8 bytes: 10,000 of them are 30,000 bytes to DynamoDB.
+    const HANGUL = "가";
+    let sized: LocalDynamoDB;
+    before(async () => {
+      sized = await startDynamoDB({ tables: [messages], region: "us-east-1", sweepIntervalMs: 60_000 });
+    });
+    after(() => sized?.close());
+    /** An item's size by DynamoDB's rules, for string attributes: UTF-8 bytes of each name and value. */
+    const utf8Size = (item: Record<string, string>) => Object.entries(item).reduce((n, [k, v]) => n + Buffer.byteLength(k) + Buffer.byteLength(v), 0);
+    const refusal = (promise: Promise<unknown>) => promise.then(() => assert.fail("accepted"), (e: Error) => e);
+
+    it("cuts a Query page at 1 MB of UTF-8 bytes (about 35 items of 30,000 bytes), with the capacity of those bytes", async () => {
+      const room = "utf8-page";
+      const items = Array.from({ length: 50 }, (_, i) => ({ room, cursor: String(i).padStart(4, "0"), text: HANGUL.repeat(10_000) }));
+      for (const Item of items) await sized.client.send(new PutCommand({ TableName: messages.name, Item }));
+      const query = (ExclusiveStartKey?: Record<string, unknown>) =>
+        sized.client.send(
+          new QueryCommand({ TableName: messages.name, KeyConditionExpression: "room = :r", ExpressionAttributeValues: { ":r": room }, ExclusiveStartKey, ReturnConsumedCapacity: "TOTAL" }),
+        );
+      const first = await query();
+      const count = first.Items?.length ?? 0;
+      // 1 MB / 30,030 bytes ≈ 34.9 items; counted in UTF-16 units (10,030 each) all 50 fit in one page.
+      assert.ok(count >= 34 && count <= 35, `first page had ${count} items, DynamoDB stops at about 35`);
+      assert.deepEqual(first.LastEvaluatedKey, { room, cursor: items[count - 1].cursor });
+      const firstBytes = items.slice(0, count).reduce((n, item) => n + utf8Size(item), 0);
+      assert.equal(first.ConsumedCapacity?.CapacityUnits, Math.ceil(firstBytes / 4096) * 0.5, "eventually consistent: ½ RCU per 4 KB of UTF-8 bytes read");
+      const rest = await query(first.LastEvaluatedKey);
+      assert.equal(rest.LastEvaluatedKey, undefined);
+      assert.deepEqual([...first.Items!, ...rest.Items!].map((i) => i.cursor), items.map((i) => i.cursor));
+    });
+
+    it("refuses an item over 400 KB in UTF-8 bytes (140,000 × '가' = 420,000 bytes), by PutItem and UpdateItem, and keeps one under it", async () => {
+      const room = "utf8-limit";
+      const big = await refusal(sized.client.send(new PutCommand({ TableName: messages.name, Item: { room, cursor: "big", text: HANGUL.repeat(140_000) } })));
+      assert.equal(big.name, "ValidationException");
+      assert.match(big.message, /Item size has exceeded the maximum allowed size/);
+      const near = { room, cursor: "near", text: HANGUL.repeat(130_000) }; // 390,000 bytes: under 400 KB (409,600)
+      await sized.client.send(new PutCommand({ TableName: messages.name, Item: near }));
+      const put = await sized.client.send(new PutCommand({ TableName: messages.name, Item: near, ReturnConsumedCapacity: "TOTAL" }));
+      assert.equal(put.ConsumedCapacity?.CapacityUnits, Math.ceil(utf8Size(near) / 1024), "1 WCU per KB of UTF-8 bytes written");
+      const grown = await refusal(
+        sized.client.send(new UpdateCommand({ TableName: messages.name, Key: { room, cursor: "near" }, UpdateExpression: "SET more = :m", ExpressionAttributeValues: { ":m": HANGUL.repeat(10_000) } })),
+      );
+      assert.equal(grown.name, "ValidationException");
+      assert.match(grown.message, /Item size to update has exceeded the maximum allowed size/, "UpdateItem's wording of the same limit");
+    });
+
+    it("refuses a partition key over 2048 UTF-8 bytes (1,000 × '가' = 3,000 bytes)", async () => {
+      const err = await refusal(sized.client.send(new PutCommand({ TableName: messages.name, Item: { room: HANGUL.repeat(1_000), cursor: "0" } })));
+      assert.equal(err.name, "ValidationException");
+      assert.match(err.message, /Size of hashkey has exceeded the maximum size limit of ?2048 bytes/);
+    });
   });
 
   describe("TransactWriteItems (emulated in front of dynalite)", () => {

@@ -148,6 +148,20 @@ for (const stack of ["dev", "prod"] as const) {
       }
     });
 
+    it(`must ${prod ? "reserve each function's concurrency from its setting" : "leave every function unreserved (reserving needs account headroom a new account lacks)"}`, () => {
+      const setting: Record<string, string> = {
+        connect: "Connect", disconnect: "Disconnect", authorizer: "Authorizer", sendmessage: "SendMessage", fanout: "Fanout", history: "History", default: "Default",
+      };
+      let reserved = 0;
+      for (const route of functionNames()) {
+        const value = Number(config(`reservedConcurrency${setting[route]}`));
+        assert.equal(fn(route).inputs.reservedConcurrentExecutions, value === 0 ? -1 : value, route);
+        reserved += value;
+      }
+      if (prod) assert.ok(reserved > 0 && reserved <= 900, `${reserved} reserved: Lambda keeps 100 of the default 1,000 unreserved`);
+      else assert.equal(reserved, 0);
+    });
+
     it("runs every function on nodejs22.x with the memory, timeout and its own log group from the settings", () => {
       for (const route of functionNames()) {
         const f = fn(route);
@@ -167,11 +181,12 @@ for (const stack of ["dev", "prod"] as const) {
       const table = one(program, "aws:dynamodb/table:Table", "connections").state.name;
       const messages = one(program, "aws:dynamodb/table:Table", "messages").state.name;
       const connectionsEnv = { CONNECTIONS_TABLE: table, ROOM_INDEX: "byRoom" };
+      const budgetEnv = { RATE_LIMIT_MESSAGES: config("rateLimitMessages"), RATE_LIMIT_WINDOW_SECONDS: config("rateLimitWindowSeconds") };
       const historyEnv = { MESSAGES_TABLE: messages, HISTORY_RETENTION_DAYS: config("historyRetentionDays"), HOLE_GRACE_MS: String((Number(config("lambdaTimeoutSeconds")) + 5) * 1000) };
-      assert.deepEqual(fn("connect").inputs.environment.variables, connectionsEnv);
+      assert.deepEqual(fn("connect").inputs.environment.variables, { ...connectionsEnv, ...(prod ? { MAX_CONNECTIONS_PER_NAME: config("maxConnectionsPerName") } : {}) });
       assert.deepEqual(fn("disconnect").inputs.environment.variables, connectionsEnv);
-      assert.deepEqual(fn("default").inputs.environment.variables, { MANAGEMENT_ENDPOINT: endpoint });
-      assert.deepEqual(fn("history").inputs.environment.variables, { ...connectionsEnv, ...historyEnv, MANAGEMENT_ENDPOINT: endpoint });
+      assert.deepEqual(fn("default").inputs.environment.variables, { ...connectionsEnv, ...budgetEnv, MANAGEMENT_ENDPOINT: endpoint });
+      assert.deepEqual(fn("history").inputs.environment.variables, { ...connectionsEnv, ...historyEnv, ...budgetEnv, MANAGEMENT_ENDPOINT: endpoint });
       assert.deepEqual(fn("fanout").inputs.environment.variables, { ...connectionsEnv, MANAGEMENT_ENDPOINT: endpoint, FANOUT_CONCURRENCY: config("fanoutConcurrency") });
       assert.deepEqual(fn("sendmessage").inputs.environment.variables, {
         ...connectionsEnv,
@@ -181,11 +196,14 @@ for (const stack of ["dev", "prod"] as const) {
         FANOUT_CONCURRENCY: config("fanoutConcurrency"),
         FANOUT_CHUNK_SIZE: config("fanoutChunkSize"),
         FANOUT_FUNCTION: fn("fanout").state.name,
-        RATE_LIMIT_MESSAGES: config("rateLimitMessages"),
-        RATE_LIMIT_WINDOW_SECONDS: config("rateLimitWindowSeconds"),
+        ...budgetEnv,
       });
       if (prod) {
-        assert.deepEqual(fn("authorizer").inputs.environment.variables, { TOKEN_KEY: TOKEN_KEY });
+        assert.deepEqual(fn("authorizer").inputs.environment.variables, {
+          TOKEN_KEY: TOKEN_KEY,
+          TOKEN_AUDIENCE: "ws-chat/prod",
+          TOKEN_MAX_LIFETIME_SECONDS: String(Number(config("tokenMaxLifetimeHours")) * 3600),
+        });
         assert.ok(fn("authorizer").secretInputs.some((p) => p.startsWith("environment")), "the token key stays a secret in the state");
       }
       assert.equal(config("historyRetentionDays"), prod ? "30" : "1");
@@ -215,8 +233,8 @@ for (const stack of ["dev", "prod"] as const) {
         return all.filter((s) => !own.includes(s));
       }
 
-      it("connect may only PutItem on the connections table", () => {
-        assert.deepEqual(statements("connect"), [{ Action: ["dynamodb:PutItem"], Resource: [tableArn()] }]);
+      it(`connect may only PutItem on the connections table${prod ? " (and DeleteItem a name's place it took, with auth on)" : ""}`, () => {
+        assert.deepEqual(statements("connect"), [{ Action: ["dynamodb:PutItem", ...(prod ? ["dynamodb:DeleteItem"] : [])], Resource: [tableArn()] }]);
       });
       it("disconnect may only DeleteItem on the connections table", () => {
         assert.deepEqual(statements("disconnect"), [{ Action: ["dynamodb:DeleteItem"], Resource: [tableArn()] }]);
@@ -243,16 +261,19 @@ for (const stack of ["dev", "prod"] as const) {
           [fn("fanout").state.name, 2, 120],
         );
       });
-      it("history may read the caller, read the messages table, tombstone settled holes in it and POST to this stage's @connections", () => {
+      it("history may spend the caller's budget, read the messages table, tombstone settled holes in it and POST to this stage's @connections", () => {
         assert.deepEqual(statements("history"), [
-          { Action: ["dynamodb:GetItem"], Resource: [tableArn()] },
+          { Action: ["dynamodb:UpdateItem", "dynamodb:GetItem"], Resource: [tableArn()] },
           { Action: ["dynamodb:Query", "dynamodb:GetItem"], Resource: [tableArn("messages")] },
           { Action: ["dynamodb:PutItem"], Resource: [tableArn("messages")] },
           { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
         ]);
       });
-      it("default may only GET and POST on this stage's @connections", () => {
-        assert.deepEqual(statements("default"), [{ Action: ["execute-api:ManageConnections"], Resource: [stageArn("GET"), stageArn("POST")] }]);
+      it("default may only spend the caller's budget and GET and POST on this stage's @connections", () => {
+        assert.deepEqual(statements("default"), [
+          { Action: ["dynamodb:UpdateItem", "dynamodb:GetItem"], Resource: [tableArn()] },
+          { Action: ["execute-api:ManageConnections"], Resource: [stageArn("GET"), stageArn("POST")] },
+        ]);
       });
       if (prod) {
         it("the authorizer may only write its logs (and traces)", () => {
@@ -398,6 +419,7 @@ for (const stack of ["dev", "prod"] as const) {
         authEnabled: prod,
         region: program.region,
       };
+      if (prod) expected.tokenAudience = "ws-chat/prod";
       if (prod) expected.alarmTopicArn = one(program, "aws:sns/topic:Topic").state.arn;
       if (prod) expected.webUrl = `https://${one(program, "aws:cloudfront/distribution:Distribution").state.domainName}/`;
       assert.deepEqual(program.outputs, expected);

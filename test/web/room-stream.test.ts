@@ -61,7 +61,7 @@ describe("the room stream (web/room-stream.js)", () => {
     f.stream.frame(message(1));
     const ask = f.nextAsk();
     f.stream.frame(message(3)); // 2's fan-out is slower
-    assert.deepEqual(await ask, { action: "history", since: pad(1), limit: 1 }, "not 3 again, which arrived live");
+    assert.deepEqual(await ask, { action: "history", since: pad(1), limit: 1, epoch: "E1" }, "not 3 again, which arrived live");
     f.stream.frame(message(2));
     f.stream.frame(end(2, true)); // more: 3 follows, and is held already
     assert.deepEqual(f.shown(), [1, 3, 2]);
@@ -76,7 +76,7 @@ describe("the room stream (web/room-stream.js)", () => {
     f.stream.frame(end(0));
     const next = f.nextAsk();
     f.stream.frame(end(100, true)); // a full page, nothing held: there is more to fetch
-    assert.deepEqual(await next, { action: "history", since: pad(100), limit: 100 });
+    assert.deepEqual(await next, { action: "history", since: pad(100), limit: 100, epoch: "E1" });
     f.stream.stop();
   });
 
@@ -100,13 +100,43 @@ describe("the room stream (web/room-stream.js)", () => {
       const ask = f.nextAsk();
       const at = Date.now();
       f.stream.frame(end(1, true, { retryAfterMs: 10 }));
-      assert.deepEqual(await ask, { action: "history", since: pad(1), limit: 100 });
+      assert.deepEqual(await ask, { action: "history", since: pad(1), limit: 100, epoch: "E1" });
       times.push(Date.now() - at);
     }
     // 10, 20, 40, then capped at 80 ms: at least those long (timers never fire early).
     assert.ok(times[1] >= 20 && times[2] >= 40 && times[3] >= 80, `backed off: ${times.join(", ")} ms`);
     f.stream.frame(end(2));
     assert.equal(f.stream.cursor, 2);
+    f.stream.stop();
+  });
+
+  it("must not let a reply to a request asked under an old epoch move the new stream's cursor: the request names its epoch", async () => {
+    const f = follower();
+    f.stream.start();
+    f.stream.frame(message(3));
+    f.stream.frame(end(3));
+    const gapFill = f.nextAsk();
+    f.stream.frame(message(5)); // a gap: 4 is asked for, under E1
+    const asked = await gapFill;
+    assert.equal(asked.epoch, "E1", "the server answers another stream's latest page instead of settling since 3 there");
+    f.stream.frame(message(1, "E2")); // the stream started again meanwhile
+    assert.deepEqual([f.resets, f.stream.cursor], [["E2"], null]);
+    f.stream.frame({ ...message(1, "E2") }); // that reply's page (the new stream's latest), then its end
+    f.stream.frame(end(1, false, { epoch: "E2" }));
+    assert.equal(f.stream.cursor, 1);
+    assert.deepEqual(f.events.filter((e) => e.epoch === "E2").map((e) => e.message), ["m1"], "shown once");
+    f.stream.stop();
+  });
+
+  it("takes an id-less refusal with retryAfterMs as its history request's answer, and asks again after the hint", async () => {
+    const f = follower();
+    f.stream.start();
+    const again = f.nextAsk();
+    assert.equal(f.stream.frame({ type: "error", code: "rate_limited", retryAfterMs: 20 }), true);
+    assert.deepEqual(await again, { action: "history", limit: 100 });
+    assert.equal(f.stream.frame({ type: "error", code: "rate_limited", id: "a-send", retryAfterMs: 20 }), false, "a send's refusal is not the stream's");
+    f.stream.frame(end(0));
+    assert.equal(f.stream.frame({ type: "error", code: "unavailable", retryAfterMs: 20 }), false, "nothing was asked");
     f.stream.stop();
   });
 
@@ -183,6 +213,19 @@ describe("the ordered sender (web/room-stream.js)", () => {
     await resent;
     assert.ok(Date.now() - at >= 30, "waited for the hint");
     assert.deepEqual(t.ids(), ["a", "a"]);
+    t.s.stop();
+  });
+
+  it("resends a message refused as rate_limited with retryAfterMs when the window has passed; without a hint, it is final", async () => {
+    const t = sender();
+    t.s.send("a", "one");
+    t.s.send("b", "two");
+    const resent = t.nextSend();
+    t.s.frame({ type: "error", code: "rate_limited", id: "a", retryAfterMs: 20 });
+    await resent;
+    assert.deepEqual([t.failed, t.ids()], [[], ["a", "a"]]);
+    t.s.frame({ type: "error", code: "rate_limited", id: "a" });
+    assert.deepEqual([t.failed, t.ids()], [["a"], ["a", "a", "b"]]);
     t.s.stop();
   });
 
