@@ -131,7 +131,8 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
         cursor: stored.cursor,
         data,
         chunkSize,
-        deliver: (ids) => deliverToMembers(onePage(ids), senderId, data),
+        // No post starts after the budget: a fan-out cut short must not go on posting in the background.
+        deliver: (ids) => deliverToMembers(onePage(ids), senderId, data, budget.deadline),
         dispatch,
         onDispatchFailed(chunk, err) {
           log("warn", "fan-out hand-off failed; delivering that chunk here", { requestId, room: sender.room, cursor: stored.cursor, chunk, error: describeError(err) });

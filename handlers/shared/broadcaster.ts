@@ -66,6 +66,8 @@ export interface BroadcastOptions {
   /** Called once per recipient that could not be reached after retries. */
   onFailed?(connectionId: string, delivery: Delivery): void;
   retry?: RetryPolicy;
+  /** Epoch ms after which no new post starts (the caller's time budget): the rest get it from history. */
+  until?: number;
 }
 
 async function* recipientsOf(pages: AsyncIterable<string[]>, exclude: string): AsyncGenerator<string, void, undefined> {
@@ -86,6 +88,7 @@ export async function broadcast(options: BroadcastOptions): Promise<FanoutStats>
 
   async function worker(): Promise<void> {
     for (;;) {
+      if (options.until !== undefined && Date.now() >= options.until) return;
       const next = await recipients.next();
       if (next.done) return;
       stats.recipients++;
@@ -108,7 +111,7 @@ export async function broadcast(options: BroadcastOptions): Promise<FanoutStats>
   return stats;
 }
 
-export type MemberBroadcast = (pages: AsyncIterable<string[]>, exclude: string, data: string) => Promise<FanoutStats>;
+export type MemberBroadcast = (pages: AsyncIterable<string[]>, exclude: string, data: string, until?: number) => Promise<FanoutStats>;
 
 /**
  * `broadcast` with the handlers' policy: a 410 removes that member's record unless it connected
@@ -116,11 +119,12 @@ export type MemberBroadcast = (pages: AsyncIterable<string[]>, exclude: string, 
  * message from `history`); a failure is logged.
  */
 export function memberBroadcast(management: Management, concurrency: number, store: Pick<ConnectionsStore, "removeStale">): MemberBroadcast {
-  return (pages, exclude, data) =>
+  return (pages, exclude, data, until) =>
     broadcast({
       pages,
       exclude,
       data,
+      until,
       concurrency,
       management,
       async onGone(connectionId) {

@@ -1,7 +1,7 @@
 /**
  * Issue 11's findings, each reproduced through a local stack (README, "Security notes"): a message
- * that would poison a room's history, a stored message too large to replay, history used as an
- * amplifier, a burst of echoes, and a room's head that never expired. Token findings live beside
+ * that would poison a room's history, a stored message too large to replay, a page cut at 1 MB of
+ * UTF-8, history used as an amplifier, a burst of echoes, and a room's head that never expired. Token findings live beside
  * the authorizer's suite (delivery.test.ts); the time budget beside the faults (faults.test.ts).
  */
 import { PutCommand, QueryCommand } from "@aws-sdk/lib-dynamodb";
@@ -67,6 +67,17 @@ describe("hardening: history and budgets, through the local stack", function () 
     ]);
     assert.deepEqual(messages.map((m) => m.message), ["before", "after"]);
     assert.deepEqual([end.cursor, end.more], [cursorOf(3), false]);
+  });
+
+  it("must not lose the rest of a page DynamoDB cut at 1 MB: 40 messages of 32 KB in UTF-8 come in one reply, with more:false only at the end", async () => {
+    const room = `paging-${Date.now()}`;
+    // 40 × 32,100 UTF-8 bytes (10,700 × '가'): DynamoDB's 1 MB Query page holds about 32 of them,
+    // and history reads on from LastEvaluatedKey (before, it answered 33 and more:false).
+    await storeDirectly(room, Array.from({ length: 40 }, (_, i) => `${i}:`.padEnd(10_700, "가")));
+    const reader = await open(room, "ann");
+    const { messages, end } = await reader.history(cursorOf(0));
+    assert.deepEqual(messages.map((m) => Number(String(m.message).split(":")[0])), Array.from({ length: 40 }, (_, i) => i));
+    assert.deepEqual([end.cursor, end.more], [cursorOf(40), false]);
   });
 
   it("must charge history by what it returns: after a 1.8 MB page, the next request waits for the next window", async () => {

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { broadcast } from "../../handlers/shared/broadcaster";
 import { isDeadline, MAX_ANSWER_RESERVE_MS, timeBudget } from "../../handlers/shared/budget";
 
 const remaining = (ms: number) => ({ getRemainingTimeInMillis: () => ms });
@@ -18,5 +19,20 @@ describe("time budgets (handlers/shared/budget.ts)", () => {
 
   it("passes a step's own failure through unchanged", async () => {
     await assert.rejects(timeBudget(remaining(10_000)).step("x", Promise.reject(new Error("boom"))), /^Error: boom$/);
+  });
+});
+
+describe("a broadcast within a time budget", () => {
+  const management = (posted: string[]) => ({ post: async (id: string) => void posted.push(id), getConnection: async () => ({}) });
+  async function* pages() {
+    yield ["a", "b", "c"];
+  }
+
+  it("must start no post once `until` has passed (a fan-out cut short stops, instead of posting on in the background)", async () => {
+    const posted: string[] = [];
+    const stats = await broadcast({ pages: pages(), exclude: "", data: "x", concurrency: 1, management: management(posted), onGone: async () => undefined, until: Date.now() - 1 });
+    assert.deepEqual([posted, stats.recipients], [[], 0]);
+    await broadcast({ pages: pages(), exclude: "", data: "x", concurrency: 1, management: management(posted), onGone: async () => undefined, until: Date.now() + 60_000 });
+    assert.deepEqual(posted, ["a", "b", "c"]);
   });
 });
