@@ -12,7 +12,8 @@ import * as fs from "fs";
 import type { AddressInfo } from "net";
 import type { RecordedResource } from "./program";
 import { directCall } from "./dynalite-direct";
-import { CapacityMeter, startTransactionProxy } from "./transactions";
+import { dynamodbActions, guard, IamConfig } from "./iam";
+import { CapacityMeter, RequestGuard, startTransactionProxy } from "./transactions";
 
 export interface TableSpec {
   name: string;
@@ -99,6 +100,8 @@ export interface DynamoOptions {
   /** How often expired items are removed. AWS takes up to days; here it is well within a minute. */
   sweepIntervalMs?: number;
   region: string;
+  /** Verify every request's signature and authorize it against the caller's role (local/iam.ts). */
+  iam?: IamConfig;
 }
 
 export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamoDB> {
@@ -112,7 +115,11 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
   const raw = new DynamoDBClient({ endpoint: dynaliteUrl, region: options.region, credentials: { accessKeyId: "local", secretAccessKey: "local" } });
   // Clients use the proxy, which adds TransactWriteItems; the local stack itself talks to dynalite.
   const schemas = new Map(options.tables.map((t) => [t.name, (t.create.KeySchema ?? []).map((k) => k.AttributeName!)]));
-  const proxy = await startTransactionProxy(directCall(server), schemas);
+  const iam = options.iam;
+  const check: RequestGuard | undefined = iam
+    ? (req, body, operation, input) => guard(iam, { method: req.method ?? "POST", url: req.url ?? "/", headers: req.headers, body, service: "dynamodb" }, () => dynamodbActions(iam, operation, input))
+    : undefined;
+  const proxy = await startTransactionProxy(directCall(server), schemas, check);
   const endpoint = proxy.endpoint;
   const client = DynamoDBDocumentClient.from(
     new DynamoDBClient({ endpoint, region: options.region, credentials: { accessKeyId: "local", secretAccessKey: "local" } }),

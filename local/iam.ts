@@ -1,4 +1,24 @@
-/** The small part of IAM evaluation the local stack needs: ARN wildcards and a policy's verdict. */
+/**
+ * IAM for the local stack: every function instance gets its own credentials, every request to the
+ * local DynamoDB, @connections and Invoke APIs must carry a valid SigV4 signature made with them,
+ * and the caller's role policy, as the program declared it, must allow the action on the resource.
+ * Denials answer as each service does (status, error type, message), so a missing statement fails
+ * locally the way it fails on AWS.
+ *
+ * The evaluator is ours, for the subset the program uses: Allow and Deny statements, Action and
+ * Resource with `*` and `?` wildcards, no Condition, no NotAction or NotResource (a statement with
+ * any of those refuses to load rather than being misjudged). The one maintained library found,
+ * @cloud-copilot/iam-simulate, is AGPL-3.0, which this MIT project cannot take.
+ *
+ * Signatures are recomputed with the SDK's own signer (@smithy/signature-v4), never our
+ * handlers' (handlers/shared/aws-http.ts), so a bug in our signer fails here as it would on AWS.
+ *
+ * The operator's credential, access key `local` with secret `local` (what tests, benchmarks and
+ * tools use against the local endpoints), is allowed everything; functions never get it.
+ */
+import { SignatureV4 } from "@smithy/signature-v4";
+import { createHash, createHmac, Hash, Hmac, randomBytes, timingSafeEqual } from "crypto";
+import type { IncomingHttpHeaders } from "http";
 
 /** Does an IAM-style pattern (`*` any run, `?` one character) match this value? */
 export function arnMatches(pattern: string, value: string): boolean {
@@ -9,10 +29,12 @@ export function arnMatches(pattern: string, value: string): boolean {
   return new RegExp(`^${regex}$`).test(value);
 }
 
-interface PolicyStatement {
+export interface PolicyStatement {
+  Sid?: string;
   Effect?: string;
   Action?: string | string[];
   Resource?: string | string[];
+  [other: string]: unknown;
 }
 
 const list = (v: string | string[] | undefined) => (v === undefined ? [] : Array.isArray(v) ? v : [v]);
@@ -20,6 +42,210 @@ const list = (v: string | string[] | undefined) => (v === undefined ? [] : Array
 /** Allowed when some statement allows the action on the resource and none denies it. */
 export function policyAllows(document: { Statement?: PolicyStatement | PolicyStatement[] } | undefined, action: string, resource: string): boolean {
   const statements = Array.isArray(document?.Statement) ? document!.Statement : document?.Statement ? [document.Statement] : [];
-  const matches = (s: PolicyStatement) => list(s.Action).some((a) => arnMatches(a, action)) && list(s.Resource).some((r) => arnMatches(r, resource));
+  const matches = (s: PolicyStatement) =>
+    list(s.Action).some((a) => arnMatches(a.toLowerCase(), action.toLowerCase())) && list(s.Resource).some((r) => arnMatches(r, resource));
   return !statements.some((s) => s.Effect === "Deny" && matches(s)) && statements.some((s) => s.Effect === "Allow" && matches(s));
+}
+
+/** Refuses a statement the evaluator would misjudge. */
+export function checkSupported(statement: PolicyStatement, where: string): void {
+  const unsupported = Object.keys(statement).filter((k) => !["Sid", "Effect", "Action", "Resource"].includes(k));
+  if (unsupported.length > 0) throw new Error(`${where}: the local IAM evaluator does not support ${unsupported.join(", ")} in a policy statement`);
+}
+
+/** A function's identity: its role and the statements of the role's inline policies. */
+export interface Principal {
+  functionName: string;
+  roleName: string;
+  statements: PolicyStatement[];
+}
+
+export interface IamConfig {
+  /** Derives every instance's secret and session token: nothing needs sharing between processes. */
+  secret: string;
+  account: string;
+  region: string;
+  principals: Principal[];
+}
+
+export interface Credentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken: string;
+}
+
+export const OPERATOR_KEY = "local";
+const KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+export function newIamConfig(account: string, region: string, principals: Principal[]): IamConfig {
+  return { secret: randomBytes(32).toString("base64url"), account, region, principals };
+}
+
+const derive = (config: IamConfig, purpose: string, accessKeyId: string) => createHmac("sha256", config.secret).update(`${purpose}:${accessKeyId}`).digest("base64");
+
+/** Fresh credentials for one instance of a function: `ASIA` + the principal's index + random. */
+export function issueCredentials(config: IamConfig, functionName: string): Credentials {
+  const index = config.principals.findIndex((p) => p.functionName === functionName);
+  if (index < 0) throw new Error(`no principal for ${functionName}`);
+  const random = Array.from(randomBytes(14), (b) => KEY_ALPHABET[b % 32]).join("");
+  const accessKeyId = `ASIA${KEY_ALPHABET[Math.floor(index / 32)]}${KEY_ALPHABET[index % 32]}${random}`.slice(0, 20);
+  return { accessKeyId, secretAccessKey: derive(config, "secret", accessKeyId).slice(0, 40), sessionToken: derive(config, "token", accessKeyId) };
+}
+
+function principalOf(config: IamConfig, accessKeyId: string): Principal | undefined {
+  if (!/^ASIA[A-Z2-7]{16}$/.test(accessKeyId)) return undefined;
+  const index = KEY_ALPHABET.indexOf(accessKeyId[4]) * 32 + KEY_ALPHABET.indexOf(accessKeyId[5]);
+  return config.principals[index];
+}
+
+/** The node:crypto Checksum the SDK's signer takes. */
+class Sha256 {
+  private hash: Hash | Hmac;
+  constructor(secret?: string | Uint8Array) {
+    this.hash = secret ? createHmac("sha256", secret) : createHash("sha256");
+  }
+  update(data: string | Uint8Array) {
+    this.hash.update(data);
+  }
+  async digest() {
+    return new Uint8Array(this.hash.digest());
+  }
+  reset() {}
+}
+
+export type AuthFailure = "MissingAuthenticationToken" | "UnrecognizedClient" | "InvalidSignature" | "SignatureExpired";
+
+export interface SignedRequest {
+  method: string;
+  /** The raw request target: path and query, as sent. */
+  url: string;
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+  service: "dynamodb" | "execute-api" | "lambda";
+}
+
+export type Authentication = { ok: true; principal: Principal | "operator" } | { ok: false; failure: AuthFailure; message: string };
+
+const AUTH_HEADER = /^AWS4-HMAC-SHA256 Credential=([^/]+)\/(\d{8})\/([^/]+)\/([^/]+)\/aws4_request, ?SignedHeaders=([a-z0-9;-]+), ?Signature=([0-9a-f]{64})$/;
+/** AWS refuses a request signed more than 5 minutes from its own clock (15 for some services; 5 is the stricter). */
+const MAX_SKEW_MS = 5 * 60_000;
+export const SIGNATURE_MISMATCH =
+  "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.";
+
+/** Verifies a request's SigV4 signature, recomputed with the credentials its access key was issued with. */
+export async function authenticate(config: IamConfig, request: SignedRequest, now = Date.now()): Promise<Authentication> {
+  const header = String(request.headers.authorization ?? "");
+  if (!header) return { ok: false, failure: "MissingAuthenticationToken", message: "Missing Authentication Token" };
+  const parts = AUTH_HEADER.exec(header);
+  if (!parts) return { ok: false, failure: "InvalidSignature", message: `Authorization header requires 'Credential', 'SignedHeaders' and 'Signature' parameters.` };
+  const [, accessKeyId, , region, service, signedHeaders, signature] = parts;
+  if (accessKeyId === OPERATOR_KEY) return { ok: true, principal: "operator" };
+  const principal = principalOf(config, accessKeyId);
+  const sessionToken = derive(config, "token", accessKeyId);
+  if (!principal || request.headers["x-amz-security-token"] !== sessionToken) {
+    return { ok: false, failure: "UnrecognizedClient", message: "The security token included in the request is invalid." };
+  }
+  const amzDate = String(request.headers["x-amz-date"] ?? "");
+  const signedAt = Date.parse(amzDate.replace(/^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/, "$1-$2-$3T$4:$5:$6Z"));
+  if (!Number.isFinite(signedAt)) return { ok: false, failure: "InvalidSignature", message: SIGNATURE_MISMATCH };
+  if (Math.abs(now - signedAt) > MAX_SKEW_MS) {
+    return { ok: false, failure: "SignatureExpired", message: `Signature expired: ${amzDate} is now earlier than ${new Date(now - MAX_SKEW_MS).toISOString().replace(/[-:]|\.\d{3}/g, "")}` };
+  }
+  if (region !== config.region || service !== request.service) return { ok: false, failure: "InvalidSignature", message: SIGNATURE_MISMATCH };
+
+  const names = signedHeaders.split(";");
+  const headers: Record<string, string> = {};
+  for (const name of names) headers[name] = String(request.headers[name] ?? "");
+  const url = new URL(request.url, "http://local");
+  const query: Record<string, string | string[]> = {};
+  for (const [key, value] of url.searchParams) query[key] = key in query ? list(query[key] as string | string[]).concat(value) : value;
+  const signer = new SignatureV4({ service, region, credentials: { accessKeyId, secretAccessKey: derive(config, "secret", accessKeyId).slice(0, 40), sessionToken }, sha256: Sha256 as never, applyChecksum: false });
+  const signed = await signer.sign(
+    { method: request.method, protocol: "http:", hostname: url.hostname, path: url.pathname, query, headers, body: request.body },
+    { signingDate: new Date(signedAt), signableHeaders: new Set(names) },
+  );
+  const expected = /Signature=([0-9a-f]{64})/.exec(String(signed.headers.authorization))?.[1] ?? "";
+  const matches = expected.length === signature.length && timingSafeEqual(Buffer.from(expected), Buffer.from(signature));
+  return matches ? { ok: true, principal } : { ok: false, failure: "InvalidSignature", message: SIGNATURE_MISMATCH };
+}
+
+/** The ARN AWS names a Lambda function's caller by: its role, with the function's name as the session. */
+export function callerArn(config: IamConfig, principal: Principal): string {
+  return `arn:aws:sts::${config.account}:assumed-role/${principal.roleName}/${principal.functionName}`;
+}
+
+/** The first of these (action, resource) pairs the principal may not perform, as AWS words the denial; undefined when all are allowed. */
+export function denial(config: IamConfig, principal: Principal | "operator", requests: [action: string, resource: string][]): string | undefined {
+  if (principal === "operator") return undefined;
+  const document = { Statement: principal.statements };
+  for (const [action, resource] of requests) {
+    if (!policyAllows(document, action, resource)) {
+      // IAM's wording for an implicit deny (IAM user guide, "Troubleshoot access denied error messages").
+      return `User: ${callerArn(config, principal)} is not authorized to perform: ${action} on resource: ${resource} because no identity-based policy allows the ${action} action`;
+    }
+  }
+  return undefined;
+}
+
+/** What a DynamoDB request asks IAM for: each contained action of a transaction or batch, on its table (or index). */
+export function dynamodbActions(config: IamConfig, operation: string, input: Record<string, unknown>): [string, string][] {
+  const table = (name: unknown) => `arn:aws:dynamodb:${config.region}:${config.account}:table/${String(name)}`;
+  const items = (input.TransactItems ?? []) as Record<string, { TableName?: string } | undefined>[];
+  switch (operation) {
+    case "TransactWriteItems": {
+      // IAM authorizes a transaction action by action (DynamoDB developer guide, "Using IAM with DynamoDB transactions").
+      const actionOf: Record<string, string> = { Put: "PutItem", Update: "UpdateItem", Delete: "DeleteItem", ConditionCheck: "ConditionCheckItem" };
+      return items.flatMap((item) => Object.entries(item).map(([kind, spec]): [string, string] => [`dynamodb:${actionOf[kind] ?? kind}`, table(spec?.TableName)]));
+    }
+    case "TransactGetItems":
+      return items.map((item): [string, string] => ["dynamodb:GetItem", table(item.Get?.TableName)]);
+    case "BatchWriteItem":
+    case "BatchGetItem":
+      return Object.keys((input.RequestItems ?? {}) as object).map((name): [string, string] => [`dynamodb:${operation}`, table(name)]);
+    case "ListTables":
+      return [["dynamodb:ListTables", "*"]];
+    default:
+      return [[`dynamodb:${operation}`, input.IndexName ? `${table(input.TableName)}/index/${String(input.IndexName)}` : table(input.TableName)]];
+  }
+}
+
+/** The HTTP answer a service gives a refused request. */
+export interface Refusal {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
+}
+
+const TYPE_OF: Record<AuthFailure, string> = {
+  MissingAuthenticationToken: "MissingAuthenticationTokenException",
+  UnrecognizedClient: "UnrecognizedClientException",
+  InvalidSignature: "InvalidSignatureException",
+  SignatureExpired: "InvalidSignatureException",
+};
+
+/**
+ * As each service words it: DynamoDB (JSON 1.0) answers 400 with `__type`; API Gateway's
+ * @connections and Lambda answer 403 with `x-amzn-ErrorType`. (?) The exact casing of the message
+ * key per service is unconfirmed; the SDK reads `message` and `Message` alike.
+ */
+export function refusal(service: SignedRequest["service"], type: AuthFailure | "AccessDenied", message: string): Refusal {
+  const errorType = type === "AccessDenied" ? "AccessDeniedException" : TYPE_OF[type];
+  const requestId = randomBytes(16).toString("hex");
+  if (service === "dynamodb") {
+    return {
+      status: 400,
+      headers: { "Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": requestId },
+      body: JSON.stringify({ __type: `com.amazon.coral.service#${errorType}`, [type === "AccessDenied" ? "Message" : "message"]: message }),
+    };
+  }
+  const body = service === "lambda" && type === "AccessDenied" ? { Type: "User", Message: message } : { message };
+  return { status: 403, headers: { "Content-Type": "application/json", "x-amzn-ErrorType": errorType, "x-amzn-RequestId": requestId }, body: JSON.stringify(body) };
+}
+
+/** Authenticates, then authorizes every (action, resource): the refusal to send, or undefined to go on. */
+export async function guard(config: IamConfig, request: SignedRequest, actions: (principal: Principal | "operator") => [string, string][]): Promise<Refusal | undefined> {
+  const auth = await authenticate(config, request);
+  if (!auth.ok) return refusal(request.service, auth.failure, auth.message);
+  const denied = denial(config, auth.principal, actions(auth.principal));
+  return denied ? refusal(request.service, "AccessDenied", denied) : undefined;
 }

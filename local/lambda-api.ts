@@ -9,6 +9,7 @@
  */
 import { randomUUID } from "crypto";
 import type { IncomingMessage, ServerResponse } from "http";
+import { guard, IamConfig } from "./iam";
 import type { LambdaRuntime } from "./lambda";
 
 /** Payload limits: 6 MB synchronous, 1 MB asynchronous (API_Invoke). */
@@ -24,6 +25,8 @@ export interface LambdaApiOptions {
   /** Physical names of the functions the program declared. */
   functionNames: string[];
   log?: (line: string) => void;
+  /** Verify signatures and authorize `lambda:InvokeFunction` on the function's ARN (local/iam.ts). */
+  iam?: IamConfig;
 }
 
 function answer(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}) {
@@ -43,15 +46,25 @@ export function handleLambdaApiRequest(options: LambdaApiOptions, req: IncomingM
   let size = 0;
   req.on("data", (chunk: Buffer) => {
     size += chunk.length;
-    if (size <= MAX_SYNC_PAYLOAD_BYTES) chunks.push(chunk);
+    if (size <= MAX_SYNC_PAYLOAD_BYTES) chunks.push(chunk); // a larger body is refused as 413 whatever its signature
   });
   req.on("end", () => void invoke(options, req, res, decodeURIComponent(match[1]), Buffer.concat(chunks), size));
   return true;
 }
 
 async function invoke(options: LambdaApiOptions, req: IncomingMessage, res: ServerResponse, requested: string, body: Buffer, size: number) {
-  if (req.method !== "POST") return error(res, 405, "MethodNotAllowedException", `${req.method} is not allowed on invocations`);
   const name = FUNCTION_NAME.exec(requested)?.[1];
+  if (options.iam && size <= MAX_SYNC_PAYLOAD_BYTES) {
+    const config = options.iam;
+    const arn = `arn:aws:lambda:${config.region}:${config.account}:function:${name ?? requested}`;
+    const refused = await guard(config, { method: req.method ?? "POST", url: req.url ?? "/", headers: req.headers, body, service: "lambda" }, () => [["lambda:InvokeFunction", arn]]);
+    if (refused) {
+      options.log?.(`[lambda-api] Invoke ${requested} refused: ${refused.body}`);
+      res.writeHead(refused.status, refused.headers);
+      return res.end(refused.body);
+    }
+  }
+  if (req.method !== "POST") return error(res, 405, "MethodNotAllowedException", `${req.method} is not allowed on invocations`);
   if (!name || !options.functionNames.includes(name)) return error(res, 404, "ResourceNotFoundException", `Function not found: ${requested}`);
   const type = String(req.headers["x-amz-invocation-type"] ?? "RequestResponse");
   if (!["RequestResponse", "Event", "DryRun"].includes(type)) return error(res, 400, "InvalidParameterValueException", `InvocationType must be RequestResponse, Event or DryRun; got ${type}`);

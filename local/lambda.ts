@@ -63,6 +63,8 @@ export interface LambdaRuntimeOptions {
   functions: FunctionSpec[];
   /** Region, fake credentials and local service endpoints, given to every instance. */
   baseEnv: Record<string, string>;
+  /** Credentials for a new instance of a function (local/iam.ts); without it, baseEnv's. */
+  credentials?: (functionName: string) => { accessKeyId: string; secretAccessKey: string; sessionToken: string };
   /** Instances per function at most (Lambda's reserved concurrency, in effect). */
   maxInstances?: number;
   /** Where prefixed instance output goes. */
@@ -152,6 +154,11 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     readline.createInterface({ input: stream }).on("line", (line) => write(`${prefix} ${line}`));
   }
 
+  function credentialsEnv(functionName: string): Record<string, string> {
+    const issued = options.credentials?.(functionName);
+    return issued ? { AWS_ACCESS_KEY_ID: issued.accessKeyId, AWS_SECRET_ACCESS_KEY: issued.secretAccessKey, AWS_SESSION_TOKEN: issued.sessionToken } : {};
+  }
+
   function spawn(spec: FunctionSpec): Instance {
     const child = fork(worker.file, [], {
       // LOCAL_LAMBDA_NODE_OPTIONS adds flags to every instance, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
@@ -165,6 +172,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
         AWS_LAMBDA_FUNCTION_MEMORY_SIZE: String(spec.memoryMb),
         AWS_LAMBDA_FUNCTION_VERSION: "$LATEST",
         _HANDLER: spec.handler,
+        ...credentialsEnv(spec.name),
         LOCAL_LAMBDA_ARCHIVE_DIR: spec.archiveDir,
         LOCAL_LAMBDA_FUNCTION_ARN: spec.arn,
       },

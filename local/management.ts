@@ -6,6 +6,7 @@
  */
 import type { IncomingMessage, ServerResponse } from "http";
 import { Gateway, MAX_MESSAGE_BYTES } from "./gateway";
+import { guard, IamConfig } from "./iam";
 
 export interface ManagementOptions {
   stage: string;
@@ -17,6 +18,8 @@ export interface ManagementOptions {
   /** Calls answered so far, per method (for the cost benchmark). */
   calls?: Record<string, number>;
   log?: (line: string) => void;
+  /** Verify signatures and authorize `execute-api:ManageConnections` on the exact connection ARN (local/iam.ts). */
+  iam?: { config: IamConfig; apiId: string };
 }
 
 export interface ManagementFaults {
@@ -41,6 +44,8 @@ export function parseFaults(text: string): ManagementFaults {
 }
 
 const CONNECTION_ID = /^[A-Za-z0-9_=-]{1,128}$/;
+/** Bodies up to this size are read whole, to check their signature; larger ones are only answered 413. */
+const MAX_SIGNED_BODY_BYTES = 8 * MAX_MESSAGE_BYTES;
 
 /** Returns true when the request was for the management API (and has been answered). */
 export function handleManagementRequest(options: ManagementOptions, req: IncomingMessage, res: ServerResponse): boolean {
@@ -54,11 +59,25 @@ export function handleManagementRequest(options: ManagementOptions, req: Incomin
   let size = 0;
   req.on("data", (chunk: Buffer) => {
     size += chunk.length;
-    if (size <= MAX_MESSAGE_BYTES + 1) chunks.push(chunk);
+    // Kept whole up to a bound (the signature covers the whole body); an oversized one is refused as 413 anyway.
+    if (size <= MAX_SIGNED_BODY_BYTES) chunks.push(chunk);
   });
-  req.on("end", () => {
-    if (options.calls) options.calls[req.method ?? "GET"] = (options.calls[req.method ?? "GET"] ?? 0) + 1;
-    const answer = () => respond(options, req.method ?? "GET", connectionId, Buffer.concat(chunks), size, res);
+  req.on("end", async () => {
+    const method = req.method ?? "GET";
+    const body = Buffer.concat(chunks);
+    if (options.iam && size <= MAX_SIGNED_BODY_BYTES) {
+      const { config, apiId } = options.iam;
+      const arn = `arn:aws:execute-api:${config.region}:${config.account}:${apiId}/${options.stage}/${method}/@connections/${connectionId}`;
+      const refused = await guard(config, { method, url: req.url ?? "/", headers: req.headers, body, service: "execute-api" }, () => [["execute-api:ManageConnections", arn]]);
+      if (refused) {
+        options.log?.(`[management] ${method} ${connectionId} refused: ${refused.body}`); options.log?.(`DEBUG ${req.url} ${JSON.stringify(req.headers)}`);
+        res.writeHead(refused.status, refused.headers);
+        res.end(refused.body);
+        return;
+      }
+    }
+    if (options.calls) options.calls[method] = (options.calls[method] ?? 0) + 1;
+    const answer = () => respond(options, method, connectionId, body, size, res);
     if (options.latencyMs) setTimeout(answer, options.latencyMs);
     else answer();
   });

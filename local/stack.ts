@@ -15,7 +15,8 @@ import { startDynamoDBProcess } from "./dynamodb-process";
 import { answerPlainRequest, createGateway, Gateway, RouteTarget } from "./gateway";
 import { createLambdaRuntime, DEFAULT_ASYNC_CONFIG, FunctionSpec, LambdaRuntime } from "./lambda";
 import { handleLambdaApiRequest } from "./lambda-api";
-import { arnMatches } from "./iam";
+import { arnMatches, IamConfig, issueCredentials, newIamConfig } from "./iam";
+import { PolicyEdit, principalsOf } from "./principals";
 import { handleManagementRequest, ManagementFaults } from "./management";
 import type { CapacityMeter } from "./transactions";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, readProjectFile, RecordedResource } from "./program";
@@ -38,6 +39,10 @@ export interface LocalStackOptions {
   configOverrides?: Record<string, string>;
   /** Key that signs chat tokens; default $CHAT_TOKEN_KEY, else one kept in .local/<stack>/token-key. */
   tokenKey?: string;
+  /** SigV4 and IAM enforcement on the local DynamoDB, @connections and Invoke APIs (default on). */
+  iam?: boolean;
+  /** Statements to drop from roles before enforcing them (tests of a missing permission). */
+  policyEdits?: PolicyEdit[];
   log?: (line: string) => void;
 }
 
@@ -62,6 +67,8 @@ export interface LocalStack {
   outputs: StackOutputs;
   outputsFile: string;
   program: LoadedProgram;
+  /** The enforced identities and the secret their credentials derive from; absent with `iam: false`. */
+  iam?: IamConfig;
   dynamodb: LocalDynamoDB;
   lambdas: LambdaRuntime;
   gateway: Gateway;
@@ -171,10 +178,12 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     if (!stageResource) throw new StartupError("the program declares no Stage for its WebSocket API");
     const stage = stageResource.inputs.name as string;
 
+    const iam = options.iam === false ? undefined : newIamConfig(FAKE_ACCOUNT_ID, program.region, principalsOf(program.resources, options.policyEdits));
     const dynamodb = await startDynamoDBProcess({
       tables: of("aws:dynamodb/table:Table").map(tableSpec),
       dataDir: options.dataDir,
       region: program.region,
+      iam,
     });
     cleanups.unshift(() => dynamodb.close());
 
@@ -196,6 +205,8 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     const lambdas = createLambdaRuntime({
       functions: specs,
       maxInstances: options.maxInstances,
+      // Each instance its own temporary credentials, as Lambda gives them (the operator's without IAM).
+      credentials: iam ? (functionName) => issueCredentials(iam, functionName) : undefined,
       baseEnv: {
         AWS_REGION: program.region,
         AWS_DEFAULT_REGION: program.region,
@@ -261,9 +272,10 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     const pageUrl = `http://${host}:${port}/`;
     const managementCalls: Record<string, number> = {};
     server.on("request", (req, res) => {
-      if (handleManagementRequest({ stage, gateway, latencyMs: options.managementLatencyMs, faults: options.managementFaults, calls: managementCalls, log }, req, res)) return;
+      const managementIam = iam ? { config: iam, apiId: api.id } : undefined;
+      if (handleManagementRequest({ stage, gateway, latencyMs: options.managementLatencyMs, faults: options.managementFaults, calls: managementCalls, log, iam: managementIam }, req, res)) return;
       if (req.url === METRICS_PATH) return void serveMetrics(res, { dynamodb, management: managementCalls, lambda: lambdas });
-      if (handleLambdaApiRequest({ runtime: lambdas, functionNames: specs.map((f) => f.name), log }, req, res)) return;
+      if (handleLambdaApiRequest({ runtime: lambdas, functionNames: specs.map((f) => f.name), log, iam }, req, res)) return;
       if (servePage({ url: outputs.url, authEnabled }, req, res)) return;
       answerPlainRequest(stage, req, res);
     });
@@ -282,6 +294,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       outputs,
       outputsFile,
       program,
+      iam,
       dynamodb,
       lambdas,
       gateway,

@@ -9,6 +9,7 @@
  */
 import type { AttributeValue, TransactWriteItem } from "@aws-sdk/client-dynamodb";
 import { createServer, IncomingMessage, Server, ServerResponse } from "http";
+import type { Refusal } from "./iam";
 import type { AddressInfo } from "net";
 import { DirectCall, dynamo } from "./dynalite-direct";
 
@@ -204,7 +205,10 @@ export interface TransactionProxy {
 }
 
 /** Starts the proxy in front of dynalite (called in this process). `schemas` maps table name → key attribute names. */
-export async function startTransactionProxy(call: DirectCall, schemas: Map<string, string[]>): Promise<TransactionProxy> {
+/** Checks a request before it is run (local/iam.ts): the refusal to answer with, or undefined. */
+export type RequestGuard = (req: IncomingMessage, body: Buffer, operation: string, input: Record<string, unknown>) => Promise<Refusal | undefined>;
+
+export async function startTransactionProxy(call: DirectCall, schemas: Map<string, string[]>, guard?: RequestGuard): Promise<TransactionProxy> {
   // Per item, as DynamoDB isolates writes: a transaction holds exactly its own items, and writes to
   // other items (a busy room's new numbers, its head's ADDs) run in parallel.
   const serialized = itemQueue();
@@ -303,6 +307,12 @@ export async function startTransactionProxy(call: DirectCall, schemas: Map<strin
       const body = Buffer.concat(chunks);
       const input = parseRequest(body);
       const operation = String(req.headers["x-amz-target"] ?? "").split(".")[1] ?? "";
+      const refused = guard ? await guard(req, body, operation, input.ok ? input.value : {}) : undefined;
+      if (refused) {
+        res.writeHead(refused.status, { ...refused.headers, "content-length": String(Buffer.byteLength(refused.body)) });
+        res.end(refused.body);
+        return;
+      }
       if (hold.left > 0 && storesMessage(input, operation)) {
         hold.left--;
         hold.held.push({ req, body, input, operation });

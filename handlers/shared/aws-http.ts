@@ -49,7 +49,13 @@ const sha256 = (data: string) => createHash("sha256").update(data, "utf8").diges
 const hmac = (key: Buffer | string, data: string) => createHmac("sha256", key).update(data, "utf8").digest();
 
 /** RFC 3986 encoding, as SigV4 wants it (encodeURIComponent leaves !'()* alone). */
-function escape(text: string): string {
+/**
+ * RFC 3986 encoding, as SigV4 wants it. Not named `escape`: Pulumi's closure serializer takes that
+ * name for the global `escape()` and does not capture a module function of that name, so the
+ * deployed code signed with the wrong encoder (`@` left as is) and every @connections call would
+ * have failed on AWS with 403 InvalidSignatureException; the local stack's signature check found it.
+ */
+function uriEscape(text: string): string {
   return encodeURIComponent(text).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 }
 
@@ -58,12 +64,12 @@ function escape(text: string): string {
  * encoded once) is encoded again.
  */
 function canonicalPath(pathname: string): string {
-  return pathname.split("/").map(escape).join("/");
+  return pathname.split("/").map(uriEscape).join("/");
 }
 
 function canonicalQuery(params: URLSearchParams): string {
   return [...params.entries()]
-    .map(([k, v]) => [escape(k), escape(v)])
+    .map(([k, v]) => [uriEscape(k), uriEscape(v)])
     .sort(([a, av], [b, bv]) => (a < b ? -1 : a > b ? 1 : av < bv ? -1 : av > bv ? 1 : 0))
     .map(([k, v]) => `${k}=${v}`)
     .join("&");

@@ -21,5 +21,11 @@ describe("handlers/ (code that Pulumi serializes into Lambdas)", () => {
     it(`${name} must use top-level imports only (dynamic imports serialize by value and break)`, () => {
       absent(/await import\(|\brequire\(/);
     });
+    it(`${name} must not name a module-level function or constant after a JavaScript global (the serializer calls the global instead)`, () => {
+      // Found by the local stack's signature check: a function named `escape` was serialized as a
+      // call to the global escape(), and every signed @connections request would have been refused.
+      const declared = [...code.matchAll(/^(?:export )?(?:async )?(?:function\*? |const |let |class )([A-Za-z_$][\w$]*)/gm)].map((m) => m[1]);
+      assert.deepEqual(declared.filter((id) => id in globalThis), [], `${name} shadows globals`);
+    });
   }
 });
