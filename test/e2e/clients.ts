@@ -56,10 +56,12 @@ abstract class Received {
   async connectionId(timeoutMs = 10_000): Promise<string> {
     const deadline = Date.now() + timeoutMs;
     const isUsage = (f: string) => f.includes('"type":"usage"');
-    for (;;) {
+    // Each question spends the connection's budget: ask again only after a growing wait, so a busy
+    // machine's slow answers do not use the budget up.
+    for (let wait = 500; ; wait = Math.min(4_000, wait * 2)) {
       this.sendText("who am i");
       try {
-        const usage = await this.waitFor(isUsage, 500);
+        const usage = await this.waitFor(isUsage, wait);
         return (JSON.parse(usage).connection as { connectionId: string }).connectionId;
       } catch (err) {
         if (Date.now() > deadline) throw err;
@@ -85,6 +87,58 @@ abstract class Received {
       const frames = this.frames.slice(before).map((f) => JSON.parse(f) as Frame);
       return { messages: frames.filter((f) => f.type === "message"), end: frames.find((f) => f.type === "history-end")! };
     }
+  }
+
+  /**
+   * Every event (messages and tombstones) after `since` (from the room's start by default), in
+   * cursor order, as a page would read them:
+   * pages on while `more`, and asks again after `retryAfterMs` when a page stopped at a number still
+   * being written or the request was refused as unavailable or rate_limited.
+   */
+  async historyAll(since = "0000000000000000", timeoutMs = 60_000): Promise<Frame[]> {
+    const deadline = Date.now() + timeoutMs;
+    const byCursor = new Map<string, Frame>();
+    const answered = (f: Frame) => f.type === "history-end" || (f.type === "error" && f.id === undefined);
+    for (let cursor = since; ; ) {
+      const before = this.frames.length;
+      this.sendText(JSON.stringify({ action: "history", since: cursor, limit: 100 }));
+      await this.waitFor(() => this.parsed(before).some(answered), Math.max(1, deadline - Date.now()));
+      const frames = this.parsed(before);
+      for (const f of frames) if ((f.type === "message" || f.type === "tombstone") && String(f.cursor) > cursor) byCursor.set(String(f.cursor), f);
+      const end = frames.find((f) => f.type === "history-end");
+      if (end && !end.more) return [...byCursor.values()].sort((a, b) => (String(a.cursor) < String(b.cursor) ? -1 : 1));
+      if (end?.cursor) cursor = String(end.cursor);
+      const hint = Number((end ?? frames.find(answered))?.retryAfterMs ?? 0);
+      if (hint > 0) await new Promise((r) => setTimeout(r, hint));
+    }
+  }
+
+  /**
+   * Sends a message with an id as the page does: resent with the same id after `retryAfterMs`
+   * while refused as `unavailable` (shed under load, or a store that failed); resolves with the
+   * final answer, the ack or a final refusal.
+   */
+  async sendReliably(message: string, id: string, timeoutMs = 60_000): Promise<Frame> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const before = this.frames.length;
+      this.sendText(JSON.stringify({ action: "sendmessage", message, id }));
+      const mine = (f: Frame) => f.id === id && (f.type === "ack" || f.type === "error");
+      await this.waitFor(() => this.parsed(before).some(mine), Math.max(1, deadline - Date.now()));
+      const answer = this.parsed(before).find(mine)!;
+      if (answer.type === "ack" || answer.code !== "unavailable") return answer;
+      await new Promise((r) => setTimeout(r, Number(answer.retryAfterMs ?? 500)));
+    }
+  }
+
+  private parsed(from: number): Frame[] {
+    return this.frames.slice(from).flatMap((f) => {
+      try {
+        return [JSON.parse(f) as Frame];
+      } catch {
+        return [];
+      }
+    });
   }
 
   abstract sendText(text: string): void;
