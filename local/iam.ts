@@ -98,8 +98,8 @@ function principalOf(config: IamConfig, accessKeyId: string): Principal | undefi
   return config.principals[index];
 }
 
-/** The node:crypto Checksum the SDK's signer takes. */
-class Sha256 {
+/** The node:crypto Checksum the SDK's signer (@smithy/signature-v4) takes. */
+export class Sha256 {
   private hash: Hash | Hmac;
   constructor(secret?: string | Uint8Array) {
     this.hash = secret ? createHmac("sha256", secret) : createHash("sha256");

@@ -1,22 +1,7 @@
 import { SignatureV4 } from "@smithy/signature-v4";
 import assert from "node:assert/strict";
-import { createHash, createHmac, Hash, Hmac } from "node:crypto";
 import { serviceEndpoint, signRequest } from "../../handlers/shared/aws-http";
-
-/** The Checksum the SDK's signer wants, over node:crypto. */
-class Sha256 {
-  private hash: Hash | Hmac;
-  constructor(secret?: string | Uint8Array) {
-    this.hash = secret ? createHmac("sha256", secret) : createHash("sha256");
-  }
-  update(data: string | Uint8Array) {
-    this.hash.update(data);
-  }
-  async digest() {
-    return new Uint8Array(this.hash.digest());
-  }
-  reset() {}
-}
+import { Sha256 } from "../../local/iam";
 
 const credentials = { accessKeyId: "AKIDEXAMPLE", secretAccessKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", sessionToken: "IQoJb3JpZ2luX2VjEXAMPLE//token+=" };
 const now = new Date("2026-11-21T10:20:30.456Z");

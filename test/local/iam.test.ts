@@ -4,24 +4,9 @@
  */
 import { SignatureV4 } from "@smithy/signature-v4";
 import assert from "node:assert/strict";
-import { createHash, createHmac } from "node:crypto";
-import { authenticate, denial, dynamodbActions, IamConfig, issueCredentials, newIamConfig, policyAllows, refusal, SIGNATURE_MISMATCH } from "../../local/iam";
+import { authenticate, denial, Sha256, dynamodbActions, IamConfig, issueCredentials, newIamConfig, policyAllows, refusal, SIGNATURE_MISMATCH } from "../../local/iam";
 import { principalsOf } from "../../local/principals";
 import type { RecordedResource } from "../../local/program";
-
-class Sha256 {
-  private hash;
-  constructor(secret?: string | Uint8Array) {
-    this.hash = secret ? createHmac("sha256", secret) : createHash("sha256");
-  }
-  update(data: string | Uint8Array) {
-    this.hash.update(data);
-  }
-  async digest() {
-    return new Uint8Array(this.hash.digest());
-  }
-  reset() {}
-}
 
 const config: IamConfig = newIamConfig("123456789012", "us-east-1", [
   { functionName: "ws-chat-history-1a2b", roleName: "ws-chat-history-9f8e", statements: [{ Sid: "ReadHistory", Effect: "Allow", Action: ["dynamodb:Query", "dynamodb:GetItem"], Resource: ["arn:aws:dynamodb:us-east-1:123456789012:table/messages-1"] }] },
