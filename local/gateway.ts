@@ -59,7 +59,14 @@ export interface Gateway {
   disconnect(connectionId: string, code: number, reason: string): void;
   /** Sends data to an open connection; refreshes its idle timer. */
   send(connectionId: string, data: string | Buffer): boolean;
-  close(): Promise<void>;
+  /** From now on a new connection is refused with 503 (the stop's first step); open ones carry on. */
+  stopAccepting(): void;
+  /**
+   * Refuses new connections, closes every open one with 1001 "Going away", and waits (up to
+   * `timeoutMs`, default 5 s) for their `$disconnect` and for handshakes still under way; what is
+   * left then is cut off.
+   */
+  close(timeoutMs?: number): Promise<void>;
 }
 
 /** ws error codes → the close status the client received. 1007 for invalid UTF-8 is RFC 6455's (?). */
@@ -70,6 +77,34 @@ const PROTOCOL_CLOSES: Record<string, { code: number; reason: string }> = {
 
 const DEFAULT_IDLE_MS = 10 * 60 * 1000;
 const DEFAULT_MAX_DURATION_MS = 2 * 60 * 60 * 1000;
+const CLOSE_TIMEOUT_MS = 5_000;
+
+const STATUS_TEXT: Record<number, string> = {
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  429: "Too Many Requests",
+  500: "Internal Server Error",
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+};
+
+/** Answers an upgrade request with an HTTP status instead of the 101, and ends the socket. */
+export function refuseUpgrade(socket: Duplex, status: number, body = "", headers: Record<string, string> = {}): void {
+  const lines = [`HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? "Error"}`, "Connection: close", `Content-Length: ${Buffer.byteLength(body)}`];
+  for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
+  socket.end(`${lines.join("\r\n")}\r\n\r\n${body}`);
+}
+
+/** Waits until every promise in `pending` (which may grow meanwhile) has settled, or the deadline passes. */
+async function settle(pending: Set<Promise<unknown>>, timeoutMs: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
+  let expired = false;
+  void deadline.then(() => (expired = true));
+  while (pending.size > 0 && !expired) await Promise.race([Promise.allSettled([...pending]), deadline]);
+  clearTimeout(timer);
+}
 
 export function createGateway(server: Server, options: GatewayOptions): Gateway {
   const log = options.log ?? ((line: string) => console.log(line));
@@ -79,10 +114,20 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
   const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_MESSAGE_BYTES });
   const idleMs = options.idleTimeoutMs ?? DEFAULT_IDLE_MS;
   const stagePath = `/${options.api.stage}`;
-  const pendingDisconnects = new Set<Promise<unknown>>();
+  /** Handshakes under way, sockets closing and `$disconnect`s running: what close() waits for. */
+  const settling = new Set<Promise<unknown>>();
+  let accepting = true;
+  let closing = false;
+
+  function track<T>(promise: Promise<T>): Promise<T> {
+    settling.add(promise);
+    void promise.finally(() => settling.delete(promise)).catch(() => undefined);
+    return promise;
+  }
 
   async function run(route: RouteTarget, conn: Connection, event: unknown): Promise<InvokeOutcome> {
     const outcome = await route.invoke(event);
+    if (outcome.cancelled) return outcome; // the stack is stopping: not the function's failure, nothing to log
     const status = outcome.error
       ? `error ${outcome.error.errorType}`
       : String((outcome.result as { statusCode?: number } | null)?.statusCode ?? "-");
@@ -113,12 +158,7 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
     return true;
   }
 
-  function refuse(socket: Duplex, status: number, body = "", headers: Record<string, string> = {}) {
-    const reason = { 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway" }[status] ?? "Error";
-    const lines = [`HTTP/1.1 ${status} ${reason}`, "Connection: close", `Content-Length: ${Buffer.byteLength(body)}`];
-    for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
-    socket.end(`${lines.join("\r\n")}\r\n\r\n${body}`);
-  }
+  const refuse = refuseUpgrade;
 
   function onMessage(conn: Connection, data: Buffer, isBinary: boolean) {
     touch(conn);
@@ -137,6 +177,7 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
     }
     const event = messageEvent(options.api, conn, route.routeKey, body);
     run(route, conn, event).then((outcome) => {
+      if (outcome.cancelled) return;
       if (outcome.error) {
         send(conn.connectionId, JSON.stringify({ message: "Internal server error", connectionId: conn.connectionId, requestId: event.requestContext.requestId }));
       } else if (route.twoWay) {
@@ -149,6 +190,8 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
   function onOpen(conn: Connection, socket: WebSocket) {
     conn.socket = socket;
     conn.state = "open";
+    let closed!: () => void;
+    track(new Promise<void>((resolve) => (closed = resolve)));
     let protocolClose: { code: number; reason: string } | undefined;
     timers.set(conn.connectionId, {
       max: setTimeout(() => disconnect(conn.connectionId, 1001, "Going away"), options.maxDurationMs ?? DEFAULT_MAX_DURATION_MS), // code (?)
@@ -162,6 +205,7 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
       protocolClose = PROTOCOL_CLOSES[err.code ?? ""] ?? protocolClose;
     });
     socket.on("close", (code, reasonBuffer) => {
+      closed();
       conn.state = "closed";
       const t = timers.get(conn.connectionId);
       clearTimeout(t?.idle);
@@ -176,11 +220,10 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
         return;
       }
       const route = routes.get("$disconnect");
-      if (!route) return;
-      const pending = run(route, conn, disconnectEvent(options.api, conn, status.code, status.reason));
-      pendingDisconnects.add(pending);
-      void pending.finally(() => pendingDisconnects.delete(pending));
+      if (route) track(run(route, conn, disconnectEvent(options.api, conn, status.code, status.reason)));
     });
+    // A $connect that finished after the stop began: open, then close at once, so $disconnect runs.
+    if (closing) disconnect(conn.connectionId, 1001, "Going away");
   }
 
   /**
@@ -211,6 +254,10 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
   }
 
   async function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
+    if (!accepting) {
+      // The stack is stopping: refused at once (a page reconnects later), before any Lambda runs.
+      return refuse(socket, 503, JSON.stringify({ message: "The local stack is stopping" }), { "Content-Type": "application/json", "Retry-After": "1" });
+    }
     const url = new URL(req.url ?? "/", "http://local");
     if (url.pathname !== stagePath && url.pathname !== `${stagePath}/`) {
       return refuse(socket, 403, JSON.stringify({ message: "Forbidden" }), { "Content-Type": "application/json" });
@@ -262,30 +309,33 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
   }
 
   server.on("upgrade", (req, socket, head) => {
-    onUpgrade(req, socket, head).catch((err) => {
-      log(`[gateway] upgrade failed: ${(err as Error).stack}`);
-      refuse(socket, 500);
-    });
+    track(
+      onUpgrade(req, socket, head).catch((err) => {
+        log(`[gateway] upgrade failed: ${(err as Error).stack}`);
+        refuse(socket, 500);
+      }),
+    );
   });
+
+  async function close(timeoutMs = CLOSE_TIMEOUT_MS) {
+    accepting = false;
+    closing = true;
+    for (const conn of connections.values()) disconnect(conn.connectionId, 1001, "Going away");
+    await settle(settling, timeoutMs);
+    for (const conn of connections.values()) conn.socket?.terminate();
+    for (const t of timers.values()) {
+      clearTimeout(t.idle);
+      clearTimeout(t.max);
+    }
+    await new Promise<void>((resolve) => wss.close(() => resolve()));
+  }
 
   return {
     connections,
     disconnect,
     send,
-    /** Closes every connection with 1001 and waits (up to 5 s) for their $disconnect to run. */
-    async close() {
-      for (const conn of connections.values()) disconnect(conn.connectionId, 1001, "Going away");
-      const deadline = Date.now() + 5_000;
-      while ((connections.size > 0 || pendingDisconnects.size > 0) && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 20)); // a timer, so sockets and invocations make progress
-      }
-      for (const conn of connections.values()) conn.socket?.terminate();
-      for (const t of timers.values()) {
-        clearTimeout(t.idle);
-        clearTimeout(t.max);
-      }
-      await new Promise<void>((resolve) => wss.close(() => resolve()));
-    },
+    stopAccepting: () => void (accepting = false),
+    close,
   };
 }
 

@@ -14,6 +14,7 @@ import * as os from "os";
 import * as path from "path";
 import * as readline from "readline";
 import * as ts from "typescript";
+import { LambdaNode, lambdaNode } from "./node-runtime";
 
 export interface FunctionSpec {
   /** The function's physical name, as Lambda would know it. */
@@ -48,6 +49,11 @@ export interface InvokeOutcome {
   coldStart: boolean;
   requestId?: string;
   report?: InvokeReport;
+  /**
+   * The local stack ended it on purpose, as it stopped (the instance was ended, or the invocation
+   * never got one): not a failure of the function, so no REPORT line and nothing to log as one.
+   */
+  cancelled?: boolean;
 }
 
 /** Lambda's retry settings for asynchronous invocations (aws.lambda.FunctionEventInvokeConfig). */
@@ -69,6 +75,8 @@ export interface LambdaRuntimeOptions {
   maxInstances?: number;
   /** Where prefixed instance output goes. */
   write?: (line: string) => void;
+  /** The Node instances run on; default lambdaNode(): the pinned Node 22 build, else this machine's Node. */
+  node?: LambdaNode;
   /**
    * Delay before retry k (1-based) of a failed asynchronous invocation. Lambda waits about one
    * minute, then two; locally the default is k seconds so a retry is seen while one waits.
@@ -93,7 +101,22 @@ export interface LambdaRuntime {
   reports(functionName?: string): (InvokeOutcome & { functionName: string })[];
   /** Instances alive per function, for tests and diagnostics. */
   instanceCount(functionName: string): number;
-  close(): Promise<void>;
+  /** Invocations running or waiting for an instance now (asynchronous ones included while they run). */
+  inFlight(): number;
+  /** Resolves true once no invocation is in flight, or false when `timeoutMs` passes first (the stop's drain). */
+  idle(timeoutMs: number): Promise<boolean>;
+  /**
+   * Ends every instance (SIGTERM, SIGKILL after 2 s). Invocations still running or queued end as
+   * `cancelled`; later ones are refused the same way. Resolves with what it ended.
+   */
+  close(): Promise<CloseSummary>;
+}
+
+export interface CloseSummary {
+  /** Instances that were alive. */
+  instances: number;
+  /** Invocations cancelled by the stop (running, queued, or asked for after it began). */
+  cancelled: number;
 }
 
 interface Instance {
@@ -121,6 +144,11 @@ function compileWorker(): { file: string; dir: string } {
 
 const REPORTS_KEPT = 10_000;
 
+/** How one attempt settled: a result or error, ended by the stop, or never delivered (the instance was already gone). */
+const CANCELLED = Symbol("cancelled");
+const UNDELIVERED = Symbol("undelivered");
+type Settled = Pick<InvokeOutcome, "result" | "error" | "report"> | typeof CANCELLED | typeof UNDELIVERED;
+
 function reportLine(requestId: string, outcome: InvokeOutcome, memoryMb: number): string {
   const r = outcome.report;
   const fields = [
@@ -141,6 +169,8 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
   const maxInstances = options.maxInstances ?? 10;
   const retryDelay = options.asyncRetryDelayMs ?? ((retry: number) => retry * 1000);
   const worker = compileWorker();
+  const node = options.node ?? lambdaNode();
+  if (node.notice) write(node.notice); // once per runtime: instances do not run Lambda's Node
   const finished: (InvokeOutcome & { functionName: string })[] = [];
   const asyncRuns = new Set<Promise<void>>();
   const counts: Record<string, number> = {};
@@ -148,6 +178,9 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
   const pools = new Map<string, Instance[]>(options.functions.map((f) => [f.name, []]));
   const waiting = new Map<string, ((instance: Instance) => void)[]>(options.functions.map((f) => [f.name, []]));
   let closing = false;
+  let inFlight = 0;
+  let cancelled = 0;
+  const idleWaiters = new Set<() => void>();
 
   function pipeLines(stream: NodeJS.ReadableStream | null, prefix: string) {
     if (!stream) return;
@@ -161,11 +194,13 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
 
   function spawn(spec: FunctionSpec): Instance {
     const child = fork(worker.file, [], {
+      execPath: node.execPath,
       // LOCAL_LAMBDA_NODE_OPTIONS adds flags to every instance, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
       execArgv: [`--max-old-space-size=${spec.memoryMb}`, ...(process.env.LOCAL_LAMBDA_NODE_OPTIONS ?? "").split(" ").filter(Boolean)],
       env: {
         PATH: process.env.PATH ?? "",
-        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true", // Node 20 here; Lambda runs 22
+        // The SDK warns on Node < 22 in each instance; on a fallback Node the notice above said it once.
+        ...(node.notice ? { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: "true" } : {}),
         ...options.baseEnv,
         ...spec.environment,
         AWS_LAMBDA_FUNCTION_NAME: spec.name,
@@ -205,6 +240,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
   }
 
   function acquire(spec: FunctionSpec): Promise<Instance> {
+    if (closing) return Promise.resolve(deadInstance()); // no new instance once the stop has begun
     const pool = pools.get(spec.name)!;
     const idle = pool.find((i) => !i.busy && !i.exited);
     if (idle) {
@@ -226,10 +262,35 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     if (next) acquire(spec).then(next); // the instance died: start another for the waiter
   }
 
+  /** What a stop gives an invocation it ended, or one asked for after it began. */
+  function cancelledOutcome(coldStart = false): InvokeOutcome {
+    cancelled++;
+    return { error: { errorType: "Runtime.Shutdown", errorMessage: "the local stack is stopping" }, durationMs: 0, coldStart, cancelled: true };
+  }
+
   async function invoke(functionName: string, event: unknown): Promise<InvokeOutcome> {
     const spec = specs.get(functionName);
     if (!spec) throw new Error(`no function named ${functionName}`);
-    if (closing) return { error: { errorType: "Runtime.Shutdown", errorMessage: "the local stack is stopping" }, durationMs: 0, coldStart: false };
+    if (closing) return cancelledOutcome();
+    inFlight++;
+    try {
+      // An instance that died before the event reached it never ran it, so another may, once
+      // (Lambda hides a lost sandbox the same way); a second loss is reported as the exit it was.
+      const first = await invokeOnce(spec, event);
+      return first === UNDELIVERED ? asOutcome(await invokeOnce(spec, event)) : first;
+    } finally {
+      if (--inFlight === 0) for (const resolve of [...idleWaiters]) resolve();
+    }
+  }
+
+  function asOutcome(outcome: InvokeOutcome | typeof UNDELIVERED): InvokeOutcome {
+    if (outcome !== UNDELIVERED) return outcome;
+    if (closing) return cancelledOutcome();
+    return { error: { errorType: "Runtime.ExitError", errorMessage: "instance exited before the invocation reached it" }, durationMs: 0, coldStart: false };
+  }
+
+  /** One attempt on one instance: the outcome, or UNDELIVERED when the instance was gone before the event reached it. */
+  async function invokeOnce(spec: FunctionSpec, event: unknown): Promise<InvokeOutcome | typeof UNDELIVERED> {
     const instance = await acquire(spec);
     const coldStart = !instance.used;
     instance.used = true;
@@ -238,13 +299,27 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
       await instance.ready;
     } catch (err) {
       release(spec, instance);
+      if (closing) return cancelledOutcome(coldStart);
       return { error: { errorType: "Runtime.InitError", errorMessage: (err as Error).message }, durationMs: Date.now() - waited, coldStart };
     }
     // Duration starts once the instance is ready: as on Lambda, a cold start's init is reported apart.
     const started = performance.now();
-    const deadline = Date.now() + spec.timeoutSeconds * 1000;
     const requestId = randomUUID();
-    const outcome = await new Promise<Omit<InvokeOutcome, "durationMs" | "coldStart">>((resolve) => {
+    const settled = await runOn(spec, instance, event, requestId);
+    instance.onResult = undefined;
+    instance.onExit = undefined;
+    release(spec, instance);
+    if (settled === UNDELIVERED) return UNDELIVERED;
+    if (settled === CANCELLED) return cancelledOutcome(coldStart);
+    const done: InvokeOutcome = { ...settled, durationMs: performance.now() - started, coldStart, requestId };
+    record(spec, done);
+    return done;
+  }
+
+  /** Hands the event to a ready instance and waits for its result, its exit, or the timeout. */
+  function runOn(spec: FunctionSpec, instance: Instance, event: unknown, requestId: string): Promise<Settled> {
+    const deadline = Date.now() + spec.timeoutSeconds * 1000;
+    return new Promise<Settled>((resolve) => {
       const timer = setTimeout(() => {
         retire(spec, instance); // never handed another invocation
         instance.child.kill("SIGKILL");
@@ -256,19 +331,44 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
       };
       instance.onExit = (code, signal) => {
         clearTimeout(timer);
-        resolve({ error: { errorType: "Runtime.ExitError", errorMessage: `instance exited (code ${code}, signal ${signal})` } });
+        // Ended by the stop: cancelled on purpose, not a crash of the function.
+        resolve(closing ? CANCELLED : { error: { errorType: "Runtime.ExitError", errorMessage: `instance exited (code ${code}, signal ${signal})` } });
       };
-      instance.child.send({ type: "invoke", id: 1, event, requestId, deadline });
+      const undeliverable = () => {
+        clearTimeout(timer);
+        retire(spec, instance);
+        instance.child.kill("SIGKILL");
+        resolve(UNDELIVERED);
+      };
+      // A worker that died (or is being ended) and whose exit is not yet seen has a closed channel:
+      // writing to it would raise EPIPE as an 'error' event and crash the stack. With a callback,
+      // the failure comes back here instead.
+      if (instance.exited || !instance.child.connected) return undeliverable();
+      instance.child.send({ type: "invoke", id: 1, event, requestId, deadline }, (err) => {
+        if (err) undeliverable();
+      });
     });
-    instance.onResult = undefined;
-    instance.onExit = undefined;
-    release(spec, instance);
-    const done: InvokeOutcome = { ...outcome, durationMs: performance.now() - started, coldStart, requestId };
-    write(`[${spec.name}] ${reportLine(requestId, done, spec.memoryMb)}`);
-    finished.push({ ...done, functionName });
-    counts[functionName] = (counts[functionName] ?? 0) + 1;
+  }
+
+  function record(spec: FunctionSpec, done: InvokeOutcome) {
+    write(`[${spec.name}] ${reportLine(done.requestId!, done, spec.memoryMb)}`);
+    finished.push({ ...done, functionName: spec.name });
+    counts[spec.name] = (counts[spec.name] ?? 0) + 1;
     if (finished.length > REPORTS_KEPT) finished.splice(0, finished.length - REPORTS_KEPT);
-    return done;
+  }
+
+  function untilIdle(timeoutMs: number): Promise<boolean> {
+    if (inFlight === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const settle = (value: boolean) => {
+        clearTimeout(timer);
+        idleWaiters.delete(onIdle);
+        resolve(value);
+      };
+      const onIdle = () => settle(true);
+      const timer = setTimeout(() => settle(false), timeoutMs);
+      idleWaiters.add(onIdle);
+    });
   }
 
   /** Runs once, then retries a failed run (error, timeout, crash) as Lambda's event queue does. */
@@ -300,27 +400,28 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     while (asyncRuns.size) await Promise.all([...asyncRuns]);
   }
 
-  async function close() {
-    closing = true;
-    for (const waiters of waiting.values()) waiters.splice(0).forEach((resolve) => resolve(deadInstance()));
-    const all = [...pools.values()].flat();
-    await Promise.all(
-      all.map(
-        (instance) =>
-          new Promise<void>((resolve) => {
-            if (instance.exited) return resolve();
-            const force = setTimeout(() => instance.child.kill("SIGKILL"), 2_000);
-            instance.child.once("exit", () => {
-              clearTimeout(force);
-              resolve();
-            });
-            instance.child.kill("SIGTERM");
-          }),
-      ),
-    );
+  /** Ends one instance: SIGTERM (the worker exits at once, profiles written), SIGKILL if it lingers. */
+  function end(instance: Instance): Promise<void> {
+    return new Promise<void>((resolve) => {
+      if (instance.exited || instance.child.exitCode !== null || instance.child.signalCode !== null) return resolve();
+      const force = setTimeout(() => instance.child.kill("SIGKILL"), 2_000);
+      instance.child.once("exit", () => {
+        clearTimeout(force);
+        resolve();
+      });
+      instance.child.kill("SIGTERM");
+    });
   }
 
-  /** Handed to invocations still waiting for an instance at close: they fail as Runtime.Shutdown would. */
+  async function close(): Promise<CloseSummary> {
+    closing = true;
+    for (const waiters of waiting.values()) waiters.splice(0).forEach((resolve) => resolve(deadInstance()));
+    const live = [...pools.values()].flat().filter((instance) => !instance.exited);
+    await Promise.all(live.map(end));
+    return { instances: live.length, cancelled };
+  }
+
+  /** Handed to invocations still waiting for an instance at close: they end cancelled. */
   function deadInstance(): Instance {
     const ready = Promise.reject(new Error("the local stack is stopping"));
     ready.catch(() => undefined); // observed by the invocation that waits on it
@@ -335,9 +436,14 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     drainAsync,
     reports: (functionName) => (functionName ? finished.filter((r) => r.functionName === functionName) : [...finished]),
     instanceCount: (name) => pools.get(name)?.filter((i) => !i.exited).length ?? 0,
+    inFlight: () => inFlight,
+    idle: untilIdle,
     close: async () => {
-      await close();
-      fs.rmSync(worker.dir, { recursive: true, force: true });
+      try {
+        return await close();
+      } finally {
+        fs.rmSync(worker.dir, { recursive: true, force: true });
+      }
     },
   };
 }

@@ -32,6 +32,18 @@ describe("npm start (the local stack's CLI)", function () {
     assert.match(port.stderr, /--port must be a whole number/);
   });
 
+  it("must refuse an unknown --config key, naming the known keys (and the likely one)", () => {
+    const run = cli(["--port", "0", "--config", "foo=bar"]);
+    assert.equal(run.status, 1);
+    assert.match(run.stderr, /error: unknown setting "foo" \(--config foo=…\)/);
+    assert.match(run.stderr, /known keys: stageName, .*lambdaTimeoutSeconds, .*tokenKey, tokenPreviousKey, aws:region/);
+    const typo = cli(["--port", "0", "--config", "lambdaTimeoutSecond=2"]);
+    assert.equal(typo.status, 1);
+    assert.match(typo.stderr, /unknown setting "lambdaTimeoutSecond".*did you mean lambdaTimeoutSeconds\?/);
+    const namespaced = cli(["--port", "0", "--config", "aws:profile=x"]);
+    assert.match(namespaced.stderr, /unknown setting "aws:profile"/);
+  });
+
   it("stops cleanly on SIGTERM and leaves no stray processes", async () => {
     const stack = await localStack();
     const client = await Client.open(stack.outputs.url);

@@ -32,6 +32,7 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
   let endpoint: string;
   let events: Event[];
   let behaviour: Record<string, Behaviour>;
+  let logs: string[];
   const clients: Client[] = [];
 
   async function start(routeKeys: string[], extra: { idleTimeoutMs?: number; maxDurationMs?: number; twoWay?: string[]; authorizer?: string[] } = {}) {
@@ -66,7 +67,7 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
       routes,
       idleTimeoutMs: extra.idleTimeoutMs,
       maxDurationMs: extra.maxDurationMs,
-      log: () => undefined,
+      log: (line) => logs.push(line),
     });
     server.on("request", (req, res) => {
       if (!handleManagementRequest({ stage: "dev", gateway }, req, res)) answerPlainRequest("dev", req, res);
@@ -92,6 +93,7 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
   beforeEach(() => {
     events = [];
     behaviour = {};
+    logs = [];
   });
   afterEach(async () => {
     for (const c of clients.splice(0)) c.kill();
@@ -421,6 +423,63 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
       for (const routeKey of ["$connect", "$default", "$disconnect"]) {
         assert.deepEqual(eventsFor(routeKey)[0].requestContext.authorizer, { principalId: "alice", name: "alice", level: "3" }, routeKey);
       }
+    });
+  });
+
+  describe("stopping", () => {
+    it("stopAccepting(): a new connection is refused with 503 at once, before any Lambda runs; open ones carry on", async () => {
+      await start(["$connect", "$default"]);
+      const open = await connect();
+      events = [];
+      gateway.stopAccepting();
+      await assert.rejects(Client.open(url), { status: 503 });
+      assert.equal(eventsFor("$connect").length, 0, "$connect never ran");
+      open.sendText("still here");
+      assert.equal((await waitForEvent("$default")).body, "still here");
+    });
+
+    it("close() closes every connection with 1001 'Going away', and resolves only once their $disconnect has run", async () => {
+      await start(["$connect", "$disconnect"]);
+      const finished: string[] = [];
+      behaviour.$disconnect = async (e) => {
+        await new Promise((r) => setTimeout(r, 100));
+        finished.push(e.requestContext.connectionId);
+        return ok();
+      };
+      const [a, b] = [await connect(), await connect()];
+      await gateway.close();
+      assert.equal(finished.length, 2, "both $disconnects finished before close() resolved");
+      assert.deepEqual(await a.closed, { code: 1001, reason: "Going away" });
+      assert.deepEqual(await b.closed, { code: 1001, reason: "Going away" });
+      assert.deepEqual(eventsFor("$disconnect").map((e) => e.requestContext.disconnectStatusCode), [1001, 1001]);
+    });
+
+    it("a $connect still running when close() begins ends open-then-closed (1001), so its $disconnect runs too", async () => {
+      await start(["$connect", "$disconnect"]);
+      let connected!: () => void;
+      behaviour.$connect = () => new Promise((resolve) => (connected = () => resolve(ok())));
+      const opening = connect();
+      await waitForEvent("$connect");
+      const closing = gateway.close();
+      connected();
+      const c = await opening;
+      assert.deepEqual(await c.closed, { code: 1001, reason: "Going away" });
+      await closing;
+      assert.equal(eventsFor("$disconnect").length, 1);
+    });
+
+    it("an invocation cancelled by the stop is neither logged nor answered with an error frame", async () => {
+      await start(["$default", "sendmessage"], { twoWay: ["sendmessage"] });
+      behaviour.$default = () => ({ error: { errorType: "Runtime.Shutdown", errorMessage: "the local stack is stopping" }, durationMs: 0, coldStart: false, cancelled: true });
+      behaviour.sendmessage = () => ({ result: { statusCode: 200, body: "after" }, durationMs: 1, coldStart: false });
+      const c = await connect();
+      c.sendText("cancelled on its way");
+      await waitForEvent("$default");
+      c.send({ action: "sendmessage" });
+      await c.waitFor((f) => f === "after");
+      assert.deepEqual(c.frames, ["after"], "no 'Internal server error' frame");
+      assert.deepEqual(logs.filter((l) => l.includes("$default")), []);
+      assert.equal(logs.filter((l) => l.includes("sendmessage")).length, 1);
     });
   });
 });

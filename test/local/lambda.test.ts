@@ -15,7 +15,7 @@ exports.handler = async (event, context) => {
   if (event.sleepMs) await sleep(event.sleepMs);
   if (event.fail) throw Object.assign(new Error(event.fail), { name: "ChatBroke" });
   if (event.crash) process.exit(3);
-  return { instance, invocations, table: process.env.CONNECTIONS_TABLE, endpoint: process.env.AWS_ENDPOINT_URL_DYNAMODB,
+  return { instance, invocations, pid: process.pid, table: process.env.CONNECTIONS_TABLE, endpoint: process.env.AWS_ENDPOINT_URL_DYNAMODB,
            name: context.functionName, remaining: context.getRemainingTimeInMillis(), requestId: context.awsRequestId };
 };`;
 
@@ -48,7 +48,7 @@ describe("local Lambda runtime", function () {
 
   const start = (s = spec(), maxInstances = 3) =>
     (runtime = createLambdaRuntime({ functions: [s], maxInstances, baseEnv: { AWS_ENDPOINT_URL_DYNAMODB: "http://127.0.0.1:1" }, write: (l) => lines.push(l) }));
-  type Result = { instance: string; invocations: number; table: string; endpoint: string; name: string; remaining: number; requestId: string };
+  type Result = { instance: string; invocations: number; pid: number; table: string; endpoint: string; name: string; remaining: number; requestId: string };
 
   it("runs the archive with the function's environment, local endpoints and a Lambda-like context", async () => {
     start();
@@ -150,5 +150,63 @@ describe("local Lambda runtime", function () {
     start();
     const out = await runtime.invoke("chat-fn", {});
     assert.equal(out.error?.errorType, "Runtime.InitError");
+  });
+
+  describe("stopping", () => {
+    /** Resolves once a line matching `pattern` has been written (no polling, no sleeping). */
+    const lineMatching = (pattern: RegExp) =>
+      new Promise<void>((resolve) => {
+        const check = () => (lines.some((l) => pattern.test(l)) ? resolve() : setImmediate(check));
+        check();
+      });
+    const errorLines = () => lines.filter((l) => /Status: error|Runtime\.|ERROR/.test(l));
+
+    it("idle() resolves once the invocations in flight have finished, or false at its timeout", async () => {
+      start();
+      const running = runtime.invoke("chat-fn", { sleepMs: 300 });
+      assert.equal(runtime.inFlight(), 1);
+      assert.equal(await runtime.idle(10_000), true);
+      assert.equal(runtime.inFlight(), 0);
+      assert.equal((await running).error, undefined);
+      const slow = runtime.invoke("chat-fn", { sleepMs: 1_500 });
+      assert.equal(await runtime.idle(20), false, "the drain gives up at its timeout");
+      assert.equal((await slow).error, undefined);
+    });
+
+    it("close() cancels what still runs or waits, silently (no REPORT, no error line), and refuses later invocations the same way", async () => {
+      start(spec({ timeoutSeconds: 30 }), 1);
+      const running = runtime.invoke("chat-fn", { log: "started", sleepMs: 20_000 });
+      const queued = runtime.invoke("chat-fn", {}); // waits for the one instance
+      await lineMatching(/\[chat-fn\] started/);
+      const summary = await runtime.close();
+      const [ran, waited] = await Promise.all([running, queued]);
+      assert.equal(ran.cancelled, true);
+      assert.equal(waited.cancelled, true);
+      assert.equal(ran.error?.errorType, "Runtime.Shutdown");
+      const later = await runtime.invoke("chat-fn", {});
+      assert.equal(later.cancelled, true);
+      assert.deepEqual(summary, { instances: 1, cancelled: 2 });
+      assert.deepEqual(errorLines(), []);
+      assert.equal(lines.filter((l) => l.includes("REPORT")).length, 0, "a cancelled invocation has no REPORT line");
+      assert.equal(runtime.instanceCount("chat-fn"), 0);
+    });
+
+    it("never writes to an instance that died unseen (the EPIPE crash): the event goes to a fresh instance", async () => {
+      start();
+      const first = (await runtime.invoke("chat-fn", {})).result as Result;
+      // Kill the instance and wait, synchronously (so the runtime has not seen its exit yet), until
+      // the kernel has released its end of the IPC channel: the next invocation picks it as idle
+      // and writes to a closed channel, which fails with EPIPE, as in the crash seen at a stop.
+      const channelFd = /(?:^|\0)NODE_CHANNEL_FD=(\d+)/.exec(fs.readFileSync(`/proc/${first.pid}/environ`, "utf8"))![1];
+      const inode = /socket:\[(\d+)\]/.exec(fs.readlinkSync(`/proc/${first.pid}/fd/${channelFd}`))![1];
+      process.kill(first.pid, "SIGKILL");
+      const open = () => fs.readFileSync("/proc/net/unix", "utf8").split("\n").some((line) => line.trim().split(/\s+/)[6] === inode);
+      for (const deadline = Date.now() + 5_000; open() && Date.now() < deadline; );
+      assert.ok(!open(), "the dead instance's end of the channel was released");
+      const out = await runtime.invoke("chat-fn", {});
+      assert.equal(out.error, undefined, JSON.stringify(out.error));
+      assert.notEqual((out.result as Result).instance, first.instance);
+      assert.equal(out.coldStart, true);
+    });
   });
 });
