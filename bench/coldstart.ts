@@ -94,7 +94,7 @@ function timeInFreshProcess(code: string, env: Record<string, string>, runs: num
  * load of the program), which is its fresh instance's cold invocation.
  */
 async function firstInvocations(functions: string[]): Promise<Report[]> {
-  const stack = await localStack(["--config", "fanoutChunkSize=2"], "prod");
+  const stack = await localStack(["--no-iam", "--config", "fanoutChunkSize=2"], "prod");
   const clients: Client[] = [];
   try {
     const room = "cold";

@@ -64,6 +64,7 @@ async function stackTarget(implementation: "ours" | "seed", latencyMs: number): 
   // Both get the longest timeout API Gateway allows an integration (29 s), so the seed's fan-out
   // is timed to its end rather than cut at the dev stack's 10 s.
   const stack = await localStack([
+    "--no-iam",
     "--management-latency", String(latencyMs),
     "--idle-timeout", "7200",
     "--config", "rateLimitMessages=10000",

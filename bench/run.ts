@@ -95,7 +95,7 @@ async function runRooms(opts: { rates: number[]; rooms: number[]; seconds: numbe
     floor.stop();
   }
   // Senders may send 1,000 a second each: the room is what is measured, not the per-connection limit.
-  const stack = await localStack(["--config", "rateLimitMessages=10000"]);
+  const stack = await localStack(["--no-iam", "--config", "rateLimitMessages=10000"]);
   try {
     for (const members of opts.rooms) {
       // Unmeasured: start every function's instances first (cold starts belong to the cold-start table).
@@ -194,7 +194,7 @@ async function main() {
     const floor = await startFloor();
     latency.push(await measureLatency("floor", floor.url, opts));
     floor.stop();
-    const stack = await localStack(["--config", "rateLimitMessages=10000"]);
+    const stack = await localStack(["--no-iam", "--config", "rateLimitMessages=10000"]);
     try {
       log(`  [2/3] ours at ${opts.rate} msg/s for ${opts.seconds} s…`);
       latency.push(await measureLatency("ours", `${stack.outputs.url}?room=latency`, opts));

@@ -12,6 +12,7 @@ import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import { Browser, chromium, Page } from "playwright-core";
 import { WebSocketServer } from "ws";
+import { signRequest } from "../../handlers/shared/aws-http";
 import { servePage } from "../../local/web";
 import { E2EStack, localStack, PROJECT_DIR } from "../e2e/stack";
 
@@ -133,7 +134,10 @@ describe("the chat page in Chromium", function () {
     // The server drops bo2 (API Gateway's DeleteConnection, on the local stack's @connections API).
     const dropped = (await stack.scanConnections()).filter((c) => c.name === "bo2");
     assert.equal(dropped.length, 1, "bo2 has one connection");
-    const deleted = await fetch(`${stack.outputs.connectionsUrl}/${encodeURIComponent(String(dropped[0].connectionId))}`, { method: "DELETE" });
+    // Signed with the operator's key: the local stack checks signatures as AWS does.
+    const url = new URL(`${stack.outputs.connectionsUrl}/${encodeURIComponent(String(dropped[0].connectionId))}`);
+    const headers = signRequest({ method: "DELETE", url, headers: {}, body: "", service: "execute-api", region: String(stack.outputs.region), credentials: { accessKeyId: "local", secretAccessKey: "local" } });
+    const deleted = await fetch(url, { method: "DELETE", headers });
     assert.equal(deleted.status, 204);
     await bo.getByRole("status").filter({ hasText: "Disconnected. Reconnecting" }).waitFor();
     await say(ann, "missed one");

@@ -113,3 +113,18 @@ describe("local IAM: signatures are verified", function () {
     assert.deepEqual([answer.status, answer.headers.get("x-amzn-errortype"), ((await answer.json()) as { message?: string }).message], [403, "InvalidSignatureException", SIGNATURE_MISMATCH]);
   });
 });
+
+describe("local IAM: off for benchmarks (--no-iam)", function () {
+  this.timeout(60_000);
+
+  it("serves any signature when turned off, and issues no credentials", async () => {
+    const stack = await startLocalStack({ stack: "dev", port: 0, log: () => undefined, iam: false });
+    try {
+      assert.equal(stack.iam, undefined);
+      const client = new DynamoDBClient({ endpoint: stack.dynamodb.endpoint, region: stack.program.region, credentials: { accessKeyId: "AKIAIOSFODNN7EXAMPLE", secretAccessKey: "x".repeat(40) }, maxAttempts: 1 });
+      assert.ok(((await client.send(new ListTablesCommand({}))).TableNames ?? []).length >= 2);
+    } finally {
+      await stack.stop();
+    }
+  });
+});
