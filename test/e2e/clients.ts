@@ -114,18 +114,25 @@ abstract class Received {
   }
 
   /**
-   * Sends a message with an id as the page does: resent with the same id after `retryAfterMs`
-   * while refused as `unavailable` (shed under load, or a store that failed); resolves with the
-   * final answer, the ack or a final refusal.
+   * Sends a message with an id as the page does (web/room-stream.js, OrderedSender): resent with
+   * the same id after `retryAfterMs` while refused as `unavailable` (shed under load, or a store
+   * that failed), and when no answer comes within `ackTimeoutMs` (the ack's post can fail too);
+   * resolves with the final answer, the ack or a final refusal.
    */
-  async sendReliably(message: string, id: string, timeoutMs = 60_000): Promise<Frame> {
+  async sendReliably(message: string, id: string, timeoutMs = 120_000, ackTimeoutMs = 15_000): Promise<Frame> {
     const deadline = Date.now() + timeoutMs;
+    const first = this.frames.length;
+    const mine = (f: Frame) => f.id === id && (f.type === "ack" || f.type === "error");
     for (;;) {
       const before = this.frames.length;
       this.sendText(JSON.stringify({ action: "sendmessage", message, id }));
-      const mine = (f: Frame) => f.id === id && (f.type === "ack" || f.type === "error");
-      await this.waitFor(() => this.parsed(before).some(mine), Math.max(1, deadline - Date.now()));
-      const answer = this.parsed(before).find(mine)!;
+      try {
+        await this.waitFor(() => this.parsed(before).some(mine), Math.max(1, Math.min(ackTimeoutMs, deadline - Date.now())));
+      } catch (err) {
+        if (Date.now() >= deadline) throw err;
+        continue; // no answer: resend (a late answer to the first send counts too, below)
+      }
+      const answer = this.parsed(first).filter(mine).find((f) => f.type === "ack") ?? this.parsed(before).find(mine)!;
       if (answer.type === "ack" || answer.code !== "unavailable") return answer;
       await new Promise((r) => setTimeout(r, Number(answer.retryAfterMs ?? 500)));
     }
