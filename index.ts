@@ -12,8 +12,12 @@ import { defaultHandlerFactory } from "./handlers/default";
 import { disconnectHandlerFactory } from "./handlers/disconnect";
 import { historyHandlerFactory } from "./handlers/history";
 import { fanoutHandlerFactory } from "./handlers/fanout";
+import { membersHandlerFactory } from "./handlers/members";
+import { presenceHandlerFactory } from "./handlers/presence";
+import { readHandlerFactory } from "./handlers/read";
 import { seedSendMessageHandlerFactory } from "./handlers/seed-sendmessage";
 import { sendMessageHandlerFactory } from "./handlers/sendmessage";
+import { typingHandlerFactory } from "./handlers/typing";
 import { ENV, holeGraceMsFor } from "./handlers/shared/env";
 import { tokenAudience as audienceOf } from "./handlers/shared/tokens";
 import { chatFunction, ChatFunction } from "./infra/function";
@@ -26,7 +30,11 @@ const region = aws.getRegionOutput().region;
 const tableProtection = { pointInTimeRecovery: { enabled: settings.tableProtection }, deletionProtectionEnabled: settings.tableProtection };
 
 // Connections: one item per open socket. The room index lets sendmessage Query one room's
-// members instead of scanning the table; the TTL removes records whose $disconnect never came.
+// members instead of scanning the table; sorted by name, it is also the member list (its keys carry
+// the names). The TTL removes records whose $disconnect never came; the stream (old and new images)
+// feeds presence, so every way a connection ends, TTL included, becomes a leave event.
+// (Adding `name` as the index's sort key to a stack deployed before it rebuilds the index: DynamoDB
+// deletes and re-creates it, and room queries fail until it is back. Deploy that change when quiet.)
 const ROOM_INDEX = "byRoom";
 const connections = new aws.dynamodb.Table("connections", {
   billingMode: "PAY_PER_REQUEST",
@@ -34,11 +42,21 @@ const connections = new aws.dynamodb.Table("connections", {
   attributes: [
     { name: "connectionId", type: "S" },
     { name: "room", type: "S" },
+    { name: "name", type: "S" },
   ],
   globalSecondaryIndexes: [
-    { name: ROOM_INDEX, keySchemas: [{ attributeName: "room", keyType: "HASH" }], projectionType: "KEYS_ONLY" },
+    {
+      name: ROOM_INDEX,
+      keySchemas: [
+        { attributeName: "room", keyType: "HASH" },
+        { attributeName: "name", keyType: "RANGE" },
+      ],
+      projectionType: "KEYS_ONLY",
+    },
   ],
   ttl: { attributeName: "expiresAt", enabled: true },
+  streamEnabled: true,
+  streamViewType: "NEW_AND_OLD_IMAGES",
   ...tableProtection,
 });
 
@@ -74,6 +92,8 @@ const managementEndpoint = pulumi.interpolate`${api.apiEndpoint}`.apply(
 const connectionsArn = (method: "GET" | "POST" | "DELETE") =>
   pulumi.interpolate`${api.executionArn}/${stageName}/${method}/@connections/*`;
 const connectionsEnv = { [ENV.tableName]: connections.name, [ENV.roomIndexName]: ROOM_INDEX };
+const roomIndexArn = pulumi.interpolate`${connections.arn}/index/${ROOM_INDEX}`;
+const presenceEnv = { [ENV.presenceLimit]: String(settings.presenceLimit) };
 // The per-connection budget every route a client can call spends (handlers/shared/connections.ts).
 const budgetEnv = {
   [ENV.rateLimitMessages]: String(settings.rateLimitMessages),
@@ -155,17 +175,20 @@ const sendMessage = settings.benchSeedFanout
         [ENV.fanoutConcurrency]: String(settings.fanoutConcurrency),
         [ENV.fanoutChunkSize]: String(settings.fanoutChunkSize),
         [ENV.fanoutFunction]: fanout.fn.name,
+        [ENV.editWindowMs]: String(settings.editWindowMinutes * 60_000),
         ...budgetEnv,
       },
       statements: [
         // UpdateItem spends the sender's budget and returns its record (GetItem when refused);
         // DeleteItem removes recipients that answered 410 (and the name's place one of them held).
         { Sid: "AdmitSenderRemoveStale", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
-        { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [pulumi.interpolate`${connections.arn}/index/${ROOM_INDEX}`] },
+        { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [roomIndexArn] },
         // Appending: UpdateItem takes the room's next number (ADD on the head); PutItem stores the
         // message, or a tombstone for a number it could not fill; with a client id the message and its
         // claim are one TransactWriteItems, which IAM authorizes action by action (PutItem). GetItem
-        // reads a repeated id's claim. Source: DynamoDB developer guide, "Using IAM with DynamoDB transactions".
+        // reads a repeated id's claim, and the message an edit or delete names; the transaction of an
+        // edit or delete also updates that message (and a delete its edits): UpdateItem.
+        // Source: DynamoDB developer guide, "Using IAM with DynamoDB transactions".
         { Sid: "AppendHistory", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [messages.arn] },
         { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
         // Hands chunks of a large room to fanout (asynchronous Invoke).
@@ -200,6 +223,102 @@ const defaultRoute = chatFunction(`${project}-default`, {
     { Sid: "AdmitCaller", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem"], Resource: [connections.arn] },
     // GET is GetConnection (the caller's info); POST answers the caller.
     { Sid: "AnswerCaller", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("GET"), connectionsArn("POST")] },
+  ],
+});
+
+// Presence: the connections stream's inserts and removals become join and leave events in the room's
+// sequence, stored and fanned out like messages (handlers/presence.ts).
+const presence = chatFunction(`${project}-presence`, {
+  factory: presenceHandlerFactory,
+  settings,
+  reservedConcurrency: settings.reservedConcurrencyPresence,
+  environment: {
+    ...connectionsEnv,
+    ...historyEnv,
+    ...presenceEnv,
+    [ENV.managementEndpoint]: managementEndpoint,
+    [ENV.fanoutConcurrency]: String(settings.fanoutConcurrency),
+    [ENV.fanoutChunkSize]: String(settings.fanoutChunkSize),
+    [ENV.fanoutFunction]: fanout.fn.name,
+  },
+  statements: [
+    // Lambda's poller reads the stream with the function's role: exactly these four actions, on this
+    // table's streams (`stream/*`, as AWS's example policy scopes them, ListStreams included).
+    // Sources: https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html ("Execution role permissions"),
+    // https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/iam-policy-example-lamda-process-dynamodb-streams.html
+    { Sid: "ReadConnectionStream", Effect: "Allow", Action: ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"], Resource: [pulumi.interpolate`${connections.arn}/stream/*`] },
+    // Query counts the room (the presence limit) and lists it for the fan-out.
+    { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [roomIndexArn] },
+    // DeleteItem removes recipients that answered 410 (and the name's place one of them held).
+    { Sid: "RemoveStale", Effect: "Allow", Action: ["dynamodb:DeleteItem"], Resource: [connections.arn] },
+    // Appending a join or leave, as sendmessage appends a message (UpdateItem, PutItem, GetItem).
+    { Sid: "AppendHistory", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [messages.arn] },
+    { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
+    { Sid: "HandOffChunks", Effect: "Allow", Action: ["lambda:InvokeFunction"], Resource: [fanout.fn.arn] },
+  ],
+});
+
+// Lambda reads the stream and invokes presence with batches of joins and leaves only: the filter
+// keeps rate-limit updates (MODIFY) and name places (no room) away, so they cost no invocation.
+// A failed batch is retried, halved on each failure, for up to an hour; events are stored once
+// (their client ids), so a retry repeats nothing. Sources:
+// https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html, .../invocation-eventfiltering.html
+new aws.lambda.EventSourceMapping("presence", {
+  eventSourceArn: connections.streamArn,
+  functionName: presence.fn.arn,
+  startingPosition: "LATEST",
+  batchSize: 100,
+  maximumBatchingWindowInSeconds: 0,
+  bisectBatchOnFunctionError: true,
+  maximumRetryAttempts: 10,
+  maximumRecordAgeInSeconds: 3600,
+  filterCriteria: {
+    filters: [
+      { pattern: JSON.stringify({ eventName: ["INSERT"], dynamodb: { NewImage: { room: { S: [{ exists: true }] } } } }) },
+      { pattern: JSON.stringify({ eventName: ["REMOVE"], dynamodb: { OldImage: { room: { S: [{ exists: true }] } } } }) },
+    ],
+  },
+});
+
+// Typing: an ephemeral signal to the room, not stored; the caller's record holds when it last typed.
+const typing = chatFunction(`${project}-typing`, {
+  factory: typingHandlerFactory,
+  settings,
+  reservedConcurrency: settings.reservedConcurrencyTyping,
+  environment: { ...connectionsEnv, ...presenceEnv, [ENV.managementEndpoint]: managementEndpoint, [ENV.typingIntervalMs]: String(settings.typingIntervalSeconds * 1000) },
+  statements: [
+    // UpdateItem records the signal (conditional: one per interval); DeleteItem removes recipients that answered 410.
+    { Sid: "LimitCallerRemoveStale", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
+    { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [roomIndexArn] },
+    { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
+  ],
+});
+
+// Members: the caller's room's names, read from the room index.
+const members = chatFunction(`${project}-members`, {
+  factory: membersHandlerFactory,
+  settings,
+  reservedConcurrency: settings.reservedConcurrencyMembers,
+  environment: { ...connectionsEnv, ...budgetEnv, ...presenceEnv, [ENV.managementEndpoint]: managementEndpoint },
+  statements: [
+    // UpdateItem spends the caller's budget and returns its record (GetItem when refused).
+    { Sid: "AdmitCaller", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem"], Resource: [connections.arn] },
+    { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [roomIndexArn] },
+    { Sid: "AnswerCaller", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
+  ],
+});
+
+// Read markers: one item per (room, name) in the messages table, moved forward only.
+const read = chatFunction(`${project}-read`, {
+  factory: readHandlerFactory,
+  settings,
+  reservedConcurrency: settings.reservedConcurrencyRead,
+  environment: { ...connectionsEnv, ...historyEnv, ...budgetEnv, [ENV.managementEndpoint]: managementEndpoint },
+  statements: [
+    { Sid: "AdmitCaller", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem"], Resource: [connections.arn] },
+    // GetItem reads the marker and the room's head; UpdateItem moves the marker; Query counts what is unread.
+    { Sid: "ReadMarkers", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query"], Resource: [messages.arn] },
+    { Sid: "AnswerCaller", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
   ],
 });
 
@@ -244,7 +363,12 @@ const routeTargets: Record<string, ChatFunction> = {
   $disconnect: disconnect,
   $default: defaultRoute,
   sendmessage: sendMessage,
+  // Edits and deletes are events of the room's sequence, stored and fanned out as messages are.
+  ...(settings.benchSeedFanout ? {} : { edit: sendMessage, delete: sendMessage }),
   history,
+  typing,
+  members,
+  read,
 };
 const routes = Object.entries(routeTargets).map(([routeKey, { fn }]) => {
   const id = routeKey.replace(/^\$/, "");
@@ -364,7 +488,8 @@ if (settings.alarmsEnabled) {
       alarmActions: actions,
       okActions: actions,
     });
-  const functions: Record<string, ChatFunction> = { ...routeTargets, fanout, ...(authorizerFn ? { authorizer: authorizerFn } : {}) };
+  const { edit: _edit, delete: _delete, ...distinct } = routeTargets; // the sendmessage function's alarms, once
+  const functions: Record<string, ChatFunction> = { ...distinct, fanout, presence, ...(authorizerFn ? { authorizer: authorizerFn } : {}) };
   for (const [routeKey, { fn }] of Object.entries(functions)) {
     const id = routeKey.replace(/^\$/, "");
     alarm(`${id}-errors`, "AWS/Lambda", "Errors", { FunctionName: fn.name }, `${routeKey} function failed`);
@@ -384,7 +509,7 @@ if (settings.alarmsEnabled) {
 const wsUrl = pulumi.interpolate`${api.apiEndpoint}/${chatStage.name}`;
 
 // The chat page (optional): a private bucket behind CloudFront, pointed at this stack's URL.
-const webUrl = settings.webEnabled ? chatSite("web", { url: wsUrl, authEnabled: settings.authEnabled }) : undefined;
+const webUrl = settings.webEnabled ? chatSite("web", { url: wsUrl, authEnabled: settings.authEnabled, maxMessageBytes: settings.maxMessageBytes }) : undefined;
 
 // Stack outputs, under the names `pulumi stack output`, the local stack and the e2e tests share.
 export const url = wsUrl;

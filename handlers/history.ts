@@ -22,8 +22,8 @@ import { ClientErrorCode, describeError, isChatError } from "./shared/errors";
 import type { WebSocketEvent, WebSocketHandler } from "./shared/events";
 import { log } from "./shared/log";
 import { createManagement, Management } from "./shared/management";
-import { CURSOR_PATTERN, cursorOf, HistoryPage, isTombstone, messageStoreFromEnv, StoredEvent } from "./shared/messages";
-import { errorFrame, HistoryRequest, historyEndFrame, MessageFrame, parseBody, TombstoneFrame, utf8Bytes, validateHistoryRequest } from "./shared/protocol";
+import { CURSOR_PATTERN, cursorOf, eventFrame, HistoryPage, messageStoreFromEnv } from "./shared/messages";
+import { errorFrame, HistoryRequest, historyEndFrame, parseBody, TombstoneFrame, utf8Bytes, validateHistoryRequest } from "./shared/protocol";
 
 /** History posts only to its caller, in order: one socket. */
 const HISTORY_SOCKETS = 1;
@@ -65,7 +65,7 @@ export function historyHandlerFactory(): WebSocketHandler<WebSocketEvent> {
       if (!admission.allowed) return refuse("rate_limited", budgetSpent(budgetLimit), admission.retryAfterMs);
       if (!("request" in read)) return refuse(read.problem.code, read.problem.message);
       page = await time.step("reading history", messages.history(admission.record.room, read.request.since, read.request.limit, read.request.epoch));
-      frames = page.events.map((stored) => JSON.stringify(frameOf(stored, page.epoch ?? "")));
+      frames = page.events.map((stored) => JSON.stringify(eventFrame(stored, page.epoch ?? "")));
       const bytes = frames.reduce((sum, frame) => sum + utf8Bytes(frame), 0);
       await time.step("charging the page", store.charge(connectionId, started, budgetLimit, Math.floor(bytes / HISTORY_BYTES_PER_UNIT) - (upfront - 1)));
     } catch (err) {
@@ -120,12 +120,6 @@ async function replayPage(management: Management, connectionId: string, page: Hi
     replay.sent++;
   }
   return replay;
-}
-
-/** The frame a stored event is replayed as. Messages stored before epochs existed get the room's. */
-export function frameOf(event: StoredEvent, epoch: string): MessageFrame | TombstoneFrame {
-  if (isTombstone(event)) return { type: "tombstone", room: event.room, cursor: event.cursor, epoch: event.epoch };
-  return { type: "message", room: event.room, from: event.from, message: event.message, ts: event.ts, id: event.id, cursor: event.cursor, epoch: event.epoch ?? epoch };
 }
 
 /** The request a body carries, or what is wrong with it. */

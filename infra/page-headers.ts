@@ -84,3 +84,13 @@ export function pageSecurityHeaders(url: string, options: { https: boolean }): R
     "Referrer-Policy": REFERRER_POLICY,
   };
 }
+
+/** What the page reads from the config.json published beside it (web/chat.js). */
+export interface PageConfig {
+  /** The stack's WebSocket URL. */
+  url: string;
+  /** Whether $connect needs a token. */
+  authEnabled: boolean;
+  /** The longest message the stack accepts, in UTF-8 bytes: the page's counter and its check before sending. */
+  maxMessageBytes: number;
+}

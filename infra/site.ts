@@ -9,11 +9,11 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import * as path from "path";
-import { contentSecurityPolicy, FRAME_OPTIONS, HSTS_MAX_AGE_SECONDS, REFERRER_POLICY, WEB_DIR, WEB_FILES } from "./page-headers";
+import { contentSecurityPolicy, FRAME_OPTIONS, HSTS_MAX_AGE_SECONDS, PageConfig, REFERRER_POLICY, WEB_DIR, WEB_FILES } from "./page-headers";
 /** AWS's managed cache policy "Managed-CachingOptimized"; objects say no-cache, so new deploys show at once. */
 const CACHING_OPTIMIZED = "658327ea-f89d-4fab-a63d-7e88639e58f6";
 
-export function chatSite(name: string, config: { url: pulumi.Input<string>; authEnabled: boolean }): pulumi.Output<string> {
+export function chatSite(name: string, config: Omit<PageConfig, "url"> & { url: pulumi.Input<string> }): pulumi.Output<string> {
   const bucket = new aws.s3.Bucket(name, { forceDestroy: true });
   const publicAccess = new aws.s3.BucketPublicAccessBlock(name, {
     bucket: bucket.id,
@@ -37,7 +37,7 @@ export function chatSite(name: string, config: { url: pulumi.Input<string>; auth
   new aws.s3.BucketObjectv2(`${name}-config.json`, {
     bucket: bucket.id,
     key: "config.json",
-    content: pulumi.jsonStringify({ url: config.url, authEnabled: config.authEnabled }),
+    content: pulumi.jsonStringify({ url: config.url, authEnabled: config.authEnabled, maxMessageBytes: config.maxMessageBytes }),
     contentType: "application/json",
     cacheControl: "no-cache",
   });

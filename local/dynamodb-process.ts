@@ -4,7 +4,8 @@
  * loop was the bottleneck (issue 10: every DynamoDB round trip took 20–25 ms at 100 messages a
  * second while a third of the CPU sat idle). Here DynamoDB gets its own loop. The parent talks to
  * it over IPC for what is not DynamoDB's own API (metering, fault injection, the TTL sweep) and
- * over HTTP, as every client does, for the rest.
+ * over HTTP, as every client does, for the rest. Stream records (stream-capture.ts) come back
+ * over IPC too, one message per batch.
  *
  * `startDynamoDBProcess` (the parent side) returns the same LocalDynamoDB as `startDynamoDB`. The
  * child exits when its parent goes away (its IPC channel closes), so a killed stack leaves no
@@ -14,10 +15,14 @@ import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
 import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
 import { ChildProcess, fork } from "child_process";
 import * as path from "path";
-import type { DynamoOptions, LocalDynamoDB } from "./dynamodb";
+import type { DynamoOptions, LocalDynamoDB, StreamListener } from "./dynamodb";
+import type { StreamRecord } from "./stream-capture";
 
 type Call = { id: number; op: "meter" | "stall" | "restart" | "sweep" | "hold" | "release" | "close"; arg?: number; table?: string };
 type Reply = { id: number; ok: true; value?: unknown } | { id: number; ok: false; error: string };
+/** The child's unasked messages: stream records, in the order they were written. */
+type StreamMessage = { type: "stream"; records: StreamRecord[] };
+const isStream = (m: Reply | StreamMessage): m is StreamMessage => (m as StreamMessage).type === "stream";
 
 /** The child's side: started with the options, answers the parent's calls. */
 async function serve(): Promise<void> {
@@ -50,6 +55,9 @@ async function serve(): Promise<void> {
         return undefined;
     }
   };
+  db.onStream((records) => {
+    if (process.connected) process.send!({ type: "stream", records } satisfies StreamMessage);
+  });
   process.on("message", (call: Call) => {
     answer(call).then(
       (value) => process.send!({ id: call.id, ok: true, value } satisfies Reply),
@@ -77,7 +85,12 @@ export async function startDynamoDBProcess(options: DynamoOptions): Promise<Loca
   });
   let next = 0;
   const pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
-  child.on("message", (reply: Reply) => {
+  const streamListeners = new Set<StreamListener>();
+  child.on("message", (reply: Reply | StreamMessage) => {
+    if (isStream(reply)) {
+      for (const listener of streamListeners) listener(reply.records);
+      return;
+    }
     const waiter = pending.get(reply.id);
     if (!waiter) return;
     pending.delete(reply.id);
@@ -107,6 +120,10 @@ export async function startDynamoDBProcess(options: DynamoOptions): Promise<Loca
     sweepExpired: (nowSeconds) => call("sweep", nowSeconds),
     holdMessageWrites: (table, count) => call("hold", count, table),
     releaseHeld: () => call("release"),
+    onStream(listener) {
+      streamListeners.add(listener);
+      return () => void streamListeners.delete(listener);
+    },
     close() {
       closing ??= (async () => {
         client.destroy();

@@ -1,24 +1,29 @@
 /**
  * The embedded DynamoDB: a dynalite server (in memory, or in LevelDB files under --data-dir),
  * with every `aws.dynamodb.Table` the program declared created in it, a sweeper that honours
- * each table's TTL (dynalite stores the setting but never expires items), and a proxy in front
- * that adds TransactWriteItems (transactions.ts), which dynalite lacks.
+ * each table's TTL (dynalite stores the setting but never expires items), a proxy in front
+ * that adds TransactWriteItems (transactions.ts), which dynalite lacks, and the stream of every
+ * table with `streamEnabled` (stream-capture.ts; delivered to functions by streams.ts).
  */
 import { CreateTableCommand, CreateTableCommandInput, DescribeTableCommand, DynamoDBClient, ResourceNotFoundException } from "@aws-sdk/client-dynamodb";
-import { DeleteCommand, DynamoDBDocumentClient, ScanCommand } from "@aws-sdk/lib-dynamodb";
+import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
 import "./dynalite-patch"; // before dynalite loads its db module: unique index keys, sizes in UTF-8 bytes
 import dynalite = require("dynalite");
 import * as fs from "fs";
 import type { AddressInfo } from "net";
 import type { RecordedResource } from "./program";
-import { directCall } from "./dynalite-direct";
+import { directCall, dynamo } from "./dynalite-direct";
+import { compilePattern, passesFilters } from "./event-filter";
 import { dynamodbActions, guard, IamConfig } from "./iam";
+import { createStreamCapture, hookDynalite, Item, STREAM_VIEW_TYPES, StreamRecord, StreamViewType, TableStream } from "./stream-capture";
 import { CapacityMeter, RequestGuard, startTransactionProxy } from "./transactions";
 
 export interface TableSpec {
   name: string;
   create: CreateTableCommandInput;
   ttlAttribute?: string;
+  /** Its DynamoDB stream, when `streamEnabled`: every change is captured (stream-capture.ts). */
+  stream?: TableStream;
 }
 
 interface TableInputs {
@@ -35,6 +40,19 @@ interface TableInputs {
   }[];
   localSecondaryIndexes?: { name: string; rangeKey: string; projectionType: string; nonKeyAttributes?: string[] }[];
   ttl?: { attributeName?: string; enabled?: boolean };
+  streamEnabled?: boolean;
+  streamViewType?: string;
+}
+
+/** The table's stream, as `streamEnabled`, `streamViewType` and the mocked `streamArn` (program.ts) give it. */
+function streamOf(resource: RecordedResource): TableStream | undefined {
+  const inputs = resource.inputs as TableInputs;
+  if (!inputs.streamEnabled) return undefined;
+  const viewType = inputs.streamViewType as StreamViewType;
+  if (!STREAM_VIEW_TYPES.includes(viewType)) {
+    throw new Error(`table ${resource.name}: streamEnabled needs a streamViewType (${STREAM_VIEW_TYPES.join(", ")}), got ${JSON.stringify(inputs.streamViewType)}`);
+  }
+  return { arn: String(resource.state.streamArn), viewType };
 }
 
 /** Translates a Table resource's Pulumi inputs into the CreateTable call AWS would receive. */
@@ -61,9 +79,11 @@ export function tableSpec(resource: RecordedResource): TableSpec {
     KeySchema: keys(inputs.hashKey, l.rangeKey),
     Projection: projection(l.projectionType, l.nonKeyAttributes),
   }));
+  const stream = streamOf(resource);
   return {
     name,
     ttlAttribute: inputs.ttl?.enabled ? inputs.ttl.attributeName : undefined,
+    ...(stream ? { stream } : {}),
     create: {
       TableName: name,
       BillingMode: "PAY_PER_REQUEST",
@@ -90,8 +110,15 @@ export interface LocalDynamoDB {
   releaseHeld(): Promise<{ status: number; type?: string }[]>;
   /** Deletes every item whose TTL attribute is in the past; returns how many it removed. */
   sweepExpired(nowSeconds?: number): Promise<number>;
+  /**
+   * Every record of every table's stream from now on (as StartingPosition LATEST reads them), in
+   * the order they were written, in batches. Returns the unsubscribe.
+   */
+  onStream(listener: StreamListener): () => void;
   close(): Promise<void>;
 }
+
+export type StreamListener = (records: StreamRecord[]) => void;
 
 export interface DynamoOptions {
   tables: TableSpec[];
@@ -102,11 +129,36 @@ export interface DynamoOptions {
   region: string;
   /** Verify every request's signature and authorize it against the caller's role (local/iam.ts). */
   iam?: IamConfig;
+  /**
+   * Who reads each stream: per stream ARN, one list of filter patterns per reader (an empty list
+   * takes every record; streams.ts applies the same filters again). When given, a record no reader
+   * takes is dropped here, before it costs an IPC message and the stack's process a parse (every
+   * chat message updates its sender's connection: a MODIFY no presence filter takes), and a stream
+   * nobody reads is not captured at all. When absent, every stream is captured whole (tests).
+   */
+  streamReaders?: Record<string, string[][]>;
+}
+
+/** Captures the stream-enabled tables' changes that someone reads (none: no capture, nothing on the hot path). */
+function captureStreams(options: DynamoOptions, listeners: Set<StreamListener>) {
+  const readers = options.streamReaders;
+  const read = (arn: string) => !readers || (readers[arn] ?? []).length > 0;
+  const tables = options.tables.flatMap((t) => (t.stream && read(t.stream.arn) ? [{ name: t.name, keyNames: (t.create.KeySchema ?? []).map((k) => k.AttributeName!), stream: t.stream }] : []));
+  if (tables.length === 0) return undefined;
+  hookDynalite();
+  const filters = new Map(Object.entries(readers ?? {}).map(([arn, list]) => [arn, list.map((patterns) => patterns.map((p, i) => compilePattern(p, `stream ${arn}, filter ${i + 1}`)))]));
+  const accept = (record: StreamRecord) => !readers || filters.get(record.eventSourceARN)!.some((patterns) => passesFilters(patterns, record));
+  const emit = (records: StreamRecord[]) => {
+    for (const listener of listeners) listener(records);
+  };
+  return createStreamCapture(tables, options.region, emit, accept);
 }
 
 export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamoDB> {
   if (options.dataDir) fs.mkdirSync(options.dataDir, { recursive: true });
-  const server = dynalite({ createTableMs: 0, deleteTableMs: 0, updateTableMs: 0, ...(options.dataDir ? { path: options.dataDir } : {}) });
+  const streamListeners = new Set<StreamListener>();
+  const capture = captureStreams(options, streamListeners);
+  const server = dynalite({ createTableMs: 0, deleteTableMs: 0, updateTableMs: 0, ...(options.dataDir ? { path: options.dataDir } : {}), ...(capture ? { localStreams: capture } : {}) });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(0, "127.0.0.1", () => resolve());
@@ -119,7 +171,8 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
   const check: RequestGuard | undefined = iam
     ? (req, body, operation, input) => guard(iam, { method: req.method ?? "POST", url: req.url ?? "/", headers: req.headers, body, service: "dynamodb" }, () => dynamodbActions(iam, operation, input))
     : undefined;
-  const proxy = await startTransactionProxy(directCall(server), schemas, check);
+  const call = directCall(server);
+  const proxy = await startTransactionProxy(call, schemas, check, capture);
   const endpoint = proxy.endpoint;
   const client = DynamoDBDocumentClient.from(
     new DynamoDBClient({ endpoint, region: options.region, credentials: { accessKeyId: "local", secretAccessKey: "local" } }),
@@ -141,25 +194,23 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
     }
   }
 
+  /** As DynamoDB's TTL: scans for expired items, deletes each one still expired (proxy.expire). */
   async function sweepExpired(nowSeconds = Math.floor(Date.now() / 1000)): Promise<number> {
     let removed = 0;
     for (const table of options.tables.filter((t) => t.ttlAttribute)) {
       const keyNames = (table.create.KeySchema ?? []).map((k) => k.AttributeName!);
-      let startKey: Record<string, unknown> | undefined;
+      let startKey: Item | undefined;
       do {
-        const page = await client.send(
-          new ScanCommand({
-            TableName: table.name,
-            FilterExpression: "#ttl < :now",
-            ExpressionAttributeNames: { "#ttl": table.ttlAttribute! },
-            ExpressionAttributeValues: { ":now": nowSeconds },
-            ExclusiveStartKey: startKey,
-          }),
-        );
+        const page = await dynamo<{ Items?: Item[]; LastEvaluatedKey?: Item }>(call, "Scan", {
+          TableName: table.name,
+          FilterExpression: "#ttl < :now",
+          ExpressionAttributeNames: { "#ttl": table.ttlAttribute! },
+          ExpressionAttributeValues: { ":now": { N: String(nowSeconds) } },
+          ...(startKey ? { ExclusiveStartKey: startKey } : {}),
+        });
         for (const item of page.Items ?? []) {
-          const Key = Object.fromEntries(keyNames.map((k) => [k, item[k]]));
-          await client.send(new DeleteCommand({ TableName: table.name, Key }));
-          removed++;
+          const key = Object.fromEntries(keyNames.map((k) => [k, item[k]]));
+          if (await proxy.expire(table.name, key, table.ttlAttribute!, nowSeconds)) removed++;
         }
         startKey = page.LastEvaluatedKey;
       } while (startKey);
@@ -186,6 +237,10 @@ export async function startDynamoDB(options: DynamoOptions): Promise<LocalDynamo
     holdMessageWrites: async (table, count) => proxy.holdMessageWrites(table, count),
     releaseHeld: () => proxy.releaseHeld(),
     sweepExpired,
+    onStream(listener) {
+      streamListeners.add(listener);
+      return () => void streamListeners.delete(listener);
+    },
     async close() {
       if (sweeping.closed) return;
       sweeping.closed = true;

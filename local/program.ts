@@ -126,12 +126,37 @@ function fakeId(seed: string, length: number): string {
   return createHash("sha256").update(seed).digest("hex").replace(/[^a-z0-9]/g, "").slice(0, length);
 }
 
+/**
+ * A stream's label: the time it was enabled, in ISO 8601 without the zone, as in AWS's stream ARNs
+ * (`…:table/orders/stream/2020-06-03T01:49:52.333`). Derived from the table's name, so every load
+ * of the program gives the same ARN (a role's policy and the mapping name the same stream).
+ */
+function streamLabel(table: string): string {
+  const sinceEpoch = Date.UTC(2025, 0, 1) + (parseInt(fakeId(`stream/${table}`, 8), 16) % (365 * 86_400_000));
+  return new Date(sinceEpoch).toISOString().replace(/Z$/, "");
+}
+
+/** A UUID-shaped id, stable per name (an event source mapping's `uuid`). */
+function fakeUuid(seed: string): string {
+  const hex = createHash("sha256").update(seed).digest("hex");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-a${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
+}
+
 function mockedOutputs(type: string, name: string, inputs: Record<string, any>, id: string, region: string, options: LoadOptions): Record<string, unknown> {
   const physical = (inputs.name as string | undefined) ?? `${name}-${fakeId(name, 7)}`;
   const arnPrefix = (service: string) => `arn:aws:${service}:${region}:${FAKE_ACCOUNT_ID}`;
   switch (type) {
-    case "aws:dynamodb/table:Table":
-      return { name: physical, arn: `${arnPrefix("dynamodb")}:table/${physical}` };
+    case "aws:dynamodb/table:Table": {
+      const arn = `${arnPrefix("dynamodb")}:table/${physical}`;
+      // A table without a stream has no stream ARN (the provider leaves it empty).
+      const label = inputs.streamEnabled ? streamLabel(physical) : undefined;
+      return { name: physical, arn, ...(label ? { streamArn: `${arn}/stream/${label}`, streamLabel: label } : {}) };
+    }
+    case "aws:lambda/eventSourceMapping:EventSourceMapping": {
+      const uuid = fakeUuid(`esm/${name}`);
+      const fn = String(inputs.functionName ?? "");
+      return { uuid, arn: `${arnPrefix("lambda")}:event-source-mapping:${uuid}`, functionArn: fn.startsWith("arn:") ? fn : `${arnPrefix("lambda")}:function:${fn}`, state: "Enabled" };
+    }
     case "aws:apigatewayv2/api:Api":
       return {
         apiEndpoint: options.apiEndpoint?.(id, region) ?? `wss://${id}.execute-api.${region}.amazonaws.com`,

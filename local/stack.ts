@@ -23,6 +23,7 @@ import { alive } from "./processes";
 import { handleManagementRequest, ManagementFaults } from "./management";
 import type { CapacityMeter } from "./transactions";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, readProjectFile, RecordedResource } from "./program";
+import { mappingSpecs, startStreamDelivery, streamAccessRefusal, StreamDelivery, streamReaders } from "./streams";
 import { servePage } from "./web";
 
 export interface LocalStackOptions {
@@ -90,6 +91,8 @@ export interface LocalStack {
   iam?: IamConfig;
   dynamodb: LocalDynamoDB;
   lambdas: LambdaRuntime;
+  /** The event source mappings' delivery of DynamoDB stream records (local/streams.ts). */
+  streams: StreamDelivery;
   gateway: Gateway;
   /** Stops everything (see shutdown); calling it again returns the same stop. */
   stop(): Promise<void>;
@@ -276,6 +279,7 @@ const SERVED_TYPES = new Set([
   "aws:apigatewayv2/api:Api",
   "aws:apigatewayv2/stage:Stage",
   "aws:lambda/function:Function",
+  "aws:lambda/eventSourceMapping:EventSourceMapping",
   "aws:iam/role:Role",
 ]);
 
@@ -496,6 +500,25 @@ function routeTargets(of: Declared, api: RecordedResource, stage: string, lambda
     });
 }
 
+/**
+ * The program's event source mappings, checked before anything starts: a setting not emulated
+ * stops the start, and so does, with IAM on, a function role that may not read its stream (as
+ * CreateEventSourceMapping refuses it on AWS).
+ */
+function eventSourceMappings(resources: RecordedResource[], iam: IamConfig | undefined) {
+  let mappings: ReturnType<typeof mappingSpecs>;
+  try {
+    mappings = mappingSpecs(resources);
+  } catch (err) {
+    throw new StartupError((err as Error).message, { cause: err });
+  }
+  for (const mapping of iam ? mappings : []) {
+    const refused = streamAccessRefusal(mapping, iam!.principals);
+    if (refused) throw new StartupError(`event source mapping ${mapping.name} (function ${mapping.functionName}): ${refused}`);
+  }
+  return mappings;
+}
+
 // --- Stopping ---------------------------------------------------------------------------------
 
 /** How long the stop waits for invocations already running before it closes the connections. */
@@ -508,6 +531,7 @@ interface Parts {
   runDir: string;
   gateway?: Gateway;
   lambdas?: LambdaRuntime;
+  streams?: StreamDelivery;
   dynamodb?: LocalDynamoDB;
   outputs?: OutputsFiles;
 }
@@ -532,12 +556,13 @@ function closeServer(server: Server): Promise<void> {
 /**
  * The stop, in order: refuse new connections (503; the functions still reach DynamoDB,
  * @connections and Invoke), let running invocations finish (up to DRAIN_MS), close every
- * connection with 1001 "Going away" and let their $disconnect run, end the function instances
- * (what still runs is cancelled, silently: it is not the function's failure), then DynamoDB, the
- * port, and the run folder.
+ * connection with 1001 "Going away" and let their $disconnect run, deliver the stream records
+ * those left (up to DRAIN_MS) and start no more, end the function instances (what still runs is
+ * cancelled, silently: it is not the function's failure), then DynamoDB, the port, and the run
+ * folder.
  */
 async function shutdown(parts: Parts, log: (line: string) => void, drain: boolean): Promise<void> {
-  const { gateway, lambdas, dynamodb } = parts;
+  const { gateway, lambdas, streams, dynamodb } = parts;
   parts.door.stopping();
   gateway?.stopAccepting();
   if (drain && lambdas && lambdas.inFlight() > 0) {
@@ -549,12 +574,15 @@ async function shutdown(parts: Parts, log: (line: string) => void, drain: boolea
     if (open > 0) log(`Closing ${open} connection(s) (1001 Going away)…`);
     await step(log, "closing the connections", () => gateway.close());
   }
+  // Before the instances end: no batch is started on a runtime that is stopping.
+  if (streams) await step(log, "stopping stream delivery", () => streams.close(drain ? DRAIN_MS : 0));
   if (lambdas) {
     await step(log, "ending the function instances", async () => {
       const { instances, cancelled } = await lambdas.close();
       if (instances > 0) log(`Ended ${instances} function instance(s)${cancelled > 0 ? `; ${cancelled} invocation(s) still running were cancelled` : ""}.`);
     });
   }
+  if (streams) await step(log, "ending stream delivery", () => streams.settled());
   if (dynamodb) await step(log, "stopping DynamoDB", () => dynamodb.close());
   await step(log, "closing the port", () => closeServer(parts.server));
   await step(log, "removing the outputs", () => parts.outputs?.withdraw());
@@ -598,6 +626,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     const { api, stage } = webSocketApi(of);
 
     const iam = options.iam === false ? undefined : newIamConfig(FAKE_ACCOUNT_ID, program.region, principalsOf(program.resources, options.policyEdits));
+    const mappings = eventSourceMappings(program.resources, iam);
     const tables = of("aws:dynamodb/table:Table");
     log(`Starting DynamoDB (${tables.length} table${tables.length === 1 ? "" : "s"})…`);
     const dynamodb = (parts.dynamodb = await startDynamoDBProcess({
@@ -605,6 +634,8 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       dataDir: options.dataDir,
       region: program.region,
       iam,
+      // Only what a mapping takes leaves the DynamoDB process; a stream nobody maps is not captured.
+      streamReaders: streamReaders(mappings),
     }));
     options.signal?.throwIfAborted();
 
@@ -627,6 +658,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       write: log,
     }));
 
+    parts.streams = startStreamDelivery({ mappings, invoke: (name, event) => lambdas.invoke(name, event), subscribe: (listener) => dynamodb.onStream(listener), log });
     const routes = routeTargets(of, api, stage, lambdas);
     parts.door.handUpgradesOver();
     const gateway = (parts.gateway = createGateway(server, {
@@ -650,7 +682,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       if (handleLambdaApiRequest({ runtime: lambdas, functionNames: specs.map((f) => f.name), log, iam }, req, res)) return;
       // Stopping: the functions still reach the APIs above; a page load (a new visitor) is refused.
       if (parts.door.phase() === "stopping") return unavailable(res, "stopping");
-      if (servePage({ url: outputs.url, authEnabled }, req, res)) return;
+      if (servePage({ url: outputs.url, authEnabled, maxMessageBytes: Number(program.config[`${project}:maxMessageBytes`]) }, req, res)) return;
       answerPlainRequest(stage, req, res);
     });
     if (options.takeOverPort) await listenOn(server, await options.takeOverPort());
@@ -671,6 +703,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       iam,
       dynamodb,
       lambdas,
+      streams: parts.streams,
       gateway,
       stop: () => (stopping ??= shutdown(parts, log, true)),
     };

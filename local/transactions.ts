@@ -11,7 +11,8 @@ import type { AttributeValue, TransactWriteItem } from "@aws-sdk/client-dynamodb
 import { createServer, IncomingMessage, Server, ServerResponse } from "http";
 import type { Refusal } from "./iam";
 import type { AddressInfo } from "net";
-import { DirectCall, dynamo } from "./dynalite-direct";
+import { DirectCall, dynamo, DynamoError } from "./dynalite-direct";
+import { StreamCapture, TTL_IDENTITY } from "./stream-capture";
 
 const WRITES = new Set(["PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"]);
 
@@ -201,6 +202,12 @@ export interface TransactionProxy {
   holdMessageWrites(table: string, count: number): void;
   /** Applies the held writes now, as a late writer's would land, and returns each one's answer. */
   releaseHeld(): Promise<{ status: number; type?: string }[]>;
+  /**
+   * DynamoDB's TTL deleting one item: only if it is still expired, queued behind the writes to it
+   * like a transaction (so its stream record is the service's, local/stream-capture.ts), and not
+   * metered (TTL deletes consume no write capacity). Resolves whether it deleted the item.
+   */
+  expire(table: string, key: Key, ttlAttribute: string, nowSeconds: number): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -208,7 +215,11 @@ export interface TransactionProxy {
 /** Checks a request before it is run (local/iam.ts): the refusal to answer with, or undefined. */
 export type RequestGuard = (req: IncomingMessage, body: Buffer, operation: string, input: Record<string, unknown>) => Promise<Refusal | undefined>;
 
-export async function startTransactionProxy(call: DirectCall, schemas: Map<string, string[]>, guard?: RequestGuard): Promise<TransactionProxy> {
+/**
+ * `capture` (local/stream-capture.ts) folds a transaction's writes, or a TTL deletion, into one
+ * stream record per item that changed.
+ */
+export async function startTransactionProxy(call: DirectCall, schemas: Map<string, string[]>, guard?: RequestGuard, capture?: StreamCapture): Promise<TransactionProxy> {
   // Per item, as DynamoDB isolates writes: a transaction holds exactly its own items, and writes to
   // other items (a busy room's new numbers, its head's ADDs) run in parallel.
   const serialized = itemQueue();
@@ -288,9 +299,19 @@ export async function startTransactionProxy(call: DirectCall, schemas: Map<strin
     const puts = operation === "PutItem" ? [{ TableName: input.value.TableName, Item: input.value.Item }] : (input.value.TransactItems ?? []).map((a) => a.Put).filter(Boolean);
     return puts.some((put) => put!.TableName === hold.table && put!.Item?.message !== undefined);
   };
+  /** A transaction's items, for the stream capture; none when the request is unreadable (dynalite is not reached). */
+  const transactionTargets = (input: RequestBody) => {
+    try {
+      return input.ok ? (input.value.TransactItems ?? []).map((a) => targetOf(schemas, a)) : [];
+    } catch {
+      return [];
+    }
+  };
+  const transaction = (input: RequestBody, res: ServerResponse) =>
+    capture ? capture.group(transactionTargets(input), undefined, () => transact(input, res)) : transact(input, res);
   /** Runs one request: a transaction, a write in its item's queue, or a read. */
   const handle = (req: IncomingMessage, body: Buffer, input: RequestBody, operation: string, res: ServerResponse) => {
-    if (operation === "TransactWriteItems") return serialized(keysOf(input), () => transact(input, res));
+    if (operation === "TransactWriteItems") return serialized(keysOf(input), () => transaction(input, res));
     if (WRITES.has(operation)) return serialized(keysOf(input), () => forward(req, body, input, res, operation), "shared");
     return forward(req, body, input, res, operation);
   };
@@ -334,6 +355,24 @@ export async function startTransactionProxy(call: DirectCall, schemas: Map<strin
     },
     holdMessageWrites(table, count) {
       Object.assign(hold, { table, left: count });
+    },
+    expire(table, key, ttlAttribute, nowSeconds) {
+      const ids = writeKeys(schemas, { ok: true, value: { TableName: table, Key: key } });
+      const remove = () =>
+        dynamo(call, "DeleteItem", {
+          TableName: table,
+          Key: key,
+          ConditionExpression: "#ttl < :now",
+          ExpressionAttributeNames: { "#ttl": ttlAttribute },
+          ExpressionAttributeValues: { ":now": { N: String(nowSeconds) } },
+        }).then(
+          () => true,
+          (err: DynamoError) => {
+            if (err.type === "ConditionalCheckFailedException") return false; // written again, or gone, since the scan
+            throw err;
+          },
+        );
+      return serialized(ids, () => (capture ? capture.group([{ table, key }], TTL_IDENTITY, remove) : remove()));
     },
     async releaseHeld() {
       const held = hold.held.splice(0);

@@ -8,10 +8,10 @@
 import * as fs from "fs";
 import type { IncomingMessage, ServerResponse } from "http";
 import * as path from "path";
-import { pageSecurityHeaders, WEB_DIR, WEB_FILES } from "../infra/page-headers";
+import { PageConfig, pageSecurityHeaders, WEB_DIR, WEB_FILES } from "../infra/page-headers";
 
 /** Returns true when the request was for the page (and has been answered). */
-export function servePage(config: { url: string; authEnabled: boolean }, req: IncomingMessage, res: ServerResponse): boolean {
+export function servePage(config: PageConfig, req: IncomingMessage, res: ServerResponse): boolean {
   if (req.method !== "GET" && req.method !== "HEAD") return false;
   const { pathname } = new URL(req.url ?? "/", "http://local");
   const file = pathname === "/" ? "index.html" : pathname.slice(1);

@@ -100,6 +100,18 @@ export const SETTINGS_SCHEMA = {
     type: "integer", min: RANGES.maxConnectionsPerName.min, max: RANGES.maxConnectionsPerName.max,
     description: "With auth on, open connections one verified name may hold at once; more are refused at $connect with 429.",
   },
+  presenceLimit: {
+    type: "integer", min: RANGES.presenceLimit.min, max: RANGES.presenceLimit.max,
+    description: "Connections a room may hold with presence on: above it, joins and leaves are not recorded, typing is dropped and members answers with a count.",
+  },
+  typingIntervalSeconds: {
+    type: "integer", min: RANGES.typingIntervalMs.min / 1000, max: RANGES.typingIntervalMs.max / 1000,
+    description: "Shortest interval between two typing signals of one connection, in seconds; the surplus is dropped silently.",
+  },
+  editWindowMinutes: {
+    type: "integer", min: RANGES.editWindowMs.min / 60_000, max: RANGES.editWindowMs.max / 60_000,
+    description: "How long after sending its author may edit a message, in minutes (deleting has no limit).",
+  },
   reservedConcurrencyConnect: reservedConcurrency("$connect (new connections)"),
   reservedConcurrencyDisconnect: reservedConcurrency("$disconnect"),
   reservedConcurrencyAuthorizer: reservedConcurrency("the $connect authorizer"),
@@ -107,6 +119,10 @@ export const SETTINGS_SCHEMA = {
   reservedConcurrencyFanout: reservedConcurrency("fanout (chunks of large rooms)"),
   reservedConcurrencyHistory: reservedConcurrency("history (replays)"),
   reservedConcurrencyDefault: reservedConcurrency("$default (echo and usage answers)"),
+  reservedConcurrencyPresence: reservedConcurrency("presence (joins and leaves from the connections stream)"),
+  reservedConcurrencyTyping: reservedConcurrency("typing (typing signals)"),
+  reservedConcurrencyMembers: reservedConcurrency("members (member lists)"),
+  reservedConcurrencyRead: reservedConcurrency("read (read markers)"),
   alarmsEnabled: {
     type: "boolean",
     description: "CloudWatch alarms on Lambda errors and throttles, API integration and execution errors, and DynamoDB throttling.",

@@ -32,7 +32,8 @@
 
   class RoomStream {
     /**
-     * hooks.event(frame): a message or tombstone seen for the first time (live or replayed);
+     * hooks.event(frame): a sequenced event (message, join, leave, edit, delete or tombstone) seen
+     *   for the first time, live or replayed (live ones may come before a gap below them is filled);
      * hooks.reset(epoch): numbering started again, everything shown is void;
      * hooks.history(request): send this `history` request.
      */
@@ -58,10 +59,14 @@
       this.ask();
     }
 
-    /** Feeds a frame; returns true for a message, tombstone or ack not seen before. */
+    /** Feeds a frame; returns true for a sequenced event (message, join, leave, edit, delete, tombstone) or ack not seen before. */
     frame(frame) {
       switch (frame && frame.type) {
         case "message":
+        case "join":
+        case "leave":
+        case "edit":
+        case "delete":
         case "tombstone":
         case "ack":
           return this.take(frame);
@@ -111,6 +116,8 @@
     }
 
     take(frame) {
+      // An event that starts a new stream is taken as its first: dropped, the history-end of the
+      // reply it came in would settle its cursor unseen (a reconnect lost a new stream's first event).
       if (!this.sameEpoch(frame.epoch)) return false;
       const n = Number(frame.cursor);
       if ((this.cursor !== null && n <= this.cursor) || this.ahead.has(n)) return false;
@@ -121,7 +128,7 @@
     }
 
     end(frame) {
-      if (!this.sameEpoch(frame.epoch)) return;
+      if (this.sameEpoch(frame.epoch) !== true) return;
       this.clearTimer();
       const settled = frame.cursor === null ? 0 : Number(frame.cursor);
       const moved = this.cursor === null || settled > this.cursor;
@@ -153,7 +160,10 @@
       while (this.ahead.delete(this.cursor + 1)) this.cursor++;
     }
 
-    /** False when the frame belongs to an old stream, or starts a new one (then everything restarts). */
+    /**
+     * True for a frame of the current stream, false for one of an old stream, "new" for the first of
+     * a new stream (then everything restarts, and a history request for it is out).
+     */
     sameEpoch(epoch) {
       if (!epoch) return true;
       if (this.epoch === null) this.epoch = epoch;
@@ -166,7 +176,7 @@
       this.pendingTries = 0;
       this.hooks.reset(epoch);
       this.ask();
-      return false;
+      return "new";
     }
 
     ask() {
@@ -199,7 +209,7 @@
   }
 
   /** Refusals that are final for that message: it is failed and never resent. */
-  const FINAL = ["message_too_large", "rate_limited", "invalid_message", "invalid_id"];
+  const FINAL = ["message_too_large", "rate_limited", "invalid_message", "invalid_id", "invalid_target", "not_found", "not_author", "edit_window_passed", "message_deleted", "too_many_edits"];
 
   class OrderedSender {
     /**

@@ -1,6 +1,7 @@
 /**
  * The connections store: one DynamoDB item per open WebSocket connection, queried by room
- * through a KEYS_ONLY global secondary index. SDK errors are translated here, where the SDK
+ * through a KEYS_ONLY global secondary index keyed by room and name (so a Query returns each
+ * connection's id and name, sorted by name: the room's members, without a second projection). SDK errors are translated here, where the SDK
  * is called, into ChatErrors with code `store_unavailable`.
  */
 import { DeleteCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
@@ -85,6 +86,18 @@ export interface ConnectionsStore {
   freePlace(place: string, connectionId: string): Promise<void>;
   /** The connection ids in a room, one DynamoDB page at a time (a Query, never a Scan). */
   roomMembers(room: string, pageSize?: number): AsyncGenerator<string[], void, undefined>;
+  /** How many connections the room has, counting no further than `upTo` when given. */
+  roomCount(room: string, upTo?: number): Promise<number>;
+  /**
+   * Up to `maxNames` of the room's names after `after` (sorted), with how many connections each
+   * holds; `next` is the last name when more follow.
+   */
+  roomNames(room: string, after: string | undefined, maxNames: number): Promise<{ members: { name: string; connections: number }[]; next: string | null }>;
+  /**
+   * Records a typing signal when the connection's last one is at least `intervalMs` old: its record,
+   * or undefined when it is too soon (or the connection is unknown).
+   */
+  allowTyping(connectionId: string, nowMs: number, intervalMs: number): Promise<ConnectionRecord | undefined>;
 }
 
 export interface Admission {
@@ -131,6 +144,35 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
   const releasePlace = async (old: ConnectionRecord | undefined) => {
     if (old?.place) await freePlace(old.place, old.connectionId);
   };
+
+  /**
+   * The room index's pages for `room` (a Query, never a Scan), sorted by name, optionally after a
+   * name; following LastEvaluatedKey until the caller stops reading.
+   */
+  async function* roomPages(room: string, options: { after?: string; projection?: "connectionId" | "#name"; select?: "COUNT"; limit?: () => number | undefined }) {
+    const { after, projection, select, limit = () => undefined } = options;
+    const byName = after !== undefined || projection === "#name";
+    let startKey: Record<string, unknown> | undefined;
+    do {
+      const page = await call("Query", () =>
+        doc.send(
+          new QueryCommand({
+            TableName: tableName,
+            IndexName: roomIndexName,
+            KeyConditionExpression: after === undefined ? "#room = :room" : "#room = :room AND #name > :after",
+            ExpressionAttributeNames: { "#room": "room", ...(byName ? { "#name": "name" } : {}) },
+            ExpressionAttributeValues: { ":room": room, ...(after === undefined ? {} : { ":after": after }) },
+            ...(projection ? { ProjectionExpression: projection } : {}),
+            ...(select ? { Select: select } : {}),
+            ExclusiveStartKey: startKey,
+            Limit: limit(),
+          }),
+        ),
+      );
+      yield page;
+      startKey = page.LastEvaluatedKey;
+    } while (startKey);
+  }
 
   const store: ConnectionsStore = {
     async put(record) {
@@ -259,26 +301,58 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
 
     freePlace,
 
-    async *roomMembers(room, pageSize) {
-      let startKey: Record<string, unknown> | undefined;
-      do {
-        const page = await call("Query", () =>
-          doc.send(
-            new QueryCommand({
+    async roomCount(room, upTo) {
+      let count = 0;
+      for await (const page of roomPages(room, { select: "COUNT", limit: () => (upTo === undefined ? undefined : upTo - count) })) {
+        count += page.Count ?? 0;
+        if (upTo !== undefined && count >= upTo) break;
+      }
+      return count;
+    },
+
+    async roomNames(room, after, maxNames) {
+      const members: { name: string; connections: number }[] = [];
+      for await (const page of roomPages(room, { after, projection: "#name" })) {
+        for (const item of page.Items ?? []) {
+          const name = String(item.name);
+          const last = members[members.length - 1];
+          if (last?.name === name) {
+            last.connections++;
+          } else if (members.length === maxNames) {
+            return { members, next: last.name }; // a further name: this page is full
+          } else {
+            members.push({ name, connections: 1 });
+          }
+        }
+      }
+      return { members, next: null };
+    },
+
+    async allowTyping(connectionId, nowMs, intervalMs) {
+      return call("UpdateItem", async () => {
+        try {
+          const out = await doc.send(
+            new UpdateCommand({
               TableName: tableName,
-              IndexName: roomIndexName,
-              KeyConditionExpression: "#room = :room",
-              ExpressionAttributeNames: { "#room": "room" },
-              ExpressionAttributeValues: { ":room": room },
-              ProjectionExpression: "connectionId",
-              ExclusiveStartKey: startKey,
-              Limit: pageSize,
+              Key: { connectionId },
+              UpdateExpression: "SET typingAt = :now",
+              ConditionExpression: "attribute_exists(connectionId) AND (attribute_not_exists(typingAt) OR typingAt <= :cutoff)",
+              ExpressionAttributeValues: { ":now": nowMs, ":cutoff": nowMs - intervalMs },
+              ReturnValues: "ALL_NEW",
             }),
-          ),
-        );
+          );
+          return out.Attributes as ConnectionRecord;
+        } catch (err) {
+          if (isConditionFailure(err)) return undefined;
+          throw err;
+        }
+      });
+    },
+
+    async *roomMembers(room, pageSize) {
+      for await (const page of roomPages(room, { projection: "connectionId", limit: () => pageSize })) {
         yield (page.Items ?? []).map((item) => String(item.connectionId));
-        startKey = page.LastEvaluatedKey;
-      } while (startKey);
+      }
     },
   };
   return store;

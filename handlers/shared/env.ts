@@ -41,6 +41,9 @@ export const ENV = {
   tokenMaxLifetimeSeconds: "TOKEN_MAX_LIFETIME_SECONDS",
   maxConnectionsPerName: "MAX_CONNECTIONS_PER_NAME",
   holeGraceMs: "HOLE_GRACE_MS",
+  presenceLimit: "PRESENCE_LIMIT",
+  typingIntervalMs: "TYPING_INTERVAL_MS",
+  editWindowMs: "EDIT_WINDOW_MS",
 } as const;
 
 /** Ranges of the numeric settings the handlers read; the stack settings enforce the same ones. */
@@ -54,6 +57,9 @@ export const RANGES = {
   holeGraceMs: { min: 1_000, max: 3_600_000 },
   tokenMaxLifetimeSeconds: { min: 60, max: 365 * 86_400 },
   maxConnectionsPerName: { min: 1, max: 1_000 },
+  presenceLimit: { min: 1, max: 1_000 },
+  typingIntervalMs: { min: 1_000, max: 60_000 },
+  editWindowMs: { min: 60_000, max: 7 * 86_400_000 },
 } as const;
 
 /**

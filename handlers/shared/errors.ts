@@ -16,13 +16,21 @@ export type ClientErrorCode =
   | "unknown_connection"
   | "invalid_id"
   | "invalid_history"
+  | "invalid_target"
+  | "not_found"
+  | "not_author"
+  | "edit_window_passed"
+  | "message_deleted"
+  | "too_many_edits"
+  | "invalid_members"
+  | "invalid_read"
   | "rate_limited"
   | "unavailable";
 
 /** A request the client got wrong, or a service we depend on that failed: both answered, never thrown to API Gateway. */
 export interface ChatError extends Error {
   readonly name: "ChatError";
-  readonly code: ClientErrorCode | "invalid_room" | "invalid_name" | "room_not_allowed" | "too_many_connections" | "store_unavailable" | "deadline" | "config";
+  readonly code: ClientErrorCode | "invalid_room" | "invalid_name" | "room_not_allowed" | "too_many_connections" | "store_unavailable" | "deadline" | "config" | "target_changed";
   /** The HTTP status used where an error refuses a handshake. */
   readonly status: number;
 }

@@ -6,7 +6,8 @@
  *   consecutive, time-ordered and unique per room, and sort as strings. An event is a message, or a
  *   tombstone: a number whose sender died before storing it (see sequence.ts);
  * - the room head `#head`: the counter (`seq`) and the stream's identity (`epoch`);
- * - idempotency claims `#id#<name>#<client id>`: which cursor a client id was stored under.
+ * - idempotency claims `#id#<name>#<client id>`: which cursor a client id was stored under;
+ * - read markers `#read#<name>`: the last cursor `name` has read in the room (only moves forward).
  * `#` sorts before digits, so event queries use `BETWEEN` over the 16-digit range only.
  *
  * Appending takes a number with one atomic counter step (`UpdateItem … ADD seq 1`, no condition,
@@ -17,6 +18,11 @@
  * briefly empty, or empty for good when its sender dies: `history` passes over a number only
  * once it is settled (sequence.ts), writing a tombstone there, and a late writer's conditional put
  * then fails and it takes a new number. Clients fill gaps in live delivery from `history`.
+ *
+ * Events are messages, joins and leaves (presence), edits and deletes. An edit or delete is stored in
+ * the same transaction as a conditional update of the message it names (its author, not deleted, the
+ * edit window, the edit count): both or neither. A delete also wipes the text of the message and of
+ * its edit events, so a deleted text is never replayed; the events themselves stay (history is a log).
  *
  * The epoch names the stream: it is created with the head and changes only when numbering
  * starts again (the head was lost: an in-memory local stack restarted, a table was restored), so a
@@ -29,6 +35,7 @@ import { createDocumentClient } from "./connections";
 import { DocumentClient, isCancellation, isConditionFailure, storeUnavailable, tableCalls } from "./dynamodb";
 import { ENV, RANGES, requireEnv, requireIntEnv } from "./env";
 import { chatError } from "./errors";
+import type { EventFrame, EventType, TombstoneFrame } from "./protocol";
 import { settlePage } from "./sequence";
 
 export const CURSOR_DIGITS = 16;
@@ -54,10 +61,19 @@ export const MAX_TOMBSTONE_RUN = 10;
 export interface StoredMessage {
   room: string;
   cursor: string;
+  /** Absent: a message. Else a presence event (join, leave) or an edit or delete of the message at `target`. */
+  type?: Exclude<EventType, "message">;
   /** Server id of the message (API Gateway's messageId). */
   id: string;
   from: { name: string };
-  message: string;
+  /** The text of a message or edit; absent for other events, and once wiped by a delete. */
+  message?: string;
+  /** Edit and delete: the cursor of the message they change. */
+  target?: string;
+  /** A message or edit whose message was deleted: the cursor of the delete event. */
+  deleted?: string;
+  /** A message: the cursors of its edit events, oldest first. */
+  edits?: string[];
   ts: number;
   /** The sender's idempotency id, when it gave one. */
   clientId?: string;
@@ -81,7 +97,56 @@ export type StoredEvent = StoredMessage | StoredTombstone;
 
 export const isTombstone = (e: StoredEvent): e is StoredTombstone => (e as StoredTombstone).type === "tombstone";
 
-export type NewMessage = Omit<StoredMessage, "cursor" | "expiresAt" | "epoch" | "numberedAt">;
+/**
+ * The frame a stored event is sent as, live or replayed. Events stored before epochs existed get the
+ * room's. A deleted message or edit is sent with `deleted` and no text.
+ */
+export function eventFrame(event: StoredEvent, epoch: string): EventFrame | TombstoneFrame {
+  if (isTombstone(event)) return { type: "tombstone", room: event.room, cursor: event.cursor, epoch: event.epoch };
+  const { room, from, ts, id, cursor } = event;
+  const stream = { ts, id, cursor, epoch: event.epoch ?? epoch };
+  const deleted = event.deleted ? { deleted: true as const } : {};
+  switch (event.type) {
+    case "join":
+    case "leave":
+      return { type: event.type, room, from, ...stream };
+    case "delete":
+      return { type: "delete", room, from, target: String(event.target), ...stream };
+    case "edit":
+      return { type: "edit", room, from, target: String(event.target), message: event.message ?? "", ...stream, ...deleted };
+    default:
+      return { type: "message", room, from, message: event.message ?? "", ...stream, ...deleted, ...(event.edits?.length ? { edited: true as const } : {}) };
+  }
+}
+
+export type NewMessage = Omit<StoredMessage, "cursor" | "expiresAt" | "epoch" | "numberedAt" | "deleted" | "edits">;
+
+/** At most this many edits per message: a delete wipes them all in one transaction (100 items at most). */
+export const MAX_EDITS = 20;
+
+/**
+ * What an edit or delete requires of the message it names, checked in the same transaction that
+ * stores the event. `edits`: the edit cursors the caller read (a delete wipes exactly those).
+ */
+export interface TargetCheck {
+  cursor: string;
+  author: string;
+  /** An edit: the message must have been sent at or after this (epoch ms). */
+  sentSince?: number;
+  edits: string[];
+}
+
+/** A read marker and what is unread after it. */
+export interface ReadMarker {
+  cursor: string | null;
+  epoch: string | null;
+  /** Messages from others after the marker (in the marker's epoch), counted up to UNREAD_SCAN events. */
+  unread: number;
+  more: boolean;
+}
+
+/** Unread counting reads at most this many events after a marker. */
+export const UNREAD_SCAN = 1_000;
 
 export interface Appended {
   cursor: string;
@@ -109,7 +174,16 @@ export interface MessageStore {
    * Fails with `store_unavailable` (503) and nothing stored when DynamoDB fails or `deadline`
    * (epoch ms; default: APPEND_BUDGET_MS from now) passes.
    */
-  append(message: NewMessage, deadline?: number): Promise<Appended>;
+  append(message: NewMessage, deadline?: number, target?: TargetCheck): Promise<Appended>;
+  /** The stored event at `cursor` of the room's current epoch, if any. */
+  event(room: string, cursor: string): Promise<StoredMessage | undefined>;
+  /** `name`'s read marker in the room and what is unread after it. */
+  readMarker(room: string, name: string): Promise<ReadMarker>;
+  /**
+   * Moves `name`'s marker forward to `cursor` (an older one leaves it). Refused with `invalid_read`
+   * when `epoch` is not the room's or `cursor` is beyond the room's newest number.
+   */
+  moveMarker(room: string, name: string, cursor: string, epoch: string): Promise<ReadMarker>;
   /** Events after `since`, oldest first; without `since`, the latest `limit`. */
   /** `epoch`: the stream `since` belongs to; when the room's is another, `since` is void and the latest page is read. */
   history(room: string, since: string | undefined, limit: number, epoch?: string): Promise<HistoryPage>;
@@ -134,6 +208,7 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
   const { holeGraceMs, pendingRetryMs = 250 } = options;
   const call = tableCalls(tableName);
   const claimKey = (m: NewMessage) => `#id#${m.from.name}#${m.clientId}`;
+  const markerKey = (name: string) => `#read#${name}`;
   const getItem = (room: string, cursor: string) =>
     call("GetItem", async () => (await doc.send(new GetCommand({ TableName: tableName, Key: { room, cursor }, ConsistentRead: true }))).Item);
 
@@ -169,10 +244,13 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
     });
   }
 
-  /** Stores the message under its number: "stored", "taken" (a tombstone got there first) or "duplicate" (the id's claim exists). */
-  async function store(item: StoredMessage, message: NewMessage): Promise<"stored" | "taken" | "duplicate"> {
+  /**
+   * Stores the event under its number: "stored", "taken" (a tombstone got there first), "duplicate"
+   * (the id's claim exists) or "conflict" (the target of an edit or delete no longer passes its check).
+   */
+  async function store(item: StoredMessage, message: NewMessage, target?: TargetCheck): Promise<"stored" | "taken" | "duplicate" | "conflict"> {
     const put = { TableName: tableName, ConditionExpression: FREE_NUMBER, ExpressionAttributeNames: CURSOR_NAME, ExpressionAttributeValues: { ":epoch": item.epoch } };
-    if (!message.clientId) {
+    if (!message.clientId && !target) {
       try {
         await doc.send(new PutCommand({ ...put, Item: item }));
         return "stored";
@@ -181,32 +259,47 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
         throw err;
       }
     }
-    const claim = { room: item.room, cursor: claimKey(message), messageCursor: item.cursor, epoch: item.epoch, expiresAt: item.expiresAt };
+    const claim = message.clientId ? { room: item.room, cursor: claimKey(message), messageCursor: item.cursor, epoch: item.epoch, expiresAt: item.expiresAt } : undefined;
+    const claimPut = claim ? [{ Put: { TableName: tableName, Item: claim, ConditionExpression: "attribute_not_exists(#cursor)", ExpressionAttributeNames: CURSOR_NAME } }] : [];
+    const updates = target ? targetUpdates(item, target) : [];
     try {
-      await doc.send(
-        new TransactWriteCommand({
-          TransactItems: [
-            { Put: { ...put, Item: item } },
-            { Put: { TableName: tableName, Item: claim, ConditionExpression: "attribute_not_exists(#cursor)", ExpressionAttributeNames: CURSOR_NAME } },
-          ],
-        }),
-      );
+      await doc.send(new TransactWriteCommand({ TransactItems: [{ Put: { ...put, Item: item } }, ...claimPut, ...updates] }));
       return "stored";
     } catch (err) {
       if (!isCancellation(err)) throw err;
-      const [number, id] = (err as TransactionCanceledException).CancellationReasons ?? [];
-      if (id?.Code === "ConditionalCheckFailed") return "duplicate";
-      if (number?.Code === "ConditionalCheckFailed") return "taken";
+      const reasons = ((err as TransactionCanceledException).CancellationReasons ?? []).map((r) => r?.Code === "ConditionalCheckFailed");
+      if (claim && reasons[1]) return "duplicate";
+      if (reasons[0]) return "taken";
+      if (reasons.slice(1 + claimPut.length).some(Boolean)) return "conflict";
       throw err; // a TransactionConflict: transient, as the caller treats any other failure
     }
   }
 
-  async function appendOnce(message: NewMessage, expiresAt: number): Promise<Appended | "taken"> {
+  /**
+   * The writes an edit or delete makes beside its event, each conditional: the target is a message
+   * of this epoch by `author`, not deleted, with exactly the edits the caller read (an edit: sent within
+   * the window). An edit appends its cursor to the target's `edits`; a delete marks the target and its
+   * edits deleted and removes their text.
+   */
+  function targetUpdates(item: StoredMessage, check: TargetCheck) {
+    const sameEdits = check.edits.length === 0 ? "attribute_not_exists(#edits)" : "size(#edits) = :editCount";
+    const sent = check.sentSince === undefined ? "" : " AND #ts >= :since";
+    const condition = `attribute_exists(#cursor) AND attribute_not_exists(#type) AND #from.#name = :author AND attribute_not_exists(#deleted) AND (attribute_not_exists(epoch) OR epoch = :epoch) AND ${sameEdits}`;
+    const values = { ":author": check.author, ":epoch": item.epoch, ":editCount": check.edits.length, ":since": check.sentSince, ":none": [], ":mine": [item.cursor], ":by": item.cursor };
+    const update = (cursor: string, expression: string, conditionExpression: string) => ({
+      Update: { TableName: tableName, Key: { room: item.room, cursor }, UpdateExpression: expression, ConditionExpression: conditionExpression, ...placeholders([expression, conditionExpression], values) },
+    });
+    if (item.type === "edit") return [update(check.cursor, "SET #edits = list_append(if_not_exists(#edits, :none), :mine)", condition + sent)];
+    const wipe = "SET #deleted = :by REMOVE #message";
+    return [update(check.cursor, wipe, condition), ...check.edits.map((edit) => update(edit, wipe, "attribute_exists(#cursor)"))];
+  }
+
+  async function appendOnce(message: NewMessage, expiresAt: number, target?: TargetCheck): Promise<Appended | "taken"> {
     const { seq, epoch, numberedAt } = await takeNumber(message.room);
     const item: StoredMessage = { ...message, cursor: cursorOf(seq), expiresAt, epoch, numberedAt };
     let outcome;
     try {
-      outcome = await store(item, message);
+      outcome = await store(item, message, target);
     } catch (err) {
       // Our number stays empty: fill it now rather than leave readers waiting out the grace.
       await tombstone(message.room, seq, epoch, numberedAt).catch(() => undefined);
@@ -214,6 +307,11 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
     }
     const ours = { cursor: item.cursor, epoch, duplicate: false };
     if (outcome === "stored") return ours;
+    if (outcome === "conflict") {
+      // Nothing was written but our number: give it back, and let the caller look at the target again.
+      await tombstone(message.room, seq, epoch, numberedAt);
+      throw chatError("target_changed", `room ${message.room}: the message at ${target?.cursor} changed while this ${message.type} was being stored`, 409);
+    }
     if (outcome === "taken") {
       // Either a reader tombstoned our number first, or an attempt of ours that timed out was
       // applied after all and this retry met it: then the message is stored, under our number.
@@ -228,19 +326,48 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
   }
 
   return {
-    async append(message, deadline = Date.now() + APPEND_BUDGET_MS) {
+    async append(message, deadline = Date.now() + APPEND_BUDGET_MS, target) {
       const started = Date.now();
       const expiresAt = Math.floor(message.ts / 1000) + retentionDays * 86_400;
       // No read of the id's claim first: a repeat is rare (a resend whose ack was lost), and it is
       // caught by the claim's condition in the same write that stores the message.
       for (let attempt = 1; ; attempt++) {
-        const appended = await appendOnce(message, expiresAt);
+        const appended = await appendOnce(message, expiresAt, target);
         if (appended !== "taken") return appended;
         // Our number was settled as empty before we stored it (we were slower than the grace): take another.
         if (Date.now() >= deadline) {
           throw chatError("store_unavailable", `room ${message.room}: no number could be filled in time (${attempt} attempts in ${Date.now() - started} ms); try again`, 503);
         }
       }
+    },
+
+    async event(room, cursor) {
+      return (await getItem(room, cursor)) as StoredMessage | undefined;
+    },
+
+    readMarker,
+
+    async moveMarker(room, name, cursor, epoch) {
+      const head = await getItem(room, HEAD);
+      if (!head?.epoch || head.epoch !== epoch) throw chatError("invalid_read", "epoch is not this room's current one: ask history for the latest page", 400);
+      if (Number(cursor) > Number(head.seq)) throw chatError("invalid_read", `cursor is beyond the room's newest event (${cursorOf(Number(head.seq))})`, 400);
+      await call("UpdateItem", async () => {
+        try {
+          await doc.send(
+            new UpdateCommand({
+              TableName: tableName,
+              Key: { room, cursor: markerKey(name) },
+              UpdateExpression: "SET readCursor = :cursor, epoch = :epoch, expiresAt = :expires",
+              // Forward only: an older cursor (a late or repeated request) leaves the marker.
+              ConditionExpression: "attribute_not_exists(readCursor) OR epoch <> :epoch OR readCursor < :cursor",
+              ExpressionAttributeValues: { ":cursor": cursor, ":epoch": epoch, ":expires": Math.floor(Date.now() / 1000) + (retentionDays + HEAD_MARGIN_DAYS) * 86_400 },
+            }),
+          );
+        } catch (err) {
+          if (!isConditionFailure(err)) throw err;
+        }
+      });
+      return readMarker(room, name);
     },
 
     async history(room, asked, limit, askedEpoch) {
@@ -281,6 +408,34 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
     },
   };
 
+  /** See MessageStore.readMarker. */
+  async function readMarker(room: string, name: string): Promise<ReadMarker> {
+    const [marker, head] = await Promise.all([getItem(room, markerKey(name)), getItem(room, HEAD)]);
+    const epoch = head?.epoch === undefined ? null : String(head.epoch);
+    // A marker of an earlier stream says nothing about this one.
+    if (!marker || epoch === null || marker.epoch !== epoch) return { cursor: null, epoch, unread: 0, more: false };
+    return { cursor: String(marker.readCursor), epoch, ...(await countUnread(room, name, String(marker.readCursor), epoch)) };
+  }
+
+  /** Messages from others after `after`, not deleted, of `epoch`: one Query reading at most UNREAD_SCAN events. */
+  async function countUnread(room: string, name: string, after: string, epoch: string): Promise<{ unread: number; more: boolean }> {
+    const filter = "attribute_not_exists(#type) AND attribute_not_exists(#deleted) AND #from.#name <> :me AND epoch = :epoch";
+    const keys = "room = :room AND #cursor BETWEEN :from AND :to";
+    const out = await call("Query", () =>
+      doc.send(
+        new QueryCommand({
+          TableName: tableName,
+          KeyConditionExpression: keys,
+          FilterExpression: filter,
+          Select: "COUNT",
+          Limit: UNREAD_SCAN,
+          ...placeholders([keys, filter], { ":room": room, ":from": cursorOf(Number(after) + 1), ":to": LAST_CURSOR, ":me": name, ":epoch": epoch }),
+        }),
+      ),
+    );
+    return { unread: out.Count ?? 0, more: out.LastEvaluatedKey !== undefined };
+  }
+
   /**
    * Up to `count` events of the current epoch, from `from` on (ascending) or from `from` down
    * (descending), following LastEvaluatedKey past DynamoDB's 1 MB pages; `more` when stored items
@@ -312,6 +467,22 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
 }
 
 const cursorOrNull = (seq: number) => (seq > 0 ? cursorOf(seq) : null);
+
+/** Attribute names the events' expressions use: each through a placeholder (several are reserved words). */
+const ATTRIBUTE_NAMES: Record<string, string> = { "#cursor": "cursor", "#type": "type", "#from": "from", "#name": "name", "#deleted": "deleted", "#edits": "edits", "#message": "message", "#ts": "ts" };
+
+/**
+ * The ExpressionAttributeNames and Values that `expressions` use, and only those: DynamoDB refuses
+ * a request that declares a placeholder it does not use.
+ */
+function placeholders(expressions: string[], values: Record<string, unknown>) {
+  const text = expressions.join(" ");
+  const used = (pattern: RegExp) => [...new Set(text.match(pattern) ?? [])];
+  return {
+    ExpressionAttributeNames: Object.fromEntries(used(/#\w+/g).map((n) => [n, ATTRIBUTE_NAMES[n]])),
+    ExpressionAttributeValues: Object.fromEntries(used(/:\w+/g).map((v) => [v, values[v]])),
+  };
+}
 
 /** The message store as configured by the program's environment variables. */
 export function messageStoreFromEnv(doc: DocumentClient = createDocumentClient(), env: NodeJS.ProcessEnv = process.env): MessageStore {

@@ -92,12 +92,19 @@ export function validateMessage(message: unknown, maxBytes: number): string {
   return message;
 }
 
+/** The kinds of event a room's sequence holds besides tombstones (README, "Protocol"). */
+export type EventType = "message" | "join" | "leave" | "edit" | "delete";
+
 /** The frame every other member of a room receives. */
 export interface MessageFrame {
   type: "message";
   room: string;
   from: { name: string };
   message: string;
+  /** Replayed only: the message was deleted by its author (`message` is then ""). */
+  deleted?: true;
+  /** Replayed only: edits of it follow in the sequence. */
+  edited?: true;
   /** Server receive time, epoch milliseconds. */
   ts: number;
   /** Server-assigned id, unique per accepted message. */
@@ -106,6 +113,58 @@ export interface MessageFrame {
   cursor: string;
   /** The room stream's identity: when it changes, numbering started again and old cursors mean nothing. */
   epoch: string;
+}
+
+/** Every sequenced event shares these fields with a message (ts, id, cursor, epoch, from). */
+type Sequenced = Omit<MessageFrame, "type" | "message" | "deleted" | "edited">;
+
+/** A connection of `from.name` opened (join) or closed (leave: disconnected, found stale or expired). */
+export interface PresenceFrame extends Sequenced {
+  type: "join" | "leave";
+}
+
+/** New text for the message at `target`, by its author. `deleted`: the message was deleted since (replayed with message ""). */
+export interface EditFrame extends Sequenced {
+  type: "edit";
+  target: string;
+  message: string;
+  deleted?: true;
+}
+
+/** The message at `target` was deleted by its author. */
+export interface DeleteFrame extends Sequenced {
+  type: "delete";
+  target: string;
+}
+
+export type EventFrame = MessageFrame | PresenceFrame | EditFrame | DeleteFrame;
+
+/** Ephemeral: another member is typing. Never stored, never acknowledged. */
+export interface TypingFrame {
+  type: "typing";
+  room: string;
+  from: { name: string };
+}
+
+/** The room's members, sorted by name; `next` names where the next page starts. Above the presence limit: `members` null and a `count` of connections. */
+export interface MembersFrame {
+  type: "members";
+  room: string;
+  members: { name: string; connections: number }[] | null;
+  count?: number;
+  next: string | null;
+}
+
+/** The caller's read marker in its room, its name as the server knows it, and the messages from others after the marker. */
+export interface ReadFrame {
+  type: "read";
+  room: string;
+  name: string;
+  cursor: string | null;
+  epoch: string | null;
+  unread: number;
+  /** The count stopped early: at least `unread`. */
+  more: boolean;
 }
 
 /**
@@ -141,6 +200,11 @@ export const ACTIONS = {
   sendmessage: { action: "sendmessage", message: "<text>", id: "<optional client id: acknowledged, stored once>" },
   history: { action: "history", since: "<optional cursor>", limit: "<optional 1-100>" },
   echo: { action: "echo", data: "<text>" },
+  edit: { action: "edit", cursor: "<cursor of your message>", message: "<new text>", id: "<optional client id>" },
+  delete: { action: "delete", cursor: "<cursor of your message>", id: "<optional client id>" },
+  typing: { action: "typing" },
+  members: { action: "members", after: "<optional: the next of the previous page>" },
+  read: { action: "read", cursor: "<optional: move your read marker here>", epoch: "<with cursor: its epoch>" },
 } as const;
 
 export type UsageReason = "not_json" | "not_object" | "missing_action" | "unknown_action";
@@ -232,5 +296,38 @@ export interface HistoryEndFrame {
 
 export function historyEndFrame(cursor: string | null, more: boolean, epoch: string | null, retryAfterMs?: number): string {
   const frame: HistoryEndFrame = { type: "history-end", cursor, more, epoch, ...(retryAfterMs === undefined ? {} : { retryAfterMs }) };
+  return JSON.stringify(frame);
+}
+
+/** Validates the `cursor` an edit or delete names: a message's cursor. */
+export function validateTarget(cursor: unknown, cursorPattern: RegExp): string {
+  if (typeof cursor !== "string" || !cursorPattern.test(cursor)) {
+    throw chatError("invalid_target", "cursor must be the cursor of one of your messages", 400);
+  }
+  return cursor;
+}
+
+/** Validates `{"action":"members","after":…}`: `after` is the `next` of a members frame (a name). */
+export function validateMembersRequest(body: Record<string, unknown>): { after?: string } {
+  const { after } = body;
+  if (after === undefined || after === null) return {};
+  if (typeof after !== "string" || !NAME_PATTERN.test(after)) throw chatError("invalid_members", "after must be the next of a members frame", 400);
+  return { after };
+}
+
+/** Validates `{"action":"read"}` (ask) or `{"action":"read","cursor":…,"epoch":…}` (move the marker). */
+export function validateReadRequest(body: Record<string, unknown>, cursorPattern: RegExp): { cursor?: string; epoch?: string } {
+  const { cursor, epoch } = body;
+  if (cursor === undefined || cursor === null) {
+    if (epoch !== undefined && epoch !== null) throw chatError("invalid_read", "epoch goes with a cursor", 400);
+    return {};
+  }
+  if (typeof cursor !== "string" || !cursorPattern.test(cursor)) throw chatError("invalid_read", "cursor must be a cursor of this room", 400);
+  if (typeof epoch !== "string" || !EPOCH_PATTERN.test(epoch)) throw chatError("invalid_read", "epoch must be the epoch of the cursor", 400);
+  return { cursor, epoch };
+}
+
+export function typingFrame(room: string, name: string): string {
+  const frame: TypingFrame = { type: "typing", room, from: { name } };
   return JSON.stringify(frame);
 }

@@ -7,6 +7,8 @@ declare module "dynalite" {
     updateTableMs?: number;
     maxItemSizeKb?: number;
     verbose?: boolean;
+    /** Not dynalite's: read by local/stream-capture.ts's hook (dynalite keeps its options as `store.options`). */
+    localStreams?: unknown;
   }
   function dynalite(options?: DynaliteOptions): Server;
   export = dynalite;

@@ -11,6 +11,10 @@ import { PROJECT_DIR } from "./stack";
 
 const WSCAT = path.join(PROJECT_DIR, "node_modules", ".bin", "wscat");
 
+/** The frame types that are events of a room's sequence (each with a cursor). */
+export const SEQUENCED = new Set(["message", "join", "leave", "edit", "delete", "tombstone"]);
+export const isSequenced = (f: { type?: unknown }) => SEQUENCED.has(String(f.type));
+
 abstract class Received {
   readonly frames: string[] = [];
   private waiters: (() => void)[] = [];
@@ -74,7 +78,7 @@ abstract class Received {
    * closing history-end frame. Asks again when no history-end comes within `timeoutMs` (a fault
    * may cut a replay short), up to `attempts` times.
    */
-  async history(since?: string, { attempts = 1, timeoutMs = 10_000 } = {}): Promise<{ messages: Frame[]; end: Frame }> {
+  async history(since?: string, { attempts = 1, timeoutMs = 10_000 } = {}): Promise<{ messages: Frame[]; events: Frame[]; end: Frame }> {
     for (let attempt = 1; ; attempt++) {
       const before = this.frames.length;
       this.sendText(JSON.stringify({ action: "history", ...(since ? { since } : {}), limit: 100 }));
@@ -85,12 +89,12 @@ abstract class Received {
         continue;
       }
       const frames = this.frames.slice(before).map((f) => JSON.parse(f) as Frame);
-      return { messages: frames.filter((f) => f.type === "message"), end: frames.find((f) => f.type === "history-end")! };
+      return { messages: frames.filter((f) => f.type === "message"), events: frames.filter(isSequenced), end: frames.find((f) => f.type === "history-end")! };
     }
   }
 
   /**
-   * Every event (messages and tombstones) after `since` (from the room's start by default), in
+   * Every event (messages, presence, edits, deletes and tombstones) after `since` (from the room's start by default), in
    * cursor order, as a page would read them:
    * pages on while `more`, and asks again after `retryAfterMs` when a page stopped at a number still
    * being written or the request was refused as unavailable or rate_limited.
@@ -104,7 +108,7 @@ abstract class Received {
       this.sendText(JSON.stringify({ action: "history", since: cursor, limit: 100 }));
       await this.waitFor(() => this.parsed(before).some(answered), Math.max(1, deadline - Date.now()));
       const frames = this.parsed(before);
-      for (const f of frames) if ((f.type === "message" || f.type === "tombstone") && String(f.cursor) > cursor) byCursor.set(String(f.cursor), f);
+      for (const f of frames) if (isSequenced(f) && String(f.cursor) > cursor) byCursor.set(String(f.cursor), f);
       const end = frames.find((f) => f.type === "history-end");
       if (end && !end.more) return [...byCursor.values()].sort((a, b) => (String(a.cursor) < String(b.cursor) ? -1 : 1));
       if (end?.cursor) cursor = String(end.cursor);

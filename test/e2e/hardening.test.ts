@@ -47,8 +47,9 @@ describe("hardening: history and budgets, through the local stack", function () 
     const refusal = JSON.parse(await sender.waitFor((f) => f.includes('"type":"error"'), 10_000));
     assert.deepEqual([refusal.code, refusal.id], ["message_too_large", "poison-1"]);
     assert.equal(sender.frames.filter((f) => f.includes('"type":"ack"')).length, 0, "never acknowledged");
-    const { messages, end } = await member.history();
-    assert.deepEqual([messages.length, end.cursor], [0, null], "nothing was stored");
+    const { messages, events } = await member.history();
+    assert.equal(messages.length, 0, "nothing was stored");
+    assert.deepEqual([...new Set(events.map((e) => e.type))].filter((t) => t !== "join"), [], "only the members' joins");
     assert.equal(member.frames.filter((f) => f.includes("\\u0001")).length, 0, "nothing was delivered");
   });
 
@@ -66,7 +67,8 @@ describe("hardening: history and budgets, through the local stack", function () 
       ["message", cursorOf(3), undefined],
     ]);
     assert.deepEqual(messages.map((m) => m.message), ["before", "after"]);
-    assert.deepEqual([end.cursor, end.more], [cursorOf(3), false]);
+    // The reader's own join may follow (presence shares the sequence).
+    assert.ok(Number(end.cursor) >= 3 && end.more === false, JSON.stringify(end));
   });
 
   it("must not lose the rest of a page DynamoDB cut at 1 MB: 40 messages of 32 KB in UTF-8 come in one reply, with more:false only at the end", async () => {
@@ -77,7 +79,7 @@ describe("hardening: history and budgets, through the local stack", function () 
     const reader = await open(room, "ann");
     const { messages, end } = await reader.history(cursorOf(0));
     assert.deepEqual(messages.map((m) => Number(String(m.message).split(":")[0])), Array.from({ length: 40 }, (_, i) => i));
-    assert.deepEqual([end.cursor, end.more], [cursorOf(40), false]);
+    assert.ok(Number(end.cursor) >= 40 && end.more === false, JSON.stringify(end));
   });
 
   it("must charge history by what it returns: after a 1.8 MB page, the next request waits for the next window", async () => {
@@ -97,7 +99,8 @@ describe("hardening: history and budgets, through the local stack", function () 
   it("must not answer a burst of 300 echoes beyond the connection's budget: the rest get rate_limited", async () => {
     const client = await open(`echo-${Date.now()}`, "bo"); // registered: $connect ran before the handshake completed
     for (let i = 0; i < 300; i++) client.send({ action: "echo", data: `e${i}` });
-    await client.waitFor(() => client.frames.length >= 300, 60_000);
+    // Answers only: the client may also get its own join (presence).
+    await client.waitFor(() => client.frames.filter((f) => !f.includes('"type":"join"')).length >= 300, 60_000);
     const echoed = client.frames.filter((f) => f.startsWith("Echo: ")).length;
     const limited = client.frames.filter((f) => f.includes('"code":"rate_limited"')).length;
     assert.deepEqual([echoed, limited], [20, 280], "the dev budget of 20 answered, every other frame refused");

@@ -59,7 +59,7 @@ describe("$default", () => {
       assert.equal(frame.type, "usage");
       assert.equal(frame.reason, reason);
       assert.match(frame.message, /sendmessage/);
-      assert.deepEqual(Object.keys(frame.actions), ["sendmessage", "history", "echo"]);
+      assert.deepEqual(Object.keys(frame.actions), ["sendmessage", "history", "echo", "edit", "delete", "typing", "members", "read"]);
       assert.equal(frame.actions.sendmessage.action, "sendmessage");
       assert.equal(frame.actions.history.action, "history");
       assert.deepEqual(frame.actions.echo, { action: "echo", data: "<text>" });

@@ -27,5 +27,9 @@ describe("handlers/ (code that Pulumi serializes into Lambdas)", () => {
       const declared = [...code.matchAll(/^(?:export )?(?:async )?(?:function\*? |const |let |class )([A-Za-z_$][\w$]*)/gm)].map((m) => m[1]);
       assert.deepEqual(declared.filter((id) => id in globalThis), [], `${name} shadows globals`);
     });
+    it(`${name} must not hold a Set or Map at module level (the serializer captures it as a plain object)`, () => {
+      // Found by the local stack: a module-level Set reached sendmessage as {}, and .has() threw.
+      absent(/^(?:export )?(?:const|let) [\w$]+(?::[^=]+)? = new (?:Set|Map|WeakSet|WeakMap)\b/m);
+    });
   }
 });

@@ -31,7 +31,7 @@ describe("local DynamoDB", () => {
 
   it("must not lose an index entry when two keys share dynalite's 24-bit digest prefix (conn-1224 and conn-4718 do)", async () => {
     const room = `collide-${Date.now()}`;
-    for (const connectionId of ["conn-1224", "conn-4718"]) await db.client.send(new PutCommand({ TableName: table.name, Item: { connectionId, room } }));
+    for (const connectionId of ["conn-1224", "conn-4718"]) await db.client.send(new PutCommand({ TableName: table.name, Item: { connectionId, room, name: "same" } }));
     const { Items } = await db.client.send(
       new QueryCommand({ TableName: table.name, IndexName: "byRoom", KeyConditionExpression: "room = :r", ExpressionAttributeValues: { ":r": room } }),
     );
@@ -41,15 +41,15 @@ describe("local DynamoDB", () => {
 
   it("honours TTL: the sweep removes expired items and keeps live ones", async () => {
     const now = Math.floor(Date.now() / 1000);
-    await db.client.send(new PutCommand({ TableName: table.name, Item: { connectionId: "old", room: "r", expiresAt: now - 10 } }));
-    await db.client.send(new PutCommand({ TableName: table.name, Item: { connectionId: "live", room: "r", expiresAt: now + 3600 } }));
+    await db.client.send(new PutCommand({ TableName: table.name, Item: { connectionId: "old", room: "r", name: "n", expiresAt: now - 10 } }));
+    await db.client.send(new PutCommand({ TableName: table.name, Item: { connectionId: "live", room: "r", name: "n", expiresAt: now + 3600 } }));
     assert.equal(await db.sweepExpired(now), 1);
     const { Items } = await db.client.send(new ScanCommand({ TableName: table.name }));
     assert.deepEqual(Items?.map((i) => i.connectionId), ["live"]);
     const byRoom = await db.client.send(
       new QueryCommand({ TableName: table.name, IndexName: "byRoom", KeyConditionExpression: "room = :r", ExpressionAttributeValues: { ":r": "r" } }),
     );
-    assert.deepEqual(byRoom.Items, [{ connectionId: "live", room: "r" }]);
+    assert.deepEqual(byRoom.Items, [{ connectionId: "live", room: "r", name: "n" }]);
   });
 
   it("expires items on its own timer, without being asked", async () => {

@@ -6,11 +6,28 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { compilePattern, passesFilters } from "../../local/event-filter";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, RecordedResource } from "../../local/program";
 
 const CANARY = "canary-secret-9f8e7d6c";
 const TOKEN_KEY = "token-key-for-tests-0123456789abcdefghijklmnop";
-const ROUTE_FUNCTIONS: Record<string, string> = { $connect: "connect", $disconnect: "disconnect", $default: "default", sendmessage: "sendmessage", history: "history" };
+/** Each route (in the program's order) and the function its integration invokes: edit and delete are sendmessage's. */
+const ROUTE_FUNCTIONS: Record<string, string> = {
+  $connect: "connect",
+  $disconnect: "disconnect",
+  $default: "default",
+  sendmessage: "sendmessage",
+  edit: "sendmessage",
+  delete: "sendmessage",
+  history: "history",
+  typing: "typing",
+  members: "members",
+  read: "read",
+};
+/** The functions no route invokes: fanout (sendmessage and presence hand it chunks) and presence (the connections stream). */
+const UNROUTED_FUNCTIONS = ["fanout", "presence"];
+/** A route's resource name (integration, permission, route): its key without the `$`. */
+const routeId = (routeKey: string) => routeKey.replace(/^\$/, "");
 
 function byType(program: LoadedProgram, type: string): RecordedResource[] {
   return program.resources.filter((r) => r.type === type);
@@ -31,7 +48,7 @@ for (const stack of ["dev", "prod"] as const) {
 
     const config = (key: string) => program.config[`ws-chat:${key}`];
     const prod = stack === "prod";
-    const functionNames = () => [...Object.values(ROUTE_FUNCTIONS), "fanout", ...(prod ? ["authorizer"] : [])];
+    const functionNames = () => [...new Set(Object.values(ROUTE_FUNCTIONS)), ...UNROUTED_FUNCTIONS, ...(prod ? ["authorizer"] : [])];
     const fn = (route: string) => one(program, "aws:lambda/function:Function", `ws-chat-${route}`);
     const api = () => one(program, "aws:apigatewayv2/api:Api");
 
@@ -40,31 +57,48 @@ for (const stack of ["dev", "prod"] as const) {
       assert.equal(api().inputs.routeSelectionExpression, "$request.body.action");
     });
 
-    it("routes $connect, $disconnect, $default, sendmessage and history, each through an AWS_PROXY integration to its own function", () => {
+    it("routes $connect, $disconnect, $default, sendmessage, edit, delete, history, typing, members and read, each through its own AWS_PROXY integration to its function (edit and delete: sendmessage's)", () => {
       const routes = byType(program, "aws:apigatewayv2/route:Route");
-      assert.deepEqual(routes.map((r) => r.inputs.routeKey).sort(), ["$connect", "$default", "$disconnect", "history", "sendmessage"]);
+      assert.deepEqual(routes.map((r) => r.inputs.routeKey).sort(), Object.keys(ROUTE_FUNCTIONS).sort());
+      const integrations = byType(program, "aws:apigatewayv2/integration:Integration");
+      assert.equal(integrations.length, routes.length, "one integration per route");
       for (const route of routes) {
-        const integration = byType(program, "aws:apigatewayv2/integration:Integration").find((i) => route.inputs.target === `integrations/${i.id}`);
+        assert.equal(route.name, routeId(route.inputs.routeKey));
+        assert.equal(route.inputs.apiId, api().id);
+        const integration = integrations.find((i) => route.inputs.target === `integrations/${i.id}`);
         assert.ok(integration, `${route.inputs.routeKey} targets an integration`);
+        assert.equal(integration.name, route.name, `${route.inputs.routeKey}: its own integration`);
         assert.equal(integration.inputs.integrationType, "AWS_PROXY");
+        assert.equal(integration.inputs.integrationMethod, "POST");
         assert.equal(integration.inputs.apiId, api().id);
-        assert.equal(integration.inputs.integrationUri, fn(ROUTE_FUNCTIONS[route.inputs.routeKey]).state.invokeArn);
+        assert.equal(integration.inputs.integrationUri, fn(ROUTE_FUNCTIONS[route.inputs.routeKey]).state.invokeArn, route.inputs.routeKey);
+      }
+    });
+
+    it("must not route any request to fanout or presence: no integration invokes them, no permission lets API Gateway", () => {
+      const uris = byType(program, "aws:apigatewayv2/integration:Integration").map((i) => i.inputs.integrationUri);
+      const permitted = byType(program, "aws:lambda/permission:Permission").map((p) => p.inputs.function);
+      for (const name of UNROUTED_FUNCTIONS) {
+        assert.ok(!uris.includes(fn(name).state.invokeArn), `${name} has no integration`);
+        assert.ok(!permitted.includes(fn(name).state.name), `${name} has no permission`);
       }
     });
 
     it("lets API Gateway invoke each function only from this API, stage and route (the authorizer: only as this authorizer)", () => {
       const permissions = byType(program, "aws:lambda/permission:Permission");
-      assert.equal(permissions.length, prod ? 6 : 5);
+      // One permission per route, named after it (edit and delete each have theirs, for sendmessage).
+      assert.deepEqual(permissions.map((p) => p.name).sort(), [...Object.keys(ROUTE_FUNCTIONS).map(routeId), ...(prod ? ["authorizer"] : [])].sort());
       for (const p of permissions) {
         assert.equal(p.inputs.principal, "apigateway.amazonaws.com");
         assert.equal(p.inputs.action, "lambda:InvokeFunction");
-        assert.equal(p.inputs.function, fn(p.name).state.name);
         if (p.name === "authorizer") {
+          assert.equal(p.inputs.function, fn("authorizer").state.name);
           assert.equal(p.inputs.sourceArn, `${api().state.executionArn}/authorizers/${one(program, "aws:apigatewayv2/authorizer:Authorizer").id}`);
           continue;
         }
-        const routeKey = Object.entries(ROUTE_FUNCTIONS).find(([, f]) => f === p.name)![0];
-        assert.equal(p.inputs.sourceArn, `${api().state.executionArn}/${config("stageName")}/${routeKey}`);
+        const routeKey = Object.keys(ROUTE_FUNCTIONS).find((key) => routeId(key) === p.name)!;
+        assert.equal(p.inputs.function, fn(ROUTE_FUNCTIONS[routeKey]).state.name, p.name);
+        assert.equal(p.inputs.sourceArn, `${api().state.executionArn}/${config("stageName")}/${routeKey}`, p.name);
       }
     });
 
@@ -113,7 +147,7 @@ for (const stack of ["dev", "prod"] as const) {
         r.inputs.authorizerId,
         integrations.find((i) => r.inputs.target === `integrations/${i.id}`)!.inputs.integrationUri,
       ]);
-      assert.equal(routes.length, 5);
+      assert.equal(routes.length, Object.keys(ROUTE_FUNCTIONS).length);
       const hash = (value: unknown) => createHash("sha256").update(JSON.stringify(value)).digest("hex");
       assert.equal(d.inputs.triggers.redeployment, hash(routes));
       // Any change to a route's target changes the trigger.
@@ -121,15 +155,103 @@ for (const stack of ["dev", "prod"] as const) {
       assert.notEqual(hash(changed), d.inputs.triggers.redeployment);
     });
 
-    it("keys the connections table by connectionId, with a room index, TTL on expiresAt and on-demand billing", () => {
+    it("keys the connections table by connectionId, with a room index sorted by name (KEYS_ONLY), TTL on expiresAt and on-demand billing", () => {
       const t = one(program, "aws:dynamodb/table:Table", "connections");
       assert.equal(t.inputs.hashKey, "connectionId");
+      assert.equal(t.inputs.rangeKey, undefined);
       assert.equal(t.inputs.billingMode, "PAY_PER_REQUEST");
       assert.deepEqual(t.inputs.ttl, { attributeName: "expiresAt", enabled: true });
       assert.deepEqual(t.inputs.globalSecondaryIndexes, [
-        { name: "byRoom", keySchemas: [{ attributeName: "room", keyType: "HASH" }], projectionType: "KEYS_ONLY" },
+        {
+          name: "byRoom",
+          keySchemas: [
+            { attributeName: "room", keyType: "HASH" },
+            { attributeName: "name", keyType: "RANGE" },
+          ],
+          projectionType: "KEYS_ONLY",
+        },
       ]);
-      assert.deepEqual(t.inputs.attributes.map((a: { name: string }) => a.name).sort(), ["connectionId", "room"]);
+      // Every key attribute declared, as a string, and nothing else (DynamoDB refuses unused ones).
+      assert.deepEqual(
+        t.inputs.attributes.map((a: { name: string; type: string }) => `${a.name}:${a.type}`).sort(),
+        ["connectionId:S", "name:S", "room:S"],
+      );
+    });
+
+    it("streams the connections table with old and new images, so presence sees every removal (TTL included) with its room and name", () => {
+      const t = one(program, "aws:dynamodb/table:Table", "connections");
+      assert.equal(t.inputs.streamEnabled, true);
+      assert.equal(t.inputs.streamViewType, "NEW_AND_OLD_IMAGES");
+      assert.match(t.state.streamArn, new RegExp(`^${t.state.arn}/stream/\\d{4}-\\d\\d-\\d\\dT[\\d:.]+$`));
+    });
+
+    it("must not stream the messages table: nothing reads it", () => {
+      const t = one(program, "aws:dynamodb/table:Table", "messages");
+      assert.equal(t.inputs.streamEnabled, undefined);
+      assert.equal(t.inputs.streamViewType, undefined);
+    });
+
+    describe("presence's event source mapping", () => {
+      const mapping = () => one(program, "aws:lambda/eventSourceMapping:EventSourceMapping");
+      const patterns = () => (mapping().inputs.filterCriteria.filters as { pattern: string }[]).map((f) => f.pattern);
+      const image = (extra: Record<string, unknown> = {}) => ({
+        connectionId: { S: "c1" },
+        room: { S: "lobby" },
+        name: { S: "ada" },
+        connectedAt: { N: "1" },
+        expiresAt: { N: "2" },
+        ...extra,
+      });
+      const passes = (record: unknown) => passesFilters(patterns().map((p, i) => compilePattern(p, `filter ${i + 1}`)), record);
+
+      it("reads the connections table's stream into presence, from LATEST, in batches of 100 with no batching window", () => {
+        const m = mapping();
+        assert.equal(m.name, "presence");
+        assert.equal(m.inputs.eventSourceArn, one(program, "aws:dynamodb/table:Table", "connections").state.streamArn);
+        assert.equal(m.inputs.functionName, fn("presence").state.arn);
+        assert.deepEqual([m.inputs.startingPosition, m.inputs.batchSize, m.inputs.maximumBatchingWindowInSeconds], ["LATEST", 100, 0]);
+      });
+
+      it("retries a failed batch, bisecting it, at most 10 times and for at most an hour (then drops it: history is the record)", () => {
+        const m = mapping();
+        assert.deepEqual(
+          [m.inputs.bisectBatchOnFunctionError, m.inputs.maximumRetryAttempts, m.inputs.maximumRecordAgeInSeconds],
+          [true, 10, 3600],
+        );
+        // Nothing the program does not state: one shard read by one instance, no destination, whole-batch failures.
+        const settings = Object.keys(m.inputs).sort();
+        assert.deepEqual(settings, [
+          "batchSize",
+          "bisectBatchOnFunctionError",
+          "eventSourceArn",
+          "filterCriteria",
+          "functionName",
+          "maximumBatchingWindowInSeconds",
+          "maximumRecordAgeInSeconds",
+          "maximumRetryAttempts",
+          "startingPosition",
+        ]);
+      });
+
+      it("filters on INSERTs of a record with a room and REMOVEs of one, and nothing else", () => {
+        assert.deepEqual(Object.keys(mapping().inputs.filterCriteria), ["filters"]);
+        assert.deepEqual(patterns().map((p) => JSON.parse(p)), [
+          { eventName: ["INSERT"], dynamodb: { NewImage: { room: { S: [{ exists: true }] } } } },
+          { eventName: ["REMOVE"], dynamodb: { OldImage: { room: { S: [{ exists: true }] } } } },
+        ]);
+        assert.ok(passes({ eventName: "INSERT", dynamodb: { NewImage: image() } }), "a connection opened: a join");
+        assert.ok(passes({ eventName: "REMOVE", dynamodb: { OldImage: image() } }), "a connection closed or expired: a leave");
+      });
+
+      it("must not invoke presence for a budget or typing update (MODIFY), nor for a name's place (no room)", () => {
+        assert.ok(!passes({ eventName: "MODIFY", dynamodb: { OldImage: image(), NewImage: image({ rlCount: { N: "3" } }) } }));
+        const place = { connectionId: { S: "#name#ada#0" }, holder: { S: "c1" }, expiresAt: { N: "2" } };
+        assert.ok(!passes({ eventName: "INSERT", dynamodb: { NewImage: place } }));
+        assert.ok(!passes({ eventName: "REMOVE", dynamodb: { OldImage: place } }));
+        // A REMOVE is judged by its old image only; an INSERT by its new one.
+        assert.ok(!passes({ eventName: "REMOVE", dynamodb: { NewImage: image() } }));
+        assert.ok(!passes({ eventName: "INSERT", dynamodb: { OldImage: image() } }));
+      });
     });
 
     it("keys the messages table by room and cursor, with TTL on expiresAt and on-demand billing", () => {
@@ -151,11 +273,14 @@ for (const stack of ["dev", "prod"] as const) {
     it(`must ${prod ? "reserve each function's concurrency from its setting" : "leave every function unreserved (reserving needs account headroom a new account lacks)"}`, () => {
       const setting: Record<string, string> = {
         connect: "Connect", disconnect: "Disconnect", authorizer: "Authorizer", sendmessage: "SendMessage", fanout: "Fanout", history: "History", default: "Default",
+        presence: "Presence", typing: "Typing", members: "Members", read: "Read",
       };
+      assert.deepEqual(Object.keys(setting).sort(), [...functionNames(), ...(prod ? [] : ["authorizer"])].sort(), "a setting per function");
       let reserved = 0;
       for (const route of functionNames()) {
         const value = Number(config(`reservedConcurrency${setting[route]}`));
         assert.equal(fn(route).inputs.reservedConcurrentExecutions, value === 0 ? -1 : value, route);
+        if (prod) assert.ok(value > 0, `${route}: reserved on prod`);
         reserved += value;
       }
       if (prod) assert.ok(reserved > 0 && reserved <= 900, `${reserved} reserved: Lambda keeps 100 of the default 1,000 unreserved`);
@@ -188,16 +313,26 @@ for (const stack of ["dev", "prod"] as const) {
       assert.deepEqual(fn("default").inputs.environment.variables, { ...connectionsEnv, ...budgetEnv, MANAGEMENT_ENDPOINT: endpoint });
       assert.deepEqual(fn("history").inputs.environment.variables, { ...connectionsEnv, ...historyEnv, ...budgetEnv, MANAGEMENT_ENDPOINT: endpoint });
       assert.deepEqual(fn("fanout").inputs.environment.variables, { ...connectionsEnv, MANAGEMENT_ENDPOINT: endpoint, FANOUT_CONCURRENCY: config("fanoutConcurrency") });
+      const presenceEnv = { PRESENCE_LIMIT: config("presenceLimit") };
+      const fanoutEnv = { FANOUT_CONCURRENCY: config("fanoutConcurrency"), FANOUT_CHUNK_SIZE: config("fanoutChunkSize"), FANOUT_FUNCTION: fn("fanout").state.name };
       assert.deepEqual(fn("sendmessage").inputs.environment.variables, {
         ...connectionsEnv,
         ...historyEnv,
         MANAGEMENT_ENDPOINT: endpoint,
         MAX_MESSAGE_BYTES: config("maxMessageBytes"),
-        FANOUT_CONCURRENCY: config("fanoutConcurrency"),
-        FANOUT_CHUNK_SIZE: config("fanoutChunkSize"),
-        FANOUT_FUNCTION: fn("fanout").state.name,
+        ...fanoutEnv,
+        EDIT_WINDOW_MS: String(Number(config("editWindowMinutes")) * 60_000),
         ...budgetEnv,
       });
+      assert.deepEqual(fn("presence").inputs.environment.variables, { ...connectionsEnv, ...historyEnv, ...presenceEnv, MANAGEMENT_ENDPOINT: endpoint, ...fanoutEnv });
+      assert.deepEqual(fn("typing").inputs.environment.variables, {
+        ...connectionsEnv,
+        ...presenceEnv,
+        MANAGEMENT_ENDPOINT: endpoint,
+        TYPING_INTERVAL_MS: String(Number(config("typingIntervalSeconds")) * 1000),
+      });
+      assert.deepEqual(fn("members").inputs.environment.variables, { ...connectionsEnv, ...budgetEnv, ...presenceEnv, MANAGEMENT_ENDPOINT: endpoint });
+      assert.deepEqual(fn("read").inputs.environment.variables, { ...connectionsEnv, ...historyEnv, ...budgetEnv, MANAGEMENT_ENDPOINT: endpoint });
       if (prod) {
         assert.deepEqual(fn("authorizer").inputs.environment.variables, {
           TOKEN_KEY: TOKEN_KEY,
@@ -211,6 +346,9 @@ for (const stack of ["dev", "prod"] as const) {
 
     describe("least privilege", () => {
       const tableArn = (name = "connections") => one(program, "aws:dynamodb/table:Table", name).state.arn;
+      // This table's streams (AWS's example policy scopes the four actions so); the stream's own ARN is under it.
+      const streamArn = () => `${tableArn()}/stream/*`;
+      const STREAM_READ = ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"];
       const stageArn = (method: string) => `${api().state.executionArn}/${config("stageName")}/${method}/@connections/*`;
       const XRAY = { Action: ["xray:PutTraceSegments", "xray:PutTelemetryRecords"], Resource: ["*"] };
       function statements(route: string) {
@@ -247,6 +385,43 @@ for (const stack of ["dev", "prod"] as const) {
           { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
           { Action: ["lambda:InvokeFunction"], Resource: [fn("fanout").state.arn] },
         ]);
+      });
+      it("presence may read the connections stream (Lambda's four stream actions, on that stream only), Query the room index, DeleteItem stale records, append to history, POST to this stage's @connections and invoke fanout", () => {
+        assert.deepEqual(statements("presence"), [
+          { Action: STREAM_READ, Resource: [streamArn()] },
+          { Action: ["dynamodb:Query"], Resource: [`${tableArn()}/index/byRoom`] },
+          { Action: ["dynamodb:DeleteItem"], Resource: [tableArn()] },
+          { Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [tableArn("messages")] },
+          { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
+          { Action: ["lambda:InvokeFunction"], Resource: [fn("fanout").state.arn] },
+        ]);
+      });
+      it("typing may only UpdateItem its caller's record and DeleteItem stale ones, Query the room index and POST to this stage's @connections", () => {
+        assert.deepEqual(statements("typing"), [
+          { Action: ["dynamodb:UpdateItem", "dynamodb:DeleteItem"], Resource: [tableArn()] },
+          { Action: ["dynamodb:Query"], Resource: [`${tableArn()}/index/byRoom`] },
+          { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
+        ]);
+      });
+      it("members may only spend the caller's budget, Query the room index and POST to this stage's @connections", () => {
+        assert.deepEqual(statements("members"), [
+          { Action: ["dynamodb:UpdateItem", "dynamodb:GetItem"], Resource: [tableArn()] },
+          { Action: ["dynamodb:Query"], Resource: [`${tableArn()}/index/byRoom`] },
+          { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
+        ]);
+      });
+      it("read may only spend the caller's budget, read and move markers in the messages table (GetItem, UpdateItem, Query) and POST to this stage's @connections", () => {
+        assert.deepEqual(statements("read"), [
+          { Action: ["dynamodb:UpdateItem", "dynamodb:GetItem"], Resource: [tableArn()] },
+          { Action: ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query"], Resource: [tableArn("messages")] },
+          { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
+        ]);
+      });
+      it("must not let any function but presence read the connections stream, nor grant a stream action on anything else", () => {
+        for (const name of functionNames()) {
+          const reading = statements(name).filter((s) => s.Action.some((a) => STREAM_READ.includes(a)) || s.Resource.some((r) => r.includes("/stream/")));
+          assert.deepEqual(reading, name === "presence" ? [{ Action: STREAM_READ, Resource: [streamArn()] }] : [], name);
+        }
       });
       it("fanout may only POST to this stage's @connections and DeleteItem stale records", () => {
         assert.deepEqual(statements("fanout"), [
@@ -299,7 +474,7 @@ for (const stack of ["dev", "prod"] as const) {
       });
     });
 
-    it(prod ? "alarms on every function's errors and throttles (the authorizer's too), dropped fan-out chunks, API errors and DynamoDB throttling, to an SNS topic" : "must not create alarms or a topic in dev", () => {
+    it(prod ? "alarms on every function's errors and throttles (the authorizer's and presence's too, sendmessage's once), dropped fan-out chunks, API errors and DynamoDB throttling, to an SNS topic" : "must not create alarms or a topic in dev", () => {
       const alarms = byType(program, "aws:cloudwatch/metricAlarm:MetricAlarm");
       const topics = byType(program, "aws:sns/topic:Topic");
       if (!prod) {
@@ -317,6 +492,14 @@ for (const stack of ["dev", "prod"] as const) {
         ),
       ];
       assert.deepEqual(alarms.map(metric).sort(), expected.sort());
+      // One pair per function, named after it: sendmessage's once, none for the edit and delete routes.
+      assert.deepEqual(alarms.map((a) => a.name).sort(), [
+        ...functionNames().flatMap((f) => [`${f}-errors`, `${f}-throttles`]),
+        "fanout-dropped",
+        "api-integration-errors",
+        "api-execution-errors",
+        ...["connections", "messages"].flatMap((t) => [`${t}-read-throttles`, `${t}-write-throttles`]),
+      ].sort());
       for (const a of alarms) {
         assert.deepEqual(a.inputs.alarmActions, [topics[0].state.arn], `${a.name} notifies the topic`);
         assert.deepEqual(a.inputs.okActions, [topics[0].state.arn]);
@@ -345,8 +528,8 @@ for (const stack of ["dev", "prod"] as const) {
         assert.equal(o.inputs.bucket, bucket.id);
         assert.equal(o.inputs.acl, undefined, `${o.inputs.key}: no ACL`);
       }
-      const config = objects.find((o) => o.inputs.key === "config.json")!;
-      assert.deepEqual(JSON.parse(config.inputs.content), { url: program.outputs.url, authEnabled: true });
+      const pageConfig = objects.find((o) => o.inputs.key === "config.json")!;
+      assert.deepEqual(JSON.parse(pageConfig.inputs.content), { url: program.outputs.url, authEnabled: true, maxMessageBytes: Number(config("maxMessageBytes")) });
 
       const oac = one(program, "aws:cloudfront/originAccessControl:OriginAccessControl");
       assert.deepEqual([oac.inputs.originAccessControlOriginType, oac.inputs.signingBehavior, oac.inputs.signingProtocol], ["s3", "always", "sigv4"]);
@@ -377,15 +560,21 @@ for (const stack of ["dev", "prod"] as const) {
         }
       });
 
-      it("load in Node and export a two-parameter handler", () => {
+      it("are one per function, named after it", () => {
+        assert.deepEqual([...program.archives.keys()].sort(), functionNames().map((f) => `ws-chat-${f}`).sort());
+      });
+
+      it("load in Node with only their own function's environment variables and export a two-parameter handler", () => {
         // Inside the project, so the archives' require("@aws-sdk/…") resolves as it would on Lambda.
         fs.mkdirSync(path.join(PROJECT_DIR, ".local"), { recursive: true });
         const dir = fs.mkdtempSync(path.join(PROJECT_DIR, ".local", "archive-test-"));
         const restore = { ...process.env };
-        for (const name of functionNames()) Object.assign(process.env, fn(name).inputs.environment.variables);
-        process.env.AWS_REGION = program.region; // Lambda sets it in every instance
         try {
           for (const [name, archive] of program.archives) {
+            // Each handler factory runs when its archive loads and reads its settings then: a variable
+            // its function lacks fails here (no other function's variables are set).
+            const own = byType(program, "aws:lambda/function:Function").find((f) => f.name === name)!.inputs.environment.variables;
+            process.env = { ...restore, ...own, AWS_REGION: program.region }; // Lambda sets AWS_REGION in every instance
             const file = path.join(dir, `${name}.js`);
             fs.writeFileSync(file, archive.get("__index.js")!);
             const mod = require(file);
@@ -429,6 +618,22 @@ for (const stack of ["dev", "prod"] as const) {
   });
 }
 
+describe("the program under mocks: settings the new routes read", () => {
+  it("passes presenceLimit, typingIntervalSeconds (as ms) and editWindowMinutes (as ms) from the settings, not from defaults in the code", async () => {
+    const program = await loadProgram({
+      stack: "dev",
+      configOverrides: { "ws-chat:presenceLimit": "7", "ws-chat:typingIntervalSeconds": "3", "ws-chat:editWindowMinutes": "5" },
+    });
+    const env = (name: string) => program.resources.find((r) => r.type === "aws:lambda/function:Function" && r.name === `ws-chat-${name}`)!.inputs.environment.variables;
+    assert.deepEqual(
+      ["presence", "typing", "members"].map((name) => env(name).PRESENCE_LIMIT),
+      ["7", "7", "7"],
+    );
+    assert.equal(env("typing").TYPING_INTERVAL_MS, "3000");
+    assert.equal(env("sendmessage").EDIT_WINDOW_MS, "300000");
+  });
+});
+
 describe("the program under mocks: bad settings", () => {
   // First: a refused token key's late rejection (an apply) must not land inside these loads.
   it("must refuse the benchmark-only seed fan-out on prod", async () => {
@@ -437,8 +642,11 @@ describe("the program under mocks: bad settings", () => {
       /ws-chat:benchSeedFanout serves the seed's sendmessage, which loses messages; it is for benchmarks and refused on prod/,
     );
   });
-  it("with the benchmark-only seed fan-out on dev, routes sendmessage to the seed's algorithm with only Scan and POST", async () => {
+  it("with the benchmark-only seed fan-out on dev, routes sendmessage to the seed's algorithm with only Scan and POST, and must not route edit or delete to it", async () => {
     const program = await loadProgram({ stack: "dev", configOverrides: { "ws-chat:benchSeedFanout": "true" } });
+    const seedRoutes = Object.keys(ROUTE_FUNCTIONS).filter((key) => key !== "edit" && key !== "delete");
+    assert.deepEqual(program.resources.filter((r) => r.type === "aws:apigatewayv2/route:Route").map((r) => r.inputs.routeKey).sort(), seedRoutes.sort());
+    assert.deepEqual(program.resources.filter((r) => r.type === "aws:lambda/permission:Permission").map((r) => r.name).sort(), seedRoutes.map(routeId).sort());
     const fn = program.resources.find((r) => r.type === "aws:lambda/function:Function" && r.name === "ws-chat-sendmessage")!;
     assert.match(program.archives.get(fn.name)!.get("__index.js")!.toString("utf8"), /ScanCommand/);
     const role = program.resources.find((r) => r.type === "aws:iam/role:Role" && r.name === "ws-chat-sendmessage")!;

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { readProjectFile, stackConfig } from "../../local/program";
+import { RANGES } from "../../handlers/shared/env";
 import { parseSettings, SETTINGS_SCHEMA, SettingKey, SettingsError } from "../../stacks/settings";
 
 const NS = "ws-chat";
@@ -50,6 +51,13 @@ describe("stack settings", () => {
     ["stageName", "my stage", /ws-chat:stageName must be 1-128 characters of A-Z, a-z, 0-9, _ or -; got "my stage"/],
     ["apiLoggingLevel", "DEBUG", /ws-chat:apiLoggingLevel must be one of OFF, ERROR, INFO; got "DEBUG"/],
     ["stageName", undefined, /ws-chat:stageName is not set/],
+    ["presenceLimit", "0", /ws-chat:presenceLimit must be an integer from 1 to 1000; got "0"/],
+    ["presenceLimit", "1001", /ws-chat:presenceLimit must be an integer from 1 to 1000; got "1001"/],
+    ["typingIntervalSeconds", "61", /ws-chat:typingIntervalSeconds must be an integer from [\d.]+ to 60; got "61"/],
+    ["typingIntervalSeconds", "0", /ws-chat:typingIntervalSeconds must be an integer from [\d.]+ to 60; got "0"/],
+    ["editWindowMinutes", "0", /ws-chat:editWindowMinutes must be an integer from 1 to 10080; got "0"/],
+    ["editWindowMinutes", "10081", /ws-chat:editWindowMinutes must be an integer from 1 to 10080; got "10081"/],
+    ["reservedConcurrencyPresence", "-1", /ws-chat:reservedConcurrencyPresence must be an integer from 0 to 10000; got "-1"/],
   ];
   for (const [key, value, message] of bad) {
     it(`must reject ${key}=${JSON.stringify(value)} with a message naming the key and the allowed values`, () => {
@@ -60,6 +68,25 @@ describe("stack settings", () => {
       });
     });
   }
+
+  it("must not accept a presence, typing or edit setting its handlers refuse: both ends, converted as the program converts them, are within the handlers' ranges", () => {
+    const conversions: [SettingKey, keyof typeof RANGES, number][] = [
+      ["presenceLimit", "presenceLimit", 1],
+      ["typingIntervalSeconds", "typingIntervalMs", 1000],
+      ["editWindowMinutes", "editWindowMs", 60_000],
+    ];
+    for (const [key, handlerKey, factor] of conversions) {
+      const { min, max } = SETTINGS_SCHEMA[key] as { min: number; max: number };
+      const [lowest, highest] = [Math.ceil(min), Math.floor(max)]; // the whole numbers the setting accepts
+      for (const end of [lowest, highest]) {
+        const value = (parseSettings(NS, sourceFor("dev", { [key]: String(end) }))[key] as number) * factor;
+        assert.ok(value >= RANGES[handlerKey].min && value <= RANGES[handlerKey].max, `${key}=${end} gives ${value}, outside the handlers' ${handlerKey}`);
+      }
+      for (const outside of [lowest - 1, highest + 1]) {
+        assert.throws(() => parseSettings(NS, sourceFor("dev", { [key]: String(outside) })), SettingsError, `${key}=${outside}`);
+      }
+    }
+  });
 
   it("reports every invalid setting at once", () => {
     assert.throws(

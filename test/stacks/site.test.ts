@@ -36,7 +36,7 @@ describe("the chat page's distribution under mocks", () => {
       false,
     );
     const { chatSite } = require("../../infra/site") as typeof import("../../infra/site"); // after setMocks
-    webUrl = await new Promise<string>((resolve) => chatSite("web", { url: pulumi.output(STACK_URL), authEnabled: true }).apply(resolve));
+    webUrl = await new Promise<string>((resolve) => chatSite("web", { url: pulumi.output(STACK_URL), authEnabled: true, maxMessageBytes: 32_768 }).apply(resolve));
   });
 
   const one = (type: string) => {

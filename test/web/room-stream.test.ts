@@ -164,6 +164,21 @@ describe("the room stream (web/room-stream.js)", () => {
     assert.equal(f.stream.cursor, 1);
     f.stream.stop();
   });
+
+  it("must not lose a new stream's first event that comes in a reply: the reply's history-end settles only what was shown", () => {
+    const f = follower();
+    f.stream.start();
+    f.stream.frame(end(3));
+    // A reconnect asks since 3 under E1; the room's stream is now E2, so the server answers with its
+    // latest page: a join at 1, a message at 2, then history-end at 2.
+    f.stream.frame({ type: "join", cursor: pad(1), epoch: "E2" });
+    f.stream.frame(message(2, "E2"));
+    f.stream.frame({ ...end(2), epoch: "E2" });
+    assert.deepEqual(f.resets, ["E2"]);
+    assert.deepEqual(f.shown(), [1, 2], "both shown, the first included");
+    assert.equal(f.stream.cursor, 2);
+    f.stream.stop();
+  });
 });
 
 describe("the ordered sender (web/room-stream.js)", () => {

@@ -1,0 +1,33 @@
+/**
+ * `members`: `{"action":"members","after":<name>?}` answers the caller's room's members, sorted by
+ * name, with how many connections each holds, `MEMBERS_PAGE` names a frame (`next` names where the
+ * next page starts). The names come from the room index itself (keyed by room and name), so no
+ * second projection has to be kept in step. A room above the presence limit answers with a count
+ * of connections only (`members: null`): listing it costs a read per connection per request.
+ */
+import { connectionsStoreFromEnv } from "./shared/connections";
+import { callerRoute } from "./shared/caller";
+import { ENV, RANGES, requireIntEnv } from "./shared/env";
+import type { WebSocketEvent, WebSocketHandler } from "./shared/events";
+import { MembersFrame, validateMembersRequest } from "./shared/protocol";
+
+/** Names per members frame: 100 names of at most 32 characters stay far below one frame. */
+export const MEMBERS_PAGE = 100;
+
+export function membersHandlerFactory(): WebSocketHandler<WebSocketEvent> {
+  const limit = requireIntEnv(ENV.presenceLimit, RANGES.presenceLimit.min, RANGES.presenceLimit.max);
+  return callerRoute("members", ["invalid_members"], (doc) => {
+    const store = connectionsStoreFromEnv(doc);
+    return async (caller, body, time) => {
+      const { after } = validateMembersRequest(body);
+      const { room } = caller;
+      let frame: MembersFrame;
+      if ((await time.step("counting the room", store.roomCount(room, limit + 1))) > limit) {
+        frame = { type: "members", room, members: null, count: await time.step("counting the room", store.roomCount(room)), next: null };
+      } else {
+        frame = { type: "members", room, ...(await time.step("listing the room", store.roomNames(room, after, MEMBERS_PAGE))) };
+      }
+      return JSON.stringify(frame);
+    };
+  });
+}
