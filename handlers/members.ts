@@ -13,6 +13,8 @@ import { MembersFrame, validateMembersRequest } from "./shared/protocol";
 
 /** Names per members frame: 100 names of at most 32 characters stay far below one frame. */
 export const MEMBERS_PAGE = 100;
+/** A big room is counted up to this many connections (about 40 read units of the KEYS_ONLY index). */
+export const MEMBERS_COUNT_CAP = 10_000;
 
 export function membersHandlerFactory(): WebSocketHandler<WebSocketEvent> {
   const limit = requireIntEnv(ENV.presenceLimit, RANGES.presenceLimit.min, RANGES.presenceLimit.max);
@@ -23,7 +25,8 @@ export function membersHandlerFactory(): WebSocketHandler<WebSocketEvent> {
       const { room } = caller;
       let frame: MembersFrame;
       if ((await time.step("counting the room", store.roomCount(room, limit + 1))) > limit) {
-        frame = { type: "members", room, members: null, count: await time.step("counting the room", store.roomCount(room)), next: null };
+        // Counted up to MEMBERS_COUNT_CAP: a count that large means "at least", and costs a bounded read.
+        frame = { type: "members", room, members: null, count: await time.step("counting the room", store.roomCount(room, MEMBERS_COUNT_CAP)), next: null };
       } else {
         frame = { type: "members", room, ...(await time.step("listing the room", store.roomNames(room, after, MEMBERS_PAGE))) };
       }

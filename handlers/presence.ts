@@ -54,13 +54,17 @@ export function presenceChange(record: DynamoDBRecord): PresenceChange | undefin
   const name = image?.name?.S;
   const connectionId = image?.connectionId?.S;
   if (!room || !name || !connectionId) return undefined;
+  // A join happened when the connection did (connectedAt, ms); a leave when the record went (the
+  // stream's time, whole seconds).
   const seconds = record.dynamodb?.ApproximateCreationDateTime;
+  const connectedAt = Number(image?.connectedAt?.N);
+  const ts = record.eventName === "INSERT" && Number.isFinite(connectedAt) ? connectedAt : seconds === undefined ? Date.now() : Math.round(seconds * 1000);
   return {
     type: record.eventName === "INSERT" ? "join" : "leave",
     room,
     name,
     connectionId,
-    ts: seconds === undefined ? Date.now() : Math.round(seconds * 1000),
+    ts,
     id: record.eventID ?? `${record.eventName}-${connectionId}`,
   };
 }

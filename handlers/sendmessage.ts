@@ -177,10 +177,19 @@ const isClientCode = (code: ChatError["code"]): code is ClientErrorCode => TARGE
  * message changed while the event was being stored (a concurrent edit or delete): the second
  * look gives the refusal, or the append is tried once more.
  */
-async function appendChecked(history: MessageStore, draft: NewMessage, sender: ConnectionRecord, rules: { editWindowMs: number; now: number }, deadline: number): Promise<Appended> {
+export async function appendChecked(history: MessageStore, draft: NewMessage, sender: ConnectionRecord, rules: { editWindowMs: number; now: number }, deadline: number): Promise<Appended> {
   if (!draft.type) return history.append(draft, deadline);
   for (let look = 1; ; look++) {
-    const check = targetCheck(await history.event(sender.room, String(draft.target)), draft, sender, rules);
+    let check: TargetCheck;
+    try {
+      check = targetCheck(await history.event(sender.room, String(draft.target)), draft, sender, rules);
+    } catch (refusal) {
+      // A resend of an edit or delete that was applied (its ack was lost) finds the message changed
+      // by it: acknowledged again with the same cursor, as a resent message is, not refused.
+      const applied = draft.clientId ? await history.claimed(sender.room, sender.name, draft.clientId) : undefined;
+      if (applied) return applied;
+      throw refusal;
+    }
     try {
       return await history.append(draft, deadline, check);
     } catch (err) {

@@ -175,8 +175,10 @@ export interface MessageStore {
    * (epoch ms; default: APPEND_BUDGET_MS from now) passes.
    */
   append(message: NewMessage, deadline?: number, target?: TargetCheck): Promise<Appended>;
-  /** The stored event at `cursor` of the room's current epoch, if any. */
+  /** The stored event at `cursor` of the room's current epoch, if any (a leftover of an earlier epoch is none). */
   event(room: string, cursor: string): Promise<StoredMessage | undefined>;
+  /** Where `name`'s client id was stored, if it was (a resend of an applied request is answered with it). */
+  claimed(room: string, name: string, clientId: string): Promise<Appended | undefined>;
   /** `name`'s read marker in the room and what is unread after it. */
   readMarker(room: string, name: string): Promise<ReadMarker>;
   /**
@@ -342,7 +344,14 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
     },
 
     async event(room, cursor) {
-      return (await getItem(room, cursor)) as StoredMessage | undefined;
+      const [item, head] = await Promise.all([getItem(room, cursor), getItem(room, HEAD)]);
+      if (!item || (item.epoch !== undefined && item.epoch !== head?.epoch)) return undefined;
+      return item as StoredMessage;
+    },
+
+    async claimed(room, name, clientId) {
+      const claim = await getItem(room, claimKey({ from: { name }, clientId } as NewMessage));
+      return claim ? { cursor: String(claim.messageCursor), epoch: String(claim.epoch), duplicate: true } : undefined;
     },
 
     readMarker,
@@ -417,23 +426,36 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
     return { cursor: String(marker.readCursor), epoch, ...(await countUnread(room, name, String(marker.readCursor), epoch)) };
   }
 
-  /** Messages from others after `after`, not deleted, of `epoch`: one Query reading at most UNREAD_SCAN events. */
+  /**
+   * Messages from others after `after`, not deleted, of `epoch`, reading at most UNREAD_SCAN events
+   * (following DynamoDB's 1 MB pages); `more` when events beyond those were not read.
+   */
   async function countUnread(room: string, name: string, after: string, epoch: string): Promise<{ unread: number; more: boolean }> {
     const filter = "attribute_not_exists(#type) AND attribute_not_exists(#deleted) AND #from.#name <> :me AND epoch = :epoch";
     const keys = "room = :room AND #cursor BETWEEN :from AND :to";
-    const out = await call("Query", () =>
-      doc.send(
-        new QueryCommand({
-          TableName: tableName,
-          KeyConditionExpression: keys,
-          FilterExpression: filter,
-          Select: "COUNT",
-          Limit: UNREAD_SCAN,
-          ...placeholders([keys, filter], { ":room": room, ":from": cursorOf(Number(after) + 1), ":to": LAST_CURSOR, ":me": name, ":epoch": epoch }),
-        }),
-      ),
-    );
-    return { unread: out.Count ?? 0, more: out.LastEvaluatedKey !== undefined };
+    let unread = 0;
+    let scanned = 0;
+    let startKey: Record<string, unknown> | undefined;
+    do {
+      const out = await call("Query", () =>
+        doc.send(
+          new QueryCommand({
+            TableName: tableName,
+            KeyConditionExpression: keys,
+            FilterExpression: filter,
+            Select: "COUNT",
+            Limit: UNREAD_SCAN - scanned,
+            ConsistentRead: true,
+            ExclusiveStartKey: startKey,
+            ...placeholders([keys, filter], { ":room": room, ":from": cursorOf(Number(after) + 1), ":to": LAST_CURSOR, ":me": name, ":epoch": epoch }),
+          }),
+        ),
+      );
+      unread += out.Count ?? 0;
+      scanned += out.ScannedCount ?? 0;
+      startKey = out.LastEvaluatedKey;
+    } while (startKey && scanned < UNREAD_SCAN);
+    return { unread, more: startKey !== undefined };
   }
 
   /**

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import type { DynamoDBRecord } from "aws-lambda";
 import { presenceChange } from "../../handlers/presence";
-import { targetCheck } from "../../handlers/sendmessage";
+import { appendChecked, targetCheck } from "../../handlers/sendmessage";
 import { ConnectionRecord, ConnectionsStore, createConnectionsStore } from "../../handlers/shared/connections";
 import { isChatError } from "../../handlers/shared/errors";
 import { createMessageStore, cursorOf, eventFrame, MAX_EDITS, MessageStore, NewMessage, StoredMessage } from "../../handlers/shared/messages";
@@ -89,6 +89,18 @@ describe("room events (DynamoDB): edits, deletes, read markers, members, typing"
     await rejectsWith(change(r, "edit", original.cursor, "ann", "again"), "message_deleted");
   });
 
+  it("acknowledges a resent delete or edit that was applied (its ack lost) with its first cursor, instead of refusing it", async () => {
+    const r = room();
+    const original = await messages.append(msg(r, "resend me"));
+    const sender = { connectionId: "c", room: r, name: "ann", connectedAt: 0, expiresAt: 0 } as ConnectionRecord;
+    const rules = { editWindowMs: 3_600_000, now: Date.now() };
+    const draft: NewMessage = { room: r, id: "del", from: { name: "ann" }, ts: Date.now(), type: "delete", target: original.cursor, clientId: "d-1" };
+    const first = await appendChecked(messages, draft, sender, rules, Date.now() + 5_000);
+    const again = await appendChecked(messages, { ...draft, id: "del-2" }, sender, rules, Date.now() + 5_000);
+    assert.deepEqual([again.cursor, again.epoch, again.duplicate], [first.cursor, first.epoch, true]);
+    await rejectsWith(appendChecked(messages, { ...draft, id: "del-3", clientId: "d-2" }, sender, rules, Date.now() + 5_000), "message_deleted");
+  });
+
   it("must not store an edit whose message changed after it was checked: its number becomes a tombstone and the caller is told", async () => {
     const r = room();
     const original = await messages.append(msg(r, "race"));
@@ -141,7 +153,7 @@ describe("room events (DynamoDB): edits, deletes, read markers, members, typing"
 });
 
 describe("presence: which stream records are joins and leaves", () => {
-  const image = { connectionId: { S: "abc=" }, room: { S: "general" }, name: { S: "ann" }, connectedAt: { N: "1" } };
+  const image = { connectionId: { S: "abc=" }, room: { S: "general" }, name: { S: "ann" }, connectedAt: { N: "1731324924123" } };
   const record = (eventName: DynamoDBRecord["eventName"], images: { NewImage?: typeof image; OldImage?: typeof image }): DynamoDBRecord => ({
     eventID: "e1",
     eventName,
@@ -149,9 +161,10 @@ describe("presence: which stream records are joins and leaves", () => {
   });
 
   it("reads a join from an INSERT's new image and a leave from a REMOVE's old image (a TTL removal too)", () => {
-    assert.deepEqual(presenceChange(record("INSERT", { NewImage: image })), { type: "join", room: "general", name: "ann", connectionId: "abc=", ts: 1_700_000_000_000, id: "e1" });
+    // A join is dated by its connection (ms); a leave by the stream record (whole seconds).
+    assert.deepEqual(presenceChange(record("INSERT", { NewImage: image })), { type: "join", room: "general", name: "ann", connectionId: "abc=", ts: 1_731_324_924_123, id: "e1" });
     const ttl = { ...record("REMOVE", { OldImage: image }), userIdentity: { type: "Service", principalId: "dynamodb.amazonaws.com" } };
-    assert.equal(presenceChange(ttl)?.type, "leave");
+    assert.deepEqual([presenceChange(ttl)?.type, presenceChange(ttl)?.ts], ["leave", 1_700_000_000_000]);
   });
 
   it("must ignore updates (rate limits, typing) and items that are not connections (a name's places)", () => {
