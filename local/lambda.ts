@@ -7,6 +7,7 @@
  * time it used, which Lambda does not print). Asynchronous invocations (InvocationType Event) are
  * queued and retried on failure, as Lambda's event queue does.
  */
+import { idleWatch } from "./idle";
 import { ChildProcess, fork } from "child_process";
 import { randomUUID } from "crypto";
 import * as fs from "fs";
@@ -180,7 +181,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
   let closing = false;
   let inFlight = 0;
   let cancelled = 0;
-  const idleWaiters = new Set<() => void>();
+  const idleness = idleWatch();
 
   function pipeLines(stream: NodeJS.ReadableStream | null, prefix: string) {
     if (!stream) return;
@@ -279,7 +280,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
       const first = await invokeOnce(spec, event);
       return first === UNDELIVERED ? asOutcome(await invokeOnce(spec, event)) : first;
     } finally {
-      if (--inFlight === 0) for (const resolve of [...idleWaiters]) resolve();
+      if (--inFlight === 0) idleness.idle();
     }
   }
 
@@ -358,17 +359,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
   }
 
   function untilIdle(timeoutMs: number): Promise<boolean> {
-    if (inFlight === 0) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const settle = (value: boolean) => {
-        clearTimeout(timer);
-        idleWaiters.delete(onIdle);
-        resolve(value);
-      };
-      const onIdle = () => settle(true);
-      const timer = setTimeout(() => settle(false), timeoutMs);
-      idleWaiters.add(onIdle);
-    });
+    return idleness.wait(inFlight === 0, timeoutMs);
   }
 
   /** Runs once, then retries a failed run (error, timeout, crash) as Lambda's event queue does. */

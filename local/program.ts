@@ -8,6 +8,7 @@
  * program declared). One program is loaded per process at a time.
  */
 import * as pulumi from "@pulumi/pulumi";
+import settingsModule = require("@pulumi/pulumi/runtime/settings");
 import { createHash } from "crypto";
 import * as fs from "fs";
 import * as path from "path";
@@ -288,6 +289,11 @@ export async function loadProgram(options: LoadOptions): Promise<LoadedProgram> 
       if (value !== undefined) outputs[key] = await Promise.race([outputValue(value as pulumi.Input<unknown>, key, 60_000), failed]); // as the CLI, drop undefined
     }
     await pulumi.runtime.awaitStackRegistrations?.();
+    // Resources no output depends on (a function and the mapping that reads a stream, say) may still
+    // be registering: wait for every outstanding registration, as the CLI does before it ends a run.
+    // (Found under load: the presence function was missing from one load's archives.) waitForRPCs is
+    // exported by @pulumi/pulumi's runtime/settings but not typed as public API (3.270).
+    await (settingsModule as { waitForRPCs?: () => Promise<void> }).waitForRPCs?.();
 
     const archives = new Map<string, Archive>();
     for (const r of resources.filter((r) => r.type === "aws:lambda/function:Function")) {

@@ -34,6 +34,7 @@
  * tumbling windows, ParallelizationFactor above 1, StartingPosition AT_TIMESTAMP, and sources
  * other than DynamoDB streams (SQS, Kinesis, Kafka).
  */
+import { idleWatch } from "./idle";
 import { compilePattern, passesFilters, Pattern } from "./event-filter";
 import { policyAllows, Principal } from "./iam";
 import type { InvokeOutcome } from "./lambda";
@@ -271,7 +272,7 @@ function createShard(mapping: MappingSpec, context: DeliveryContext) {
 export function startStreamDelivery(options: StreamDeliveryOptions): StreamDelivery {
   let closed = false;
   const wakers = new Set<() => void>();
-  const idleWaiters = new Set<() => void>();
+  const idleness = idleWatch();
   const context: DeliveryContext = {
     options,
     closed: () => closed,
@@ -287,7 +288,7 @@ export function startStreamDelivery(options: StreamDeliveryOptions): StreamDeliv
       }),
     retryDelay: options.retryDelayMs ?? ((retry: number) => Math.min(1000, 100 * 2 ** (retry - 1))),
     drained: () => {
-      if (pending() === 0) for (const resolve of [...idleWaiters]) resolve();
+      if (pending() === 0) idleness.idle();
     },
   };
   const shards = options.mappings.filter((m) => m.enabled).map((m) => createShard(m, context));
@@ -297,17 +298,7 @@ export function startStreamDelivery(options: StreamDeliveryOptions): StreamDeliv
   });
 
   function idle(timeoutMs: number): Promise<boolean> {
-    if (pending() === 0) return Promise.resolve(true);
-    return new Promise((resolve) => {
-      const settle = (value: boolean) => {
-        clearTimeout(timer);
-        idleWaiters.delete(onIdle);
-        resolve(value);
-      };
-      const onIdle = () => settle(true);
-      const timer = setTimeout(() => settle(false), timeoutMs);
-      idleWaiters.add(onIdle);
-    });
+    return idleness.wait(pending() === 0, timeoutMs);
   }
 
   return {

@@ -169,4 +169,22 @@ describe("e2e: presence, typing, edits, deletes and read markers", function () {
     // Every sequenced frame a wscat user sees carries a cursor.
     assert.ok(parse(ann.frames).filter(isSequenced).every((f) => typeof f.cursor === "string"));
   });
+
+  it("works from wscat: a member sees a wscat user join, edit, delete and leave", async () => {
+    const room = `wscat13b-${Date.now()}`;
+    const bo = await connect(room, "bo");
+    const ann = new Wscat(`${stack.outputs.url}?room=${room}&name=ann`);
+    open.push(ann);
+    await ann.connectionId();
+    await bo.waitFor((f) => ofType("join")(f) && f.includes('"name":"ann"'), 30_000);
+    ann.sendText('{"action":"sendmessage","message":"typo hree","id":"w-1"}');
+    const ack = JSON.parse(await ann.waitFor((f) => ofType("ack")(f) && f.includes('"w-1"'), 10_000));
+    ann.sendText(`{"action":"edit","cursor":"${ack.cursor}","message":"typo here","id":"w-2"}`);
+    const edit = JSON.parse(await bo.waitFor(ofType("edit"), 10_000));
+    assert.deepEqual([edit.target, edit.message, edit.from.name], [ack.cursor, "typo here", "ann"]);
+    ann.sendText(`{"action":"delete","cursor":"${ack.cursor}","id":"w-3"}`);
+    assert.equal(JSON.parse(await bo.waitFor(ofType("delete"), 10_000)).target, ack.cursor);
+    await ann.close();
+    await bo.waitFor((f) => ofType("leave")(f) && f.includes('"name":"ann"'), 30_000);
+  });
 });
