@@ -92,6 +92,10 @@ describe("e2e: the chat, from the stack outputs", function () {
     const doomed = await Client.open(stack.outputs.url, { room, name: "doomed" });
     const doomedId = await doomed.connectionId();
     await sender.connectionId();
+    // Presence fans the two joins out too, and a fan-out that reached the dead client after the
+    // backdating below would remove it before the broadcast under test: let both joins land first.
+    // (One room's joins are handled in order, so doomed seeing its own join means sender's went out.)
+    await doomed.waitFor((f) => f.includes('"type":"join"') && f.includes('"name":"doomed"'), 30_000);
     doomed.kill();
     await doomed.closed;
     if (stack.local) {
