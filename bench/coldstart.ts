@@ -88,8 +88,9 @@ function timeInFreshProcess(code: string, env: Record<string, string>, runs: num
 
 /**
  * One fresh local prod stack (fan-out chunks of 2, so a message to a room of 4 also hands a chunk
- * to `fanout`), driven as a user would: 4 connections with tokens (authorizer, $connect), a message
- * (sendmessage, fanout), a history request, a line $default answers, a close ($disconnect). Returns
+ * to `fanout`), driven as a user would: 4 connections with tokens (authorizer, $connect, and
+ * presence for the joins), a message (sendmessage, fanout), a history request, a line $default
+ * answers, typing, members and read, a close ($disconnect). Returns
  * the first REPORT of each of `functions` (physical names; the mocks make them the same in every
  * load of the program), which is its fresh instance's cold invocation.
  */
@@ -104,6 +105,14 @@ async function firstInvocations(functions: string[]): Promise<Report[]> {
     for (const c of others) await c.waitFor((f) => f.includes("cold start"), 20_000);
     await ann.history();
     await ann.connectionId();
+    // The chat features' functions: typing (to the others), members and read (answered to ann);
+    // presence already ran for the joins.
+    ann.send({ action: "typing" });
+    await others[0].waitFor((f) => f.includes('"type":"typing"'), 20_000);
+    ann.send({ action: "members" });
+    await ann.waitFor((f) => f.includes('"type":"members"'), 20_000);
+    ann.send({ action: "read" });
+    await ann.waitFor((f) => f.includes('"type":"read"'), 20_000);
     await others[2].close();
     for (let i = 0; i < 100; i++) {
       const cold = parseReports(stack.logs()).filter((r) => r.initDurationMs !== undefined);

@@ -50,6 +50,41 @@ export interface RoomOptions {
   rate: number;
   seconds: number;
   log?: (line: string) => void;
+  /**
+   * Ours: called with the presence records a step caused (a join per member once all are open, a
+   * leave per member once all are closed); resolves once the stack has handled them. A room's
+   * connect storm fans out its joins to the members already there (about n²/2 posts: README,
+   * "Presence and the presence limit"), and a step measures the room's messages, not that.
+   */
+  settle?: (phase: "joins" | "leaves", records: number) => Promise<void>;
+  /**
+   * Ours: seconds of the same rate offered first in the same room and not counted, until every
+   * warm-up message is acknowledged. A step measures the rate once the instances it needs run (each
+   * sender keeps one message in flight, so a faster rate can need more instances than the step
+   * before it started); what a new instance costs is the cold-start table's.
+   */
+  warmupSeconds?: number;
+  /** Called right before the measured messages are offered, and once they have all arrived (or stopped arriving). */
+  measuring?: (phase: "start" | "end") => Promise<void>;
+}
+
+/** Markers of warm-up messages, which no tally counts. */
+const WARM_UP = "warm-up-";
+
+/**
+ * A `settle` hook for a local stack: presence logs one line per batch with the records it took
+ * (INSERTs and REMOVEs of connection records with a room); it waits until they add up to every
+ * connect and disconnect so far. (A batch Lambda retried counts again: at least, not exactly.)
+ */
+export function presenceSettler(logs: () => string, timeoutMs = 300_000): NonNullable<RoomOptions["settle"]> {
+  let expected = 0;
+  const handled = () => [...logs().matchAll(/"msg":"presence".*?"records":(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+  return async (phase, records) => {
+    expected += records;
+    const deadline = Date.now() + timeoutMs;
+    while (handled() < expected && Date.now() < deadline) await sleep(100);
+    if (handled() < expected) throw new Error(`presence handled ${handled()} of ${expected} records (${phase}) in ${timeoutMs} ms`);
+  };
 }
 
 function open(url: string): Promise<WebSocket> {
@@ -119,7 +154,7 @@ function ourMember(ws: WebSocket, index: number, tally: Tally, counters: { refus
   const stream = new RoomStream(
     {
       event(frame) {
-        if (frame.type === "message") tally.receive(index, String(frame.message), String(frame.cursor));
+        if (frame.type === "message" && !String(frame.message).startsWith(WARM_UP)) tally.receive(index, String(frame.message), String(frame.cursor));
       },
       reset() {
         throw new Error("the room's epoch changed during a benchmark step");
@@ -137,10 +172,13 @@ function ourMember(ws: WebSocket, index: number, tally: Tally, counters: { refus
         ws.send(JSON.stringify(frame));
       },
       acked: (item, ack) => {
+        if (item.id.startsWith(WARM_UP)) return;
         tally.ackLatencies.push(Date.now() - tally.wireAt.get(item.id)!);
         tally.storedAt(item.message, String(ack.cursor));
       },
-      retrying: () => counters.resends++,
+      retrying: (item) => {
+        if (!item.id.startsWith(WARM_UP)) counters.resends++;
+      },
     },
     { resendBaseMs: 100 },
   );
@@ -151,6 +189,40 @@ function ourMember(ws: WebSocket, index: number, tally: Tally, counters: { refus
     if (!stream.frame(frame) && frame.type === "message") tally.repeatsDropped++;
   });
   return { stream, sender };
+}
+
+type OurMember = ReturnType<typeof ourMember>;
+
+/** Offers `rate` messages a second for `seconds` (`send` the n-th at its due time); returns how many. */
+async function offer(rate: number, seconds: number, send: (n: number, due: number) => void): Promise<number> {
+  const started = Date.now();
+  let n = 0;
+  for (; Date.now() - started < seconds * 1000; n++) {
+    const due = started + (n * 1000) / rate;
+    await sleep(Math.max(0, due - Date.now()));
+    send(n, due);
+  }
+  return n;
+}
+
+async function waitUntil(done: () => boolean, timeoutMs: number): Promise<boolean> {
+  const until = Date.now() + timeoutMs;
+  while (!done() && Date.now() < until) await sleep(50);
+  return done();
+}
+
+/**
+ * Ours, before the measured messages: the members' joins handled, every member's first history
+ * page answered (the room's joins, up to 100 events: in a room of 100 that is 10,000 posts), and
+ * the warm-up offered and acknowledged.
+ */
+async function readyToMeasure(members: OurMember[], options: RoomOptions): Promise<void> {
+  await options.settle?.("joins", members.length);
+  for (const m of members) m.stream.start();
+  if (!(await waitUntil(() => members.every((m) => m.stream.cursor !== null), 120_000))) throw new Error("a member's first history request went unanswered for 120 s");
+  if (!options.warmupSeconds) return;
+  await offer(options.rate, options.warmupSeconds, (n) => members[n % options.senders].sender.send(`${WARM_UP}${n}`, `${WARM_UP}${n}`));
+  await waitUntil(() => members.every((m) => m.sender.unacknowledged().length === 0), 30_000);
 }
 
 /** One step: `rate` messages a second for `seconds`, spread over `senders` members of a fresh room. */
@@ -165,18 +237,11 @@ export async function measureRoom(implementation: "ours" | "floor", url: string,
           ws.on("message", (data) => tally.receive(i, data.toString()));
           return undefined;
         });
-  if (implementation === "ours") {
-    // Every member learns where the room stands before the step starts.
-    for (const m of members) m!.stream.start();
-    await sleep(500);
-  }
-  const started = Date.now();
-  let n = 0;
-  for (; Date.now() - started < options.seconds * 1000; n++) {
+  if (implementation === "ours") await readyToMeasure(members as OurMember[], options);
+  await options.measuring?.("start");
+  const n = await offer(options.rate, options.seconds, (n, due) => {
     const marker = `room-${n}`;
     const s = n % options.senders;
-    const due = started + (n * 1000) / options.rate;
-    await sleep(Math.max(0, due - Date.now()));
     tally.dueAt.set(marker, due);
     tally.senderOf.set(marker, s);
     if (implementation === "ours") members[s]!.sender.send(marker, marker);
@@ -184,7 +249,7 @@ export async function measureRoom(implementation: "ours" | "floor", url: string,
       tally.wireAt.set(marker, Date.now());
       sockets[s].send(marker);
     }
-  }
+  });
   const expected = n * (options.members - 1);
   // The tail: until everything arrived, or nothing more for 5 s, or 60 s in all (past a room's
   // capacity the senders' queues hold more than that; what is still queued then counts as not delivered).
@@ -196,12 +261,14 @@ export async function measureRoom(implementation: "ours" | "floor", url: string,
       quietSince = Date.now();
     }
   }
+  await options.measuring?.("end");
   const unsent = members.reduce((count, m) => count + (m?.sender.unacknowledged().length ?? 0), 0);
   for (const m of members) {
     m?.stream.stop();
     m?.sender.stop();
   }
   for (const ws of sockets) ws.terminate();
+  if (implementation === "ours") await options.settle?.("leaves", sockets.length);
   return {
     implementation,
     members: options.members,

@@ -24,7 +24,7 @@ import { CostSample, measureCost } from "./cost";
 import { FanoutSample, Implementation, runFanout } from "./fanout";
 import { startFloor } from "./floor";
 import { LatencySample, measureLatency } from "./latency";
-import { capacity, measureRoom, RoomStep } from "./room";
+import { capacity, measureRoom, presenceSettler, RoomStep } from "./room";
 import { measureStages, StageCosts } from "./stages";
 import { localStack } from "../test/e2e/stack";
 import { median } from "./stats";
@@ -73,7 +73,7 @@ function readResults(): Record<string, unknown> {
 }
 
 /** Runs the room steps: for each room size, ours and the floor at every rate, fresh rooms each step. */
-async function runRooms(opts: { rates: number[]; rooms: number[]; seconds: number }): Promise<RoomStep[]> {
+async function runRooms(opts: { rates: number[]; rooms: number[]; seconds: number; warmupSeconds: number }): Promise<RoomStep[]> {
   const steps: RoomStep[] = [];
   const report = (s: RoomStep) =>
     log(
@@ -96,15 +96,15 @@ async function runRooms(opts: { rates: number[]; rooms: number[]; seconds: numbe
   }
   // Senders may send 1,000 a second each: the room is what is measured, not the per-connection limit.
   const stack = await localStack(["--no-iam", "--config", "rateLimitMessages=10000"]);
+  const settle = presenceSettler(() => stack.logs());
   try {
     for (const members of opts.rooms) {
-      // Unmeasured: start every function's instances first (cold starts belong to the cold-start table).
-      log(`  warm-up: ours, room of ${members}, ${opts.rates[0]} msg/s for 3 s (not counted)…`);
-      await measureRoom("ours", `${stack.outputs.url}?room=warm-${members}-${Date.now()}`, { members, senders: Math.min(members, 20), rate: opts.rates[0], seconds: 3 });
       for (const rate of opts.rates) {
-        log(`  [${steps.length + 1}/${total}] ours, room of ${members}, ${rate} msg/s for ${opts.seconds} s…`);
+        // Each step first offers its rate for a few unmeasured seconds: it measures the room once the
+        // instances that rate needs are running (cold starts belong to the cold-start table).
+        log(`  [${steps.length + 1}/${total}] ours, room of ${members}, ${rate} msg/s for ${opts.warmupSeconds} s (not counted), then ${opts.seconds} s…`);
         const room = `bench-${members}-${rate}-${Date.now()}`;
-        const step = await measureRoom("ours", `${stack.outputs.url}?room=${room}`, { members, senders: Math.min(members, 20), rate, seconds: opts.seconds });
+        const step = await measureRoom("ours", `${stack.outputs.url}?room=${room}`, { members, senders: Math.min(members, 20), rate, seconds: opts.seconds, warmupSeconds: opts.warmupSeconds, settle });
         steps.push(step);
         report(step);
       }
@@ -183,6 +183,7 @@ async function main() {
     log("\n== Cold start and package size (prod stack, every function)");
     cold = await runColdStart(quick ? 3 : 9, log);
     results.coldStart = cold;
+    results.coldStartRun = runInfo;
     save();
   }
 
@@ -217,7 +218,7 @@ async function main() {
     const seconds = quick ? 3 : Number(values["step-seconds"]);
     for (const n of [...rates, ...rooms, seconds]) if (!Number.isFinite(n) || n <= 0) throw new Error(`--rates, --rooms and --step-seconds take positive numbers; got ${n}`);
     log(`\n== Room capacity: rooms of ${rooms.join(", ")} at ${rates.join(", ")} msg/s, ${seconds} s a step`);
-    room = await runRooms({ rates, rooms, seconds });
+    room = await runRooms({ rates, rooms, seconds, warmupSeconds: quick ? 1 : 3 });
     const capacities = rooms.flatMap((members) =>
       (["floor", "ours"] as const).map((implementation) => ({ implementation, members, capacity: capacity(room.filter((s) => s.members === members && s.implementation === implementation), ROOM_P99_LIMIT_MS) })),
     );
@@ -226,12 +227,15 @@ async function main() {
     fs.writeFileSync(path.join(__dirname, "room.svg"), roomChart(room, roomTitle(os.cpus().length), ROOM_P99_LIMIT_MS));
   }
 
-  let stages: StageCosts | undefined;
+  // Where a message's CPU goes: in a room of 10 (the messages' own path), and of 100 (the fan-out's).
+  const stages: StageCosts[] = [];
   if (only.has("stages")) {
-    const opts = { members: 10, rate: 50, seconds: quick ? 5 : 15, log };
-    log(`\n== Cost per message of each stage: a room of ${opts.members} at ${opts.rate} msg/s for ${opts.seconds} s`);
-    stages = await measureStages(opts);
-    results.stages = { ...runInfo, ...stages };
+    for (const [members, rate] of quick ? [[10, 50]] : [[10, 50], [100, 25]]) {
+      const opts = { members, rate, seconds: quick ? 5 : 15, log };
+      log(`\n== Cost per message of each stage: a room of ${opts.members} at ${opts.rate} msg/s for ${opts.seconds} s`);
+      stages.push(await measureStages(opts));
+    }
+    results.stages = { ...runInfo, rooms: stages };
     save();
   }
 
@@ -321,13 +325,15 @@ async function main() {
       );
     }
   }
-  if (stages) {
-    log(`\n| stage (room of ${stages.members} at ${stages.rate} msg/s, ${stages.messages} messages) | CPU ms per message |`);
-    log("|---|---:|");
-    for (const [stage, ms] of Object.entries(stages.cpuMsPerMessage)) log(`| ${stage} | ${ms.toFixed(2)} |`);
-    log("\n| requests per message | count |");
-    log("|---|---:|");
-    for (const [kind, n] of Object.entries(stages.requestsPerMessage)) log(`| ${kind} | ${n.toFixed(2)} |`);
+  if (stages.length) {
+    const table = (title: string, pick: (s: StageCosts) => Record<string, number>) => {
+      const rows = [...new Set(stages.flatMap((s) => Object.keys(pick(s))))];
+      log(`\n| ${title} | ${stages.map((s) => `room of ${s.members} at ${s.rate} msg/s (${s.messages} messages)`).join(" | ")} |`);
+      log(`|---|${stages.map(() => "---:").join("|")}|`);
+      for (const row of rows) log(`| ${row} | ${stages.map((s) => (pick(s)[row] ?? 0).toFixed(2)).join(" | ")} |`);
+    };
+    table("CPU ms per message", (s) => s.cpuMsPerMessage);
+    table("requests per message", (s) => s.requestsPerMessage);
   }
   if (cost.length) {
     log("\n| cost of one message | read units | write units | @connections calls | invocations | DynamoDB requests |");

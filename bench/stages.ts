@@ -10,8 +10,7 @@ import { DYNAMODB_PROCESS_FILE } from "../local/dynamodb-process";
 import { METRICS_PATH } from "../local/stack";
 import { localStack } from "../test/e2e/stack";
 import { parseReports } from "./reports";
-import { measureRoom, RoomStep } from "./room";
-import { sleep } from "./stats";
+import { measureRoom, presenceSettler, RoomStep } from "./room";
 
 export interface StageCosts {
   members: number;
@@ -63,16 +62,21 @@ export async function measureStages(options: { members: number; rate: number; se
     const metricsUrl = `http://${new URL(stack.outputs.url).host}${METRICS_PATH}`;
     const metrics = async () => (await (await fetch(metricsUrl)).json()) as Metrics;
     const opts = { members: options.members, senders: Math.min(options.members, 20) };
-    options.log(`  warm-up (not counted)…`);
-    await measureRoom("ours", `${stack.outputs.url}?room=stages-warm`, { ...opts, rate: options.rate, seconds: 3 });
-    await sleep(1_000);
-    const logMark = stack.logs().length;
-    const before = { metrics: await metrics(), stack: cpuMsOf(stackPid), dynamodb: cpuMsOf(dbPid), bench: process.cpuUsage() };
-    options.log(`  room of ${options.members} at ${options.rate} msg/s for ${options.seconds} s…`);
-    const step = await measureRoom("ours", `${stack.outputs.url}?room=stages-${Date.now()}`, { ...opts, rate: options.rate, seconds: options.seconds });
-    await sleep(1_000);
-    const after = { metrics: await metrics(), stack: cpuMsOf(stackPid), dynamodb: cpuMsOf(dbPid), bench: process.cpuUsage(before.bench) };
-    const reports = parseReports(stack.logs().slice(logMark));
+    const presence = presenceSettler(() => stack.logs());
+    // Counted: from the first measured message to the last delivery, so the figures are the
+    // messages' (the room's joins, leaves and first history pages are not a message's cost).
+    const snapshot = async () => ({ metrics: await metrics(), stack: cpuMsOf(stackPid), dynamodb: cpuMsOf(dbPid), bench: process.cpuUsage(), logMark: stack.logs().length });
+    let before: Awaited<ReturnType<typeof snapshot>> | undefined;
+    let after: Awaited<ReturnType<typeof snapshot>> | undefined;
+    const measuring = async (phase: "start" | "end") => {
+      if (phase === "start") before = await snapshot();
+      else after = { ...(await snapshot()), bench: process.cpuUsage(before?.bench) };
+    };
+    options.log(`  room of ${options.members} at ${options.rate} msg/s for 3 s (not counted), then ${options.seconds} s…`);
+    const step = await measureRoom("ours", `${stack.outputs.url}?room=stages-${Date.now()}`, { ...opts, rate: options.rate, seconds: options.seconds, warmupSeconds: 3, settle: presence, measuring });
+    if (!before || !after) throw new Error("the step did not report its measured span");
+    const logMark = before.logMark;
+    const reports = parseReports(stack.logs().slice(logMark, after.logMark));
     const perMessage = (n: number) => Math.round((n / step.messages) * 100) / 100;
     const functionCpu: Record<string, number> = {};
     for (const r of reports) {

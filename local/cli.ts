@@ -170,7 +170,9 @@ async function launch(): Promise<void> {
   }
   const held = await holdPort(portOf(args));
   for (const stream of [process.stdout, process.stderr]) stream.on("error", () => undefined); // a closed terminal must not end the relay
-  const child: ChildProcess = spawn(process.execPath, ["--require", "ts-node/register/transpile-only", __filename, ...process.argv.slice(2)], {
+  // LOCAL_STACK_NODE_OPTIONS adds Node flags (--cpu-prof …) to the stack's process, as LOCAL_LAMBDA_NODE_OPTIONS does for functions.
+  const nodeOptions = (process.env.LOCAL_STACK_NODE_OPTIONS ?? "").split(" ").filter(Boolean);
+  const child: ChildProcess = spawn(process.execPath, [...nodeOptions, "--require", "ts-node/register/transpile-only", __filename, ...process.argv.slice(2)], {
     detached: true, // a process group of its own: a terminal's Ctrl-C reaches only us, and we relay it
     stdio: ["ignore", "inherit", "inherit", "ipc"], // the channel hands the port over, and tells the stack if we vanish
     env: { ...process.env, [STACK_PORT]: String((held.address() as AddressInfo).port), TS_NODE_TRANSPILE_ONLY: "true" },

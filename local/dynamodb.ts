@@ -8,6 +8,7 @@
 import { CreateTableCommand, CreateTableCommandInput, DescribeTableCommand, DynamoDBClient, ResourceNotFoundException } from "@aws-sdk/client-dynamodb";
 import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
 import "./dynalite-patch"; // before dynalite loads its db module: unique index keys, sizes in UTF-8 bytes
+import "./dynalite-memo"; // dynalite's expression parsers, memoized
 import dynalite = require("dynalite");
 import * as fs from "fs";
 import type { AddressInfo } from "net";

@@ -2,7 +2,8 @@
  * The @connections management API: POST, GET and DELETE on /{stage}/@connections/{id}, with
  * API Gateway's status codes, the `x-amzn-ErrorType` header and JSON bodies, so the unmodified
  * AWS SDK v3 client raises a real GoneException, PayloadTooLargeException, and so on.
- * Signatures are not checked (SigV4 is accepted as sent).
+ * With `iam`, each call's SigV4 signature is verified and `execute-api:ManageConnections` is
+ * authorized on the connection's ARN first (local/iam.ts); without it (`--no-iam`), both are skipped.
  */
 import type { IncomingMessage, ServerResponse } from "http";
 import { Gateway, MAX_MESSAGE_BYTES } from "./gateway";
@@ -70,7 +71,7 @@ export function handleManagementRequest(options: ManagementOptions, req: Incomin
       const arn = `arn:aws:execute-api:${config.region}:${config.account}:${apiId}/${options.stage}/${method}/@connections/${connectionId}`;
       const refused = await guard(config, { method, url: req.url ?? "/", headers: req.headers, body, service: "execute-api" }, () => [["execute-api:ManageConnections", arn]]);
       if (refused) {
-        options.log?.(`[management] ${method} ${connectionId} refused: ${refused.body}`); options.log?.(`DEBUG ${req.url} ${JSON.stringify(req.headers)}`);
+        options.log?.(`[management] ${method} ${connectionId} refused: ${refused.body}`);
         res.writeHead(refused.status, refused.headers);
         res.end(refused.body);
         return;
