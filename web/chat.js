@@ -1237,6 +1237,16 @@
   }
 
   async function start() {
+    // Until the page is wired (config.json can take a while), a submit of the join form, such as
+    // an Enter typed meanwhile, must not be the browser's own: that is a navigation carrying the
+    // typed name, room and token in its address. It is held, and joined once the page is ready;
+    // if the page never gets ready (no config), it stays held and the error says why.
+    let held = false;
+    const hold = (e) => {
+      e.preventDefault();
+      held = true;
+    };
+    $("join").addEventListener("submit", hold);
     try {
       state.config = await loadConfig();
     } catch (err) {
@@ -1265,6 +1275,8 @@
     }
     wire();
     updateCounter();
+    $("join").removeEventListener("submit", hold);
+    if (held) $("join").requestSubmit();
   }
 
   start();

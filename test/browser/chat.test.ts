@@ -62,6 +62,26 @@ describe("the chat page in Chromium", function () {
     await cy.close();
   });
 
+  it("must not submit the join form as a navigation while config.json loads: an Enter typed then is held, and joins once the page is ready", async () => {
+    const page = await browser.newPage({ viewport: { width: 900, height: 640 } });
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    await page.route("**/config.json", async (route) => {
+      await released;
+      await route.continue();
+    });
+    await page.goto(pageUrl);
+    await page.getByLabel("Name", { exact: true }).fill("early");
+    await page.getByLabel("Room", { exact: true }).fill(room);
+    await page.getByLabel("Room", { exact: true }).press("Enter");
+    const address = page.url();
+    release();
+    await page.getByRole("status").filter({ hasText: `Connected to #${room}` }).waitFor();
+    assert.equal(page.url(), address, "no navigation: the typed name, room and token never went into an address");
+    assert.doesNotMatch(page.url(), /name=early/);
+    await page.close();
+  });
+
   it("tells a page that lost its connection, reconnects, and shows exactly what it missed", async () => {
     const ann = await join("ann2", room);
     const bo = await join("bo2", room);
