@@ -78,12 +78,19 @@ const WARM_UP = "warm-up-";
  */
 export function presenceSettler(logs: () => string, timeoutMs = 300_000): NonNullable<RoomOptions["settle"]> {
   let expected = 0;
-  const handled = () => [...logs().matchAll(/"msg":"presence".*?"records":(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+  // The logs only grow: each look reads the complete lines added since the last one.
+  let handledSoFar = 0;
+  let readTo = 0;
+  const handled = () => {
+    const text = logs();
+    const end = text.lastIndexOf("\n") + 1;
+    for (const m of text.slice(readTo, end).matchAll(/"msg":"presence".*?"records":(\d+)/g)) handledSoFar += Number(m[1]);
+    readTo = Math.max(readTo, end);
+    return handledSoFar;
+  };
   return async (phase, records) => {
     expected += records;
-    const deadline = Date.now() + timeoutMs;
-    while (handled() < expected && Date.now() < deadline) await sleep(100);
-    if (handled() < expected) throw new Error(`presence handled ${handled()} of ${expected} records (${phase}) in ${timeoutMs} ms`);
+    if (!(await waitUntil(() => handled() >= expected, timeoutMs))) throw new Error(`presence handled ${handled()} of ${expected} records (${phase}) in ${timeoutMs} ms`);
   };
 }
 

@@ -4,8 +4,8 @@
  * connection's id and name, sorted by name: the room's members, without a second projection). SDK errors are translated here, where the SDK
  * is called, into ChatErrors with code `store_unavailable`.
  */
-import { DeleteCommand, GetCommand, PutCommand, QueryCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
-import { createLeanDocumentClient, DocumentClient, isConditionFailure, storeUnavailable, tableCalls } from "./dynamodb";
+import { DeleteCommand, GetCommand, PutCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
+import { createLeanDocumentClient, DocumentClient, isConditionFailure, queryPages, storeUnavailable, tableCalls } from "./dynamodb";
 import { ENV, RANGES, requireEnv, requireIntEnv } from "./env";
 
 /** API Gateway closes every WebSocket connection after 2 hours. */
@@ -149,29 +149,22 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
    * The room index's pages for `room` (a Query, never a Scan), sorted by name, optionally after a
    * name; following LastEvaluatedKey until the caller stops reading.
    */
-  async function* roomPages(room: string, options: { after?: string; projection?: "connectionId" | "#name"; select?: "COUNT"; limit?: () => number | undefined }) {
-    const { after, projection, select, limit = () => undefined } = options;
+  function roomPages(room: string, options: { after?: string; projection?: "connectionId" | "#name"; select?: "COUNT"; limit?: () => number | undefined }) {
+    const { after, projection, select, limit } = options;
     const byName = after !== undefined || projection === "#name";
-    let startKey: Record<string, unknown> | undefined;
-    do {
-      const page = await call("Query", () =>
-        doc.send(
-          new QueryCommand({
-            TableName: tableName,
-            IndexName: roomIndexName,
-            KeyConditionExpression: after === undefined ? "#room = :room" : "#room = :room AND #name > :after",
-            ExpressionAttributeNames: { "#room": "room", ...(byName ? { "#name": "name" } : {}) },
-            ExpressionAttributeValues: { ":room": room, ...(after === undefined ? {} : { ":after": after }) },
-            ...(projection ? { ProjectionExpression: projection } : {}),
-            ...(select ? { Select: select } : {}),
-            ExclusiveStartKey: startKey,
-            Limit: limit(),
-          }),
-        ),
-      );
-      yield page;
-      startKey = page.LastEvaluatedKey;
-    } while (startKey);
+    return queryPages(
+      doc,
+      {
+        TableName: tableName,
+        IndexName: roomIndexName,
+        KeyConditionExpression: after === undefined ? "#room = :room" : "#room = :room AND #name > :after",
+        ExpressionAttributeNames: { "#room": "room", ...(byName ? { "#name": "name" } : {}) },
+        ExpressionAttributeValues: { ":room": room, ...(after === undefined ? {} : { ":after": after }) },
+        ...(projection ? { ProjectionExpression: projection } : {}),
+        ...(select ? { Select: select } : {}),
+      },
+      limit,
+    );
   }
 
   const store: ConnectionsStore = {

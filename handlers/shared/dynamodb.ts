@@ -25,6 +25,7 @@ import {
   GetCommand,
   PutCommand,
   QueryCommand,
+  QueryCommandInput,
   ScanCommand,
   TransactWriteCommand,
   UpdateCommand,
@@ -58,6 +59,22 @@ export function tableCalls(tableName: string) {
       throw storeUnavailable(tableName, operation, err);
     }
   };
+}
+
+/**
+ * A Query's pages in order, following LastEvaluatedKey until there is none or the caller stops
+ * reading (DynamoDB cuts a page at 1 MB, or at Limit); `limit()` is each request's Limit, asked
+ * just before it is sent, so a caller can pass what is left of its budget. Failures are translated
+ * as every store call's are (`tableCalls`).
+ */
+export async function* queryPages(doc: DocumentClient, input: QueryCommandInput & { TableName: string }, limit: () => number | undefined = () => undefined) {
+  const call = tableCalls(input.TableName);
+  let startKey: Record<string, unknown> | undefined;
+  do {
+    const page = await call("Query", () => doc.send(new QueryCommand({ ...input, ExclusiveStartKey: startKey, Limit: limit() })));
+    yield page;
+    startKey = page.LastEvaluatedKey;
+  } while (startKey);
 }
 
 type Doc = Record<string, unknown>;

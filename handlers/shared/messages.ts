@@ -29,10 +29,10 @@
  * client that sees a new epoch knows its cursor is void. Every event, ack and history-end carries it.
  */
 import type { TransactionCanceledException } from "@aws-sdk/client-dynamodb";
-import { GetCommand, PutCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
+import { GetCommand, PutCommand, TransactWriteCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import { randomBytes } from "crypto";
 import { createDocumentClient } from "./connections";
-import { DocumentClient, isCancellation, isConditionFailure, storeUnavailable, tableCalls } from "./dynamodb";
+import { DocumentClient, isCancellation, isConditionFailure, queryPages, storeUnavailable, tableCalls } from "./dynamodb";
 import { ENV, RANGES, requireEnv, requireIntEnv } from "./env";
 import { chatError } from "./errors";
 import type { EventFrame, EventType, TombstoneFrame } from "./protocol";
@@ -433,28 +433,16 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
   async function countUnread(room: string, name: string, after: string, epoch: string): Promise<{ unread: number; more: boolean }> {
     const filter = "attribute_not_exists(#type) AND attribute_not_exists(#deleted) AND #from.#name <> :me AND epoch = :epoch";
     const keys = "room = :room AND #cursor BETWEEN :from AND :to";
+    const input = { TableName: tableName, KeyConditionExpression: keys, FilterExpression: filter, Select: "COUNT" as const, ConsistentRead: true, ...placeholders([keys, filter], { ":room": room, ":from": cursorOf(Number(after) + 1), ":to": LAST_CURSOR, ":me": name, ":epoch": epoch }) };
     let unread = 0;
     let scanned = 0;
     let startKey: Record<string, unknown> | undefined;
-    do {
-      const out = await call("Query", () =>
-        doc.send(
-          new QueryCommand({
-            TableName: tableName,
-            KeyConditionExpression: keys,
-            FilterExpression: filter,
-            Select: "COUNT",
-            Limit: UNREAD_SCAN - scanned,
-            ConsistentRead: true,
-            ExclusiveStartKey: startKey,
-            ...placeholders([keys, filter], { ":room": room, ":from": cursorOf(Number(after) + 1), ":to": LAST_CURSOR, ":me": name, ":epoch": epoch }),
-          }),
-        ),
-      );
-      unread += out.Count ?? 0;
-      scanned += out.ScannedCount ?? 0;
-      startKey = out.LastEvaluatedKey;
-    } while (startKey && scanned < UNREAD_SCAN);
+    for await (const page of queryPages(doc, input, () => UNREAD_SCAN - scanned)) {
+      unread += page.Count ?? 0;
+      scanned += page.ScannedCount ?? 0;
+      startKey = page.LastEvaluatedKey;
+      if (scanned >= UNREAD_SCAN) break;
+    }
     return { unread, more: startKey !== undefined };
   }
 
@@ -465,25 +453,20 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
    */
   async function query(room: string, from: string, count: number, keep: (e: StoredEvent) => boolean, ascending: boolean) {
     const items: StoredEvent[] = [];
+    const input = {
+      TableName: tableName,
+      KeyConditionExpression: "#room = :room AND #cursor BETWEEN :from AND :to",
+      ExpressionAttributeNames: { "#room": "room", "#cursor": "cursor" },
+      ExpressionAttributeValues: { ":room": room, ":from": ascending ? from : FIRST_CURSOR, ":to": ascending ? LAST_CURSOR : from },
+      ScanIndexForward: ascending,
+      ConsistentRead: true,
+    };
     let startKey: Record<string, unknown> | undefined;
-    do {
-      const page = await call("Query", () =>
-        doc.send(
-          new QueryCommand({
-            TableName: tableName,
-            KeyConditionExpression: "#room = :room AND #cursor BETWEEN :from AND :to",
-            ExpressionAttributeNames: { "#room": "room", "#cursor": "cursor" },
-            ExpressionAttributeValues: { ":room": room, ":from": ascending ? from : FIRST_CURSOR, ":to": ascending ? LAST_CURSOR : from },
-            ScanIndexForward: ascending,
-            Limit: count - items.length,
-            ConsistentRead: true,
-            ExclusiveStartKey: startKey,
-          }),
-        ),
-      );
+    for await (const page of queryPages(doc, input, () => count - items.length)) {
       items.push(...((page.Items ?? []) as StoredEvent[]).filter(keep));
       startKey = page.LastEvaluatedKey;
-    } while (startKey && items.length < count);
+      if (items.length >= count) break;
+    }
     return { items, more: startKey !== undefined };
   }
 }
