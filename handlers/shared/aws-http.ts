@@ -1,8 +1,9 @@
 /**
  * A lean, signed AWS request: Signature Version 4 over `node:crypto`, sent on a keep-alive agent.
- * Used for the two calls made per recipient or per chunk (PostToConnection, Lambda Invoke),
- * where the SDK client's middleware stack cost about 0.5 ms of CPU per call (issue 5's profile);
- * this costs a few hundredths of that. Everything else goes through the SDK.
+ * Used for the calls made per recipient or per chunk (PostToConnection, Lambda Invoke) and the
+ * functions' DynamoDB calls, where the SDK client's middleware stack cost about 0.5 ms of CPU per
+ * call (issue 5's profile). Requests travel on http1.ts's keep-alive pools, not node:http, whose
+ * per-request CPU was most of a fan-out's cost (issue 10; the figures are in http1.ts).
  *
  * Credentials come from the variables Lambda sets from the execution role (AWS_ACCESS_KEY_ID,
  * AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), read per request because they rotate with the
@@ -16,8 +17,7 @@
  * that got no answer (reset, timeout) has no status.
  */
 import { createHash, createHmac } from "crypto";
-import * as http from "http";
-import * as https from "https";
+import { createHttp1Client, Http1Error, Http1Response } from "./http1";
 
 export interface Credentials {
   accessKeyId: string;
@@ -36,98 +36,83 @@ export interface SignInput {
   now?: Date;
 }
 
-export interface AwsResponse {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: string;
-}
+export type AwsResponse = Http1Response;
 
 /** `body`: the answer's text, for callers that read more of an error than its type (DynamoDB's `__type`). */
 export type AwsHttpError = Error & { $metadata: { httpStatusCode?: number }; body?: string };
 
-const sha256 = (data: string) => createHash("sha256").update(data, "utf8").digest("hex");
-const hmac = (key: Buffer | string, data: string) => createHmac("sha256", key).update(data, "utf8").digest();
-
-/** RFC 3986 encoding, as SigV4 wants it (encodeURIComponent leaves !'()* alone). */
-/**
- * RFC 3986 encoding, as SigV4 wants it. Not named `escape`: Pulumi's closure serializer takes that
- * name for the global `escape()` and does not capture a module function of that name, so the
- * deployed code signed with the wrong encoder (`@` left as is) and every @connections call would
- * have failed on AWS with 403 InvalidSignatureException; the local stack's signature check found it.
- */
-function uriEscape(text: string): string {
-  return encodeURIComponent(text).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-}
+export type Signer = (input: SignInput) => Record<string, string>;
 
 /**
- * Every service but S3 signs the path encoded twice: each segment of the path as sent (already
- * encoded once) is encoded again.
+ * A signer with its own caches: derived signing keys by secret and scope (a day, a region, a
+ * service: four HMACs each), and the last body's hash (a fan-out posts one body to every member, so
+ * it is hashed once, not per post). Plain objects, not Maps: the closure serializer does not keep a
+ * captured Map's or Set's contents working.
+ *
+ * Written for the per-request path of serialized code: every global this closure uses is bound
+ * once below. The closure serializer puts each function inside a `with` block, where any name not
+ * declared in the function itself is looked up dynamically: about 0.25 µs per lookup on Node 22,
+ * 8 times a local's cost (a closure using three globals, 2 million calls: 112 ns plain, 929 ns
+ * under `with`), and this signer used about 40 per request. Names declared here are resolved
+ * statically, as in any module.
  */
-function canonicalPath(pathname: string): string {
-  return pathname.split("/").map(uriEscape).join("/");
-}
+export function createSigner(): Signer {
+  const { Object, encodeURIComponent, Date } = globalThis;
+  const createHashOf = createHash;
+  const createHmacOf = createHmac;
+  const sha256 = (data: string) => createHashOf("sha256").update(data, "utf8").digest("hex");
+  const hmac = (key: Buffer | string, data: string) => createHmacOf("sha256", key).update(data, "utf8").digest();
+  // RFC 3986 encoding, as SigV4 wants it (encodeURIComponent leaves !'()* alone). Every service but
+  // S3 signs the path encoded twice: each segment as sent (already encoded once) is encoded again.
+  const uriEscape = (text: string) => encodeURIComponent(text).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  const canonicalPath = (pathname: string) => pathname.split("/").map(uriEscape).join("/");
+  const canonicalQuery = (params: URLSearchParams) =>
+    [...params.entries()]
+      .map(([k, v]) => [uriEscape(k), uriEscape(v)])
+      .sort(([a, av], [b, bv]) => (a < b ? -1 : a > b ? 1 : av < bv ? -1 : av > bv ? 1 : 0))
+      .map(([k, v]) => `${k}=${v}`)
+      .join("&");
+  const keys: { entries: Record<string, Buffer>; size: number } = { entries: {}, size: 0 };
+  const signingKey = (secret: string, date: string, region: string, service: string): Buffer => {
+    const id = `${secret}\n${date}/${region}/${service}`;
+    const cached = keys.entries[id];
+    if (cached) return cached;
+    if (keys.size >= 8) Object.assign(keys, { entries: {}, size: 0 }); // a new day, or rotated credentials
+    const key = hmac(hmac(hmac(hmac(`AWS4${secret}`, date), region), service), "aws4_request");
+    keys.entries[id] = key;
+    keys.size++;
+    return key;
+  };
+  const lastBody = { text: "", hash: sha256("") };
+  const bodyHash = (body: string) => {
+    if (body !== lastBody.text) Object.assign(lastBody, { text: body, hash: sha256(body) });
+    return lastBody.hash;
+  };
 
-function canonicalQuery(params: URLSearchParams): string {
-  return [...params.entries()]
-    .map(([k, v]) => [uriEscape(k), uriEscape(v)])
-    .sort(([a, av], [b, bv]) => (a < b ? -1 : a > b ? 1 : av < bv ? -1 : av > bv ? 1 : 0))
-    .map(([k, v]) => `${k}=${v}`)
-    .join("&");
-}
-
-/**
- * Derived signing keys by secret and scope (a day, a region, a service). One entry per service a
- * function calls (sendmessage signs for execute-api and dynamodb alternately: a single cached key
- * was derived again, four HMACs, on nearly every request). A plain object, not a Map: Pulumi's
- * closure serializer does not keep a captured Map's or Set's contents working.
- */
-const signingKeys: { entries: Record<string, Buffer>; size: number } = { entries: {}, size: 0 };
-
-function signingKey(secret: string, date: string, region: string, service: string): Buffer {
-  const id = `${secret}\n${date}/${region}/${service}`;
-  const cached = signingKeys.entries[id];
-  if (cached) return cached;
-  if (signingKeys.size >= 8) Object.assign(signingKeys, { entries: {}, size: 0 }); // a new day, or rotated credentials
-  const key = hmac(hmac(hmac(hmac(`AWS4${secret}`, date), region), service), "aws4_request");
-  signingKeys.entries[id] = key;
-  signingKeys.size++;
-  return key;
-}
-
-/** The last body hashed: a fan-out posts one body to every member, so it is hashed once, not per post. */
-const lastBody = { text: "", hash: sha256("") };
-
-function bodyHash(body: string): string {
-  if (body !== lastBody.text) Object.assign(lastBody, { text: body, hash: sha256(body) });
-  return lastBody.hash;
+  return (input) => {
+    const amzDate = (input.now ?? new Date()).toISOString().replace(/[:-]|\.\d{3}/g, "");
+    const date = amzDate.slice(0, 8);
+    const headers: Record<string, string> = { ...input.headers, host: input.url.host, "x-amz-date": amzDate };
+    if (input.credentials.sessionToken) headers["x-amz-security-token"] = input.credentials.sessionToken;
+    const lower: Record<string, string> = {};
+    for (const name of Object.keys(headers)) lower[name.toLowerCase()] = headers[name];
+    const names = Object.keys(lower).sort();
+    const signedHeaders = names.join(";");
+    let canonicalHeaders = "";
+    for (const name of names) canonicalHeaders += `${name}:${lower[name].trim().replace(/\s+/g, " ")}\n`;
+    const query = input.url.search ? canonicalQuery(input.url.searchParams) : "";
+    const canonical = `${input.method}\n${canonicalPath(input.url.pathname)}\n${query}\n${canonicalHeaders}\n${signedHeaders}\n${bodyHash(input.body)}`;
+    const scope = `${date}/${input.region}/${input.service}/aws4_request`;
+    const toSign = `AWS4-HMAC-SHA256\n${amzDate}\n${scope}\n${sha256(canonical)}`;
+    const signature = hmac(signingKey(input.credentials.secretAccessKey, date, input.region, input.service), toSign).toString("hex");
+    headers.authorization = `AWS4-HMAC-SHA256 Credential=${input.credentials.accessKeyId}/${scope}, SignedHeaders=${signedHeaders}, Signature=${signature}`;
+    return headers;
+  };
 }
 
 /** Returns the headers to send: the given ones plus host, x-amz-date, the token and Authorization. */
 export function signRequest(input: SignInput): Record<string, string> {
-  const amzDate = (input.now ?? new Date()).toISOString().replace(/[:-]|\.\d{3}/g, "");
-  const date = amzDate.slice(0, 8);
-  const headers: Record<string, string> = { ...input.headers, host: input.url.host, "x-amz-date": amzDate };
-  if (input.credentials.sessionToken) headers["x-amz-security-token"] = input.credentials.sessionToken;
-  const names = Object.keys(headers)
-    .map((name) => name.toLowerCase())
-    .sort();
-  const lower = Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
-  const signedHeaders = names.join(";");
-  const canonical = [
-    input.method,
-    canonicalPath(input.url.pathname),
-    canonicalQuery(input.url.searchParams),
-    names.map((name) => `${name}:${lower[name].trim().replace(/\s+/g, " ")}\n`).join(""),
-    signedHeaders,
-    bodyHash(input.body),
-  ].join("\n");
-  const scope = `${date}/${input.region}/${input.service}/aws4_request`;
-  const toSign = ["AWS4-HMAC-SHA256", amzDate, scope, sha256(canonical)].join("\n");
-  const signature = hmac(signingKey(input.credentials.secretAccessKey, date, input.region, input.service), toSign).toString("hex");
-  return {
-    ...headers,
-    authorization: `AWS4-HMAC-SHA256 Credential=${input.credentials.accessKeyId}/${scope}, SignedHeaders=${signedHeaders}, Signature=${signature}`,
-  };
+  return createSigner()(input);
 }
 
 export function credentialsFromEnv(env: NodeJS.ProcessEnv = process.env): Credentials {
@@ -160,58 +145,51 @@ export interface AwsClientOptions {
 
 export type AwsRequest = (method: string, url: URL, body?: string, headers?: Record<string, string>) => Promise<AwsResponse>;
 
+/**
+ * The error for a failed request: `name` is the x-amzn-ErrorType (any suffix after ":", a URL,
+ * dropped), else NetworkError or HttpNNNError; `message` is the JSON body's message when there is one.
+ */
 function failure(status: number | undefined, type: string | undefined, message: string, body?: string): AwsHttpError {
-  const err = new Error(message) as AwsHttpError;
-  err.name = type ?? (status === undefined ? "NetworkError" : `Http${status}Error`);
+  let text = message;
+  if (!text && body !== undefined) {
+    text = body;
+    try {
+      const parsed = JSON.parse(body) as { message?: string; Message?: string };
+      text = parsed.message ?? parsed.Message ?? body;
+    } catch {
+      // not JSON: keep the text
+    }
+  }
+  const err = new Error(text || `HTTP ${status}`) as AwsHttpError;
+  err.name = type?.split(":")[0] || (status === undefined ? "NetworkError" : `Http${status}Error`);
   err.$metadata = { httpStatusCode: status };
   if (body !== undefined) err.body = body;
   return err;
 }
 
-/** A request function with its own keep-alive pools; non-2xx answers reject with a translated error. */
+/**
+ * A request function with its own keep-alive pools (http1.ts) and signer; non-2xx answers reject
+ * with a translated error. Globals are bound once, as in createSigner (serialized code).
+ */
 export function createAwsClient(options: AwsClientOptions): AwsRequest {
-  const agents = {
-    "https:": new https.Agent({ keepAlive: true, maxSockets: options.maxSockets }),
-    "http:": new http.Agent({ keepAlive: true, maxSockets: options.maxSockets }),
-  };
+  const { Buffer, String } = globalThis;
   const timeoutMs = options.timeoutMs ?? 5_000;
+  const client = createHttp1Client({ maxSockets: options.maxSockets, timeoutMs });
+  const sign = createSigner();
   const credentials = options.credentials ?? (() => credentialsFromEnv());
+  const failed = failure;
+  const { service, region } = options;
 
-  return (method, url, body = "", extraHeaders = {}) => {
-    const headers = signRequest({
-      method,
-      url,
-      body,
-      headers: { ...extraHeaders, "content-length": String(Buffer.byteLength(body)) },
-      service: options.service,
-      region: options.region,
-      credentials: credentials(),
-    });
-    const send = url.protocol === "https:" ? https.request : http.request;
-    return new Promise<AwsResponse>((resolve, reject) => {
-      const req = send(url, { method, headers, agent: agents[url.protocol as "https:" | "http:"], timeout: timeoutMs }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (chunk: Buffer) => chunks.push(chunk));
-        res.on("error", (err) => reject(failure(undefined, undefined, `response failed: ${err.message}`)));
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8");
-          const status = res.statusCode ?? 0;
-          if (status >= 200 && status < 300) return resolve({ status, headers: res.headers, body: text });
-          // x-amzn-ErrorType may carry a suffix after ":" (a URL); the name is before it.
-          const type = String(res.headers["x-amzn-errortype"] ?? "").split(":")[0] || undefined;
-          let message = text;
-          try {
-            const parsed = JSON.parse(text) as { message?: string; Message?: string };
-            message = parsed.message ?? parsed.Message ?? text;
-          } catch {
-            // not JSON: keep the text
-          }
-          reject(failure(status, type, message || `HTTP ${status}`, text));
-        });
-      });
-      req.on("timeout", () => req.destroy(failure(undefined, "TimeoutError", `no answer from ${url.host} in ${timeoutMs} ms`)));
-      req.on("error", (err) => reject((err as AwsHttpError).$metadata ? err : failure(undefined, (err as NodeJS.ErrnoException).code ?? "NetworkError", err.message)));
-      req.end(body);
-    });
+  return async (method, url, body = "", extraHeaders = {}) => {
+    const headers = sign({ method, url, body, headers: { ...extraHeaders, "content-length": String(Buffer.byteLength(body)) }, service, region, credentials: credentials() });
+    let answer: Http1Response;
+    try {
+      answer = await client.request(url, method, headers, body);
+    } catch (err) {
+      const code = (err as Http1Error).code;
+      throw failed(undefined, code ?? "NetworkError", (err as Error).message);
+    }
+    if (answer.status >= 200 && answer.status < 300) return answer;
+    throw failed(answer.status, answer.headers["x-amzn-errortype"], "", answer.body);
   };
 }

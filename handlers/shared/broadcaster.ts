@@ -85,6 +85,9 @@ async function* recipientsOf(pages: AsyncIterable<string[]>, exclude: string): A
 export async function broadcast(options: BroadcastOptions): Promise<FanoutStats> {
   const stats: FanoutStats = { recipients: 0, delivered: 0, stale: 0, failed: 0 };
   const recipients = recipientsOf(options.pages, options.exclude);
+  // Bound once: the worker runs per recipient (serialized code; aws-http.ts, createSigner).
+  const { Date } = globalThis;
+  const deliverOne = deliver;
 
   async function worker(): Promise<void> {
     for (;;) {
@@ -92,7 +95,7 @@ export async function broadcast(options: BroadcastOptions): Promise<FanoutStats>
       const next = await recipients.next();
       if (next.done) return;
       stats.recipients++;
-      const delivery = await deliver(options.management, next.value, options.data, options.retry);
+      const delivery = await deliverOne(options.management, next.value, options.data, options.retry);
       if (delivery.outcome === "delivered") {
         stats.delivered++;
       } else if (delivery.outcome === "gone") {

@@ -48,6 +48,7 @@ export interface Management {
  * no retry here: `deliver` is the one retry layer, whose policy the tests pin down.
  */
 export function createManagement(endpoint: string, maxSockets: number, region = requireEnv("AWS_REGION")): Management {
+  const { URL, encodeURIComponent, JSON } = globalThis; // bound once: per-post code (aws-http.ts, createSigner)
   const request = createAwsClient({ service: "execute-api", region, maxSockets, timeoutMs: 5_000 });
   const base = endpoint.replace(/\/+$/, "");
   const urlOf = (connectionId: string) => new URL(`${base}/@connections/${encodeURIComponent(connectionId)}`);
