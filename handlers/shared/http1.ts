@@ -17,14 +17,19 @@
  *
  * Behaviour, each case tested in test/handlers/http1.test.ts:
  * - `maxSockets` connections per origin at most; further requests wait in order for a free one.
- * - An idle connection is reused (the most recent first) and retired after `idleMs`, or 1 s before
- *   the server's own `Keep-Alive: timeout`, whichever is sooner, so a request rarely meets a
- *   connection the server has just closed. When it does, it fails as a network error (no status),
- *   which the callers retry. Idle connections do not keep the process alive.
+ * - An idle connection is reused (the most recent first) and retired after `idleMs` (30 s), or 1 s
+ *   before the server's own `Keep-Alive: timeout`, whichever is sooner; a connection past that
+ *   time is not taken even if its timer has not run (Lambda freezes the process between
+ *   invocations). A request can still meet a connection the server has just closed: it then fails
+ *   as a network error (no status), which the callers retry. Idle connections do not keep the
+ *   process alive. TLS sessions are resumed, as the https Agent does.
+ *   (?) 30 s is our choice: AWS does not document the idle timeout of these endpoints, and the
+ *   SDK's Agent keeps idle sockets until the server closes them.
  * - `Connection: close` or an HTTP/1.0 answer ends the connection after the answer.
  * - Interim 1xx answers are skipped. A head over 64 KB, a bad status line or chunk size, or bytes
  *   after an answer fail the request and close the connection.
- * - `timeoutMs` bounds a request from its start, queueing included; it fails with `TimeoutError`.
+ * - `timeoutMs` bounds a request from its start, queueing included; it fails with `TimeoutError`,
+ *   and a queued request past it never opens a connection.
  * - A header name or value, method or path with a control character is refused before sending.
  */
 import * as net from "net";
@@ -60,7 +65,6 @@ export interface Http1Client {
 export type Http1Error = Error & { code?: string };
 
 const MAX_HEAD_BYTES = 64 * 1024;
-const UNSAFE = /[\0-\x1f\x7f]/;
 
 interface Job {
   head: string;
@@ -68,6 +72,8 @@ interface Job {
   resolve(response: Http1Response): void;
   reject(err: Http1Error): void;
   timer?: NodeJS.Timeout;
+  /** Epoch ms after which the request has failed (`timeoutMs` from its start). */
+  deadline: number;
   settled: boolean;
 }
 
@@ -87,6 +93,8 @@ interface Connection {
   buffer: Buffer;
   parts: Buffer[];
   idleTimer?: NodeJS.Timeout;
+  /** Epoch ms when an idle connection is retired. Checked when taken too: timers do not run while Lambda freezes the process. */
+  expiresAt: number;
   closed: boolean;
 }
 
@@ -96,6 +104,8 @@ interface Pool {
   open: Connection[];
   idle: Connection[];
   queue: Job[];
+  /** The last TLS session, to resume on the next connection (as the https Agent does). */
+  session?: Buffer;
 }
 
 /**
@@ -107,7 +117,8 @@ interface Pool {
 export function createCodec() {
   const { Error, TypeError, Object, Buffer, JSON, Number, Math, parseInt } = globalThis;
   const MAX_HEAD = MAX_HEAD_BYTES;
-  const CONTROL = UNSAFE;
+  const CONTROL = /[\0-\x1f\x7f]/;
+  const CONTROL_BUT_TAB = /[\0-\x08\x0a-\x1f\x7f]/; // a header value may hold tabs (RFC 9110 5.5)
 
   function networkError(message: string, code: string): Http1Error {
     const err = new Error(message) as Http1Error;
@@ -125,7 +136,7 @@ export function createCodec() {
     let hasLength = false;
     for (const name of Object.keys(headers)) {
       const value = headers[name];
-      if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) || CONTROL.test(value)) throw new TypeError(`invalid header: ${name}`);
+      if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) || CONTROL_BUT_TAB.test(value)) throw new TypeError(`invalid header: ${name}`);
       const lower = name.toLowerCase();
       if (lower === "host") hasHost = true;
       if (lower === "content-length") hasLength = true;
@@ -141,10 +152,11 @@ export function createCodec() {
     const lines = text.split("\r\n");
     const status = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(lines[0]);
     if (!status) throw networkError(`malformed status line: ${JSON.stringify(lines[0].slice(0, 100))}`, "HPE_INVALID_STATUS");
-    const headers: Record<string, string> = {};
+    const headers: Record<string, string> = Object.create(null);
     for (let i = 1; i < lines.length; i++) {
       const colon = lines[i].indexOf(":");
-      if (colon <= 0) throw networkError(`malformed header line: ${JSON.stringify(lines[i].slice(0, 100))}`, "HPE_INVALID_HEADER_TOKEN");
+      // Obsolete line folding (a line starting with a space or tab) is refused, as RFC 9112 5.2 allows.
+      if (colon <= 0 || lines[i][0] === " " || lines[i][0] === "\t") throw networkError(`malformed header line: ${JSON.stringify(lines[i].slice(0, 100))}`, "HPE_INVALID_HEADER_TOKEN");
       const name = lines[i].slice(0, colon).trim().toLowerCase();
       const value = lines[i].slice(colon + 1).trim();
       headers[name] = name in headers ? `${headers[name]}, ${value}` : value;
@@ -155,11 +167,12 @@ export function createCodec() {
     const serverTimeout = /\btimeout=(\d+)/.exec(headers["keep-alive"] ?? "");
     const idleMs = serverTimeout ? Math.max(0, Number(serverTimeout[1]) * 1000 - 1000) : undefined;
     let framing: Answer["framing"];
-    if (/\bchunked\s*$/i.test(headers["transfer-encoding"] ?? "")) framing = "chunked";
+    if (code === 204 || code === 304 || code < 200) framing = 0; // never a body (RFC 9112 6.3, rule 1)
+    else if (/\bchunked\s*$/i.test(headers["transfer-encoding"] ?? "")) framing = "chunked";
     else if (headers["content-length"] !== undefined) {
       if (!/^\d+$/.test(headers["content-length"])) throw networkError(`bad Content-Length: ${headers["content-length"]}`, "HPE_INVALID_CONTENT_LENGTH");
       framing = Number(headers["content-length"]);
-    } else framing = code === 204 || code === 304 || (code >= 100 && code < 200) ? 0 : "close";
+    } else framing = "close";
     return { status: code, headers, keepAlive: keepAlive && framing !== "close", idleMs, framing };
   }
 
@@ -184,6 +197,7 @@ export function createCodec() {
         return true;
       }
       if (buffer.length < eol + 2 + length + 2) break;
+      if (buffer[eol + 2 + length] !== 13 || buffer[eol + 3 + length] !== 10) throw networkError("chunk not followed by CRLF", "HPE_INVALID_CHUNK_SIZE");
       c.parts.push(buffer.subarray(eol + 2, eol + 2 + length));
       at = eol + 2 + length + 2;
     }
@@ -225,13 +239,13 @@ export function createCodec() {
 
 /** A keep-alive HTTP/1.1 client; see the module comment. */
 export function createHttp1Client(options: Http1Options): Http1Client {
-  const { Buffer, Math, Object, Promise, setTimeout, clearTimeout, URL, Number, TypeError } = globalThis;
+  const { Buffer, Math, Object, Promise, setTimeout, clearTimeout, URL, Number, TypeError, Date } = globalThis;
   const { networkError, requestHead, readAnswer } = createCodec();
   const connectTcp = net.connect;
   const connectTls = tls.connect;
   const isIP = net.isIP;
   const pools: Record<string, Pool> = {};
-  const idleMs = options.idleMs ?? 4_000;
+  const idleMs = options.idleMs ?? 30_000;
 
   const settle = (job: Job | undefined, err: Http1Error | undefined, response?: Http1Response) => {
     if (!job || job.settled) return;
@@ -265,11 +279,31 @@ export function createHttp1Client(options: Http1Options): Http1Client {
     c.socket.write(job.head + job.body);
   };
 
+  /** The next queued request still within its time; expired ones fail here instead of starting. */
+  const takeJob = (pool: Pool): Job | undefined => {
+    for (let job = pool.queue.shift(); job; job = pool.queue.shift()) {
+      if (job.settled) continue;
+      if (Date.now() < job.deadline) return job;
+      settle(job, networkError(`no free connection to ${pool.origin.host} in ${options.timeoutMs} ms`, "TimeoutError"));
+    }
+    return undefined;
+  };
+
+  /** The most recently used idle connection that has not expired; expired ones are closed. */
+  const takeIdle = (pool: Pool): Connection | undefined => {
+    for (let c = pool.idle.pop(); c; c = pool.idle.pop()) {
+      if (Date.now() < c.expiresAt) return c;
+      drop(pool, c, networkError("idle connection retired", "IDLE"));
+    }
+    return undefined;
+  };
+
   const release = (pool: Pool, c: Connection, keepFor: number) => {
     c.job = undefined;
-    const waiting = pool.queue.shift();
+    const waiting = takeJob(pool);
     if (waiting) return run(pool, c, waiting);
     c.socket.unref();
+    c.expiresAt = Date.now() + keepFor;
     pool.idle.push(c);
     c.idleTimer = setTimeout(() => drop(pool, c, networkError("idle connection retired", "IDLE")), keepFor);
     c.idleTimer.unref();
@@ -305,10 +339,11 @@ export function createHttp1Client(options: Http1Options): Http1Client {
     const host = origin.hostname.replace(/^\[|\]$/g, "");
     const socket =
       origin.protocol === "https:"
-        ? connectTls({ host, port, servername: isIP(host) ? undefined : host, ALPNProtocols: ["http/1.1"], ...options.tls })
+        ? connectTls({ host, port, servername: isIP(host) ? undefined : host, ALPNProtocols: ["http/1.1"], session: pool.session, ...options.tls })
         : connectTcp({ host, port });
     socket.setNoDelay(true);
-    const c: Connection = { socket, buffer: Buffer.alloc(0), parts: [], closed: false };
+    if (origin.protocol === "https:") socket.on("session", (session: Buffer) => (pool.session = session));
+    const c: Connection = { socket, buffer: Buffer.alloc(0), parts: [], expiresAt: 0, closed: false };
     socket.on("data", (data: Buffer) => onData(pool, c, data));
     socket.on("end", () => onEnd(pool, c));
     socket.on("error", (err: NodeJS.ErrnoException) => drop(pool, c, networkError(err.message, err.code ?? "NetworkError")));
@@ -317,13 +352,24 @@ export function createHttp1Client(options: Http1Options): Http1Client {
     return c;
   };
 
-  /** Starts queued jobs while connections can be opened (after one closed). */
-  next = (pool: Pool) => {
-    while (pool.queue.length > 0 && pool.open.length < options.maxSockets) {
-      const job = pool.queue.shift()!;
-      if (!job.settled) run(pool, connect(pool), job);
+  /** Runs a job on a new connection; a connection that cannot even be made (bad TLS options) fails the job. */
+  const start = (pool: Pool, job: Job) => {
+    try {
+      run(pool, connect(pool), job);
+    } catch (err) {
+      settle(job, networkError((err as Error).message, (err as NodeJS.ErrnoException).code ?? "NetworkError"));
     }
   };
+
+  /** Starts queued jobs while connections can be opened (after one closed). */
+  next = (pool: Pool) => {
+    while (pool.open.length < options.maxSockets) {
+      const job = takeJob(pool);
+      if (!job) return;
+      start(pool, job);
+    }
+  };
+
 
   const request: Http1Client["request"] = (url, method, headers, body) => {
     if (url.protocol !== "http:" && url.protocol !== "https:") return Promise.reject(new TypeError(`unsupported protocol ${url.protocol}`));
@@ -336,7 +382,7 @@ export function createHttp1Client(options: Http1Options): Http1Client {
     const key = `${url.protocol}//${url.host}`;
     const pool = (pools[key] ??= { origin: new URL(key), open: [], idle: [], queue: [] });
     return new Promise<Http1Response>((resolve, reject) => {
-      const job: Job = { head, body, resolve, reject, settled: false };
+      const job: Job = { head, body, resolve, reject, deadline: Date.now() + options.timeoutMs, settled: false };
       job.timer = setTimeout(() => {
         const holder = pool.open.find((c) => c.job === job);
         if (holder) return drop(pool, holder, networkError(`no answer from ${url.host} in ${options.timeoutMs} ms`, "TimeoutError"));
@@ -344,9 +390,9 @@ export function createHttp1Client(options: Http1Options): Http1Client {
         if (queued >= 0) pool.queue.splice(queued, 1);
         settle(job, networkError(`no free connection to ${url.host} in ${options.timeoutMs} ms`, "TimeoutError"));
       }, options.timeoutMs);
-      const idle = pool.idle.pop();
+      const idle = takeIdle(pool);
       if (idle) run(pool, idle, job);
-      else if (pool.open.length < options.maxSockets) run(pool, connect(pool), job);
+      else if (pool.open.length < options.maxSockets) start(pool, job);
       else pool.queue.push(job);
     });
   };
