@@ -231,16 +231,21 @@ export function createCodec() {
       c.buffer = c.buffer.subarray(framing);
     }
     if (c.buffer.length > 0) throw networkError("bytes after the response", "HPE_UNEXPECTED_CONTENT");
-    return { status: c.answer.status, headers: c.answer.headers, body: Buffer.concat(c.parts).toString("utf8") };
+    return responseOf(c);
   }
 
-  return { networkError, requestHead, parseHead, readAnswer };
+  /** The response read so far on `c`: its head, and the body parts joined. */
+  function responseOf(c: Connection): Http1Response {
+    return { status: c.answer!.status, headers: c.answer!.headers, body: Buffer.concat(c.parts).toString("utf8") };
+  }
+
+  return { networkError, requestHead, parseHead, readAnswer, responseOf };
 }
 
 /** A keep-alive HTTP/1.1 client; see the module comment. */
 export function createHttp1Client(options: Http1Options): Http1Client {
   const { Buffer, Math, Object, Promise, setTimeout, clearTimeout, URL, Number, TypeError, Date } = globalThis;
-  const { networkError, requestHead, readAnswer } = createCodec();
+  const { networkError, requestHead, readAnswer, responseOf } = createCodec();
   const connectTcp = net.connect;
   const connectTls = tls.connect;
   const isIP = net.isIP;
@@ -272,19 +277,21 @@ export function createHttp1Client(options: Http1Options): Http1Client {
     next(pool);
   };
 
-  const run = (pool: Pool, c: Connection, job: Job) => {
+  const run = (c: Connection, job: Job) => {
     clearTimeout(c.idleTimer);
     c.socket.ref();
     Object.assign(c, { job, answer: undefined, parts: [] });
     c.socket.write(job.head + job.body);
   };
 
+  const queueTimeout = (pool: Pool) => networkError(`no free connection to ${pool.origin.host} in ${options.timeoutMs} ms`, "TimeoutError");
+
   /** The next queued request still within its time; expired ones fail here instead of starting. */
   const takeJob = (pool: Pool): Job | undefined => {
     for (let job = pool.queue.shift(); job; job = pool.queue.shift()) {
       if (job.settled) continue;
       if (Date.now() < job.deadline) return job;
-      settle(job, networkError(`no free connection to ${pool.origin.host} in ${options.timeoutMs} ms`, "TimeoutError"));
+      settle(job, queueTimeout(pool));
     }
     return undefined;
   };
@@ -301,7 +308,7 @@ export function createHttp1Client(options: Http1Options): Http1Client {
   const release = (pool: Pool, c: Connection, keepFor: number) => {
     c.job = undefined;
     const waiting = takeJob(pool);
-    if (waiting) return run(pool, c, waiting);
+    if (waiting) return run(c, waiting);
     c.socket.unref();
     c.expiresAt = Date.now() + keepFor;
     pool.idle.push(c);
@@ -326,10 +333,7 @@ export function createHttp1Client(options: Http1Options): Http1Client {
   };
 
   const onEnd = (pool: Pool, c: Connection) => {
-    if (c.job && c.answer?.framing === "close") {
-      const answer = c.answer;
-      settle(c.job, undefined, { status: answer.status, headers: answer.headers, body: Buffer.concat(c.parts).toString("utf8") });
-    }
+    if (c.job && c.answer?.framing === "close") settle(c.job, undefined, responseOf(c));
     drop(pool, c, networkError("connection closed before the answer was complete", "ECONNRESET"));
   };
 
@@ -355,7 +359,7 @@ export function createHttp1Client(options: Http1Options): Http1Client {
   /** Runs a job on a new connection; a connection that cannot even be made (bad TLS options) fails the job. */
   const start = (pool: Pool, job: Job) => {
     try {
-      run(pool, connect(pool), job);
+      run(connect(pool), job);
     } catch (err) {
       settle(job, networkError((err as Error).message, (err as NodeJS.ErrnoException).code ?? "NetworkError"));
     }
@@ -388,10 +392,10 @@ export function createHttp1Client(options: Http1Options): Http1Client {
         if (holder) return drop(pool, holder, networkError(`no answer from ${url.host} in ${options.timeoutMs} ms`, "TimeoutError"));
         const queued = pool.queue.indexOf(job);
         if (queued >= 0) pool.queue.splice(queued, 1);
-        settle(job, networkError(`no free connection to ${url.host} in ${options.timeoutMs} ms`, "TimeoutError"));
+        settle(job, queueTimeout(pool));
       }, options.timeoutMs);
       const idle = takeIdle(pool);
-      if (idle) run(pool, idle, job);
+      if (idle) run(idle, job);
       else if (pool.open.length < options.maxSockets) start(pool, job);
       else pool.queue.push(job);
     });
