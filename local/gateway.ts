@@ -139,8 +139,9 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
     conn.lastActiveAt = Date.now();
     const t = timers.get(conn.connectionId);
     if (!t) return;
-    clearTimeout(t.idle);
-    t.idle = setTimeout(() => disconnect(conn.connectionId, 1001, "Going away"), idleMs);
+    // Restarted in place: every post touches its connection, and a new timer per post was churn.
+    if (t.idle) t.idle.refresh();
+    else t.idle = setTimeout(() => disconnect(conn.connectionId, 1001, "Going away"), idleMs);
   }
 
   function disconnect(connectionId: string, code: number, reason: string) {

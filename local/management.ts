@@ -4,10 +4,13 @@
  * AWS SDK v3 client raises a real GoneException, PayloadTooLargeException, and so on.
  * With `iam`, each call's SigV4 signature is verified and `execute-api:ManageConnections` is
  * authorized on the connection's ARN first (local/iam.ts); without it (`--no-iam`), both are skipped.
+ * The functions' requests are read and answered on the lean path (lean-http.ts, leanManagementRoute);
+ * whatever that path leaves to Node's HTTP server gets the same answers from handleManagementRequest.
  */
-import type { IncomingMessage, ServerResponse } from "http";
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "http";
 import { Gateway, MAX_MESSAGE_BYTES } from "./gateway";
 import { guard, IamConfig } from "./iam";
+import type { LeanAnswer, LeanRoute } from "./lean-http";
 
 export interface ManagementOptions {
   stage: string;
@@ -48,14 +51,43 @@ const CONNECTION_ID = /^[A-Za-z0-9_=-]{1,128}$/;
 /** Bodies up to this size are read whole, to check their signature; larger ones are only answered 413. */
 const MAX_SIGNED_BODY_BYTES = 8 * MAX_MESSAGE_BYTES;
 
-/** Returns true when the request was for the management API (and has been answered). */
-export function handleManagementRequest(options: ManagementOptions, req: IncomingMessage, res: ServerResponse): boolean {
-  const url = new URL(req.url ?? "/", "http://local");
-  const prefix = `/${options.stage}/@connections/`;
-  const pathname = decodeURIComponent(url.pathname);
-  if (!pathname.startsWith(prefix)) return false;
-  const connectionId = pathname.slice(prefix.length);
+/** An answer of the management API: status, headers and body. */
+export type ManagementAnswer = LeanAnswer;
 
+/** The connection id a request names when `url` is the management API's, else undefined. */
+export function managementConnectionId(stage: string, url: string): string | undefined {
+  const encoded = new URL(url, "http://local").pathname;
+  let pathname = encoded;
+  try {
+    pathname = decodeURIComponent(encoded);
+  } catch {
+    // a malformed escape: the raw path, whose id then fails CONNECTION_ID (400)
+  }
+  const prefix = `/${stage}/@connections/`;
+  return pathname.startsWith(prefix) ? pathname.slice(prefix.length) : undefined;
+}
+
+/** Answers one management request (its body read whole, or up to MAX_SIGNED_BODY_BYTES of `size`). */
+export async function answerManagement(options: ManagementOptions, request: { method: string; url: string; headers: IncomingHttpHeaders; body: Buffer; size: number }, connectionId: string): Promise<ManagementAnswer> {
+  const { method, body, size } = request;
+  if (options.iam && size <= MAX_SIGNED_BODY_BYTES) {
+    const { config, apiId } = options.iam;
+    const arn = `arn:aws:execute-api:${config.region}:${config.account}:${apiId}/${options.stage}/${method}/@connections/${connectionId}`;
+    const refused = await guard(config, { method, url: request.url, headers: request.headers, body, service: "execute-api" }, () => [["execute-api:ManageConnections", arn]]);
+    if (refused) {
+      options.log?.(`[management] ${method} ${connectionId} refused: ${refused.body}`);
+      return refused;
+    }
+  }
+  if (options.calls) options.calls[method] = (options.calls[method] ?? 0) + 1;
+  if (options.latencyMs) await new Promise((resolve) => setTimeout(resolve, options.latencyMs));
+  return respond(options, method, connectionId, body, size);
+}
+
+/** The management API on Node's HTTP server; returns true when the request was its (and has been answered). */
+export function handleManagementRequest(options: ManagementOptions, req: IncomingMessage, res: ServerResponse): boolean {
+  const connectionId = managementConnectionId(options.stage, req.url ?? "/");
+  if (connectionId === undefined) return false;
   const chunks: Buffer[] = [];
   let size = 0;
   req.on("data", (chunk: Buffer) => {
@@ -63,67 +95,68 @@ export function handleManagementRequest(options: ManagementOptions, req: Incomin
     // Kept whole up to a bound (the signature covers the whole body); an oversized one is refused as 413 anyway.
     if (size <= MAX_SIGNED_BODY_BYTES) chunks.push(chunk);
   });
-  req.on("end", async () => {
-    const method = req.method ?? "GET";
-    const body = Buffer.concat(chunks);
-    if (options.iam && size <= MAX_SIGNED_BODY_BYTES) {
-      const { config, apiId } = options.iam;
-      const arn = `arn:aws:execute-api:${config.region}:${config.account}:${apiId}/${options.stage}/${method}/@connections/${connectionId}`;
-      const refused = await guard(config, { method, url: req.url ?? "/", headers: req.headers, body, service: "execute-api" }, () => [["execute-api:ManageConnections", arn]]);
-      if (refused) {
-        options.log?.(`[management] ${method} ${connectionId} refused: ${refused.body}`);
-        res.writeHead(refused.status, refused.headers);
-        res.end(refused.body);
-        return;
-      }
-    }
-    if (options.calls) options.calls[method] = (options.calls[method] ?? 0) + 1;
-    const answer = () => respond(options, method, connectionId, body, size, res);
-    if (options.latencyMs) setTimeout(answer, options.latencyMs);
-    else answer();
+  req.on("end", () => {
+    const request = { method: req.method ?? "GET", url: req.url ?? "/", headers: req.headers, body: Buffer.concat(chunks), size };
+    void answerManagement(options, request, connectionId).then((answer) => {
+      const length = answer.status === 204 ? {} : { "Content-Length": String(Buffer.byteLength(answer.body)) };
+      res.writeHead(answer.status, { ...answer.headers, ...length });
+      res.end(answer.body);
+    });
   });
   return true;
 }
 
-function error(res: ServerResponse, status: number, type: string, message: string) {
-  res.writeHead(status, { "Content-Type": "application/json", "x-amzn-ErrorType": type, "x-amzn-RequestId": crypto.randomUUID() });
-  res.end(JSON.stringify({ message }));
+/**
+ * The management API on the lean path (lean-http.ts): the functions' posts, read and answered
+ * without Node's HTTP server. The same answers as handleManagementRequest, which serves whatever
+ * the lean path leaves to Node.
+ */
+export function leanManagementRoute(options: ManagementOptions): LeanRoute {
+  const prefix = `/${options.stage}/@connections/`;
+  return {
+    accepts: (_method, url) => url.startsWith(prefix),
+    maxBodyBytes: MAX_SIGNED_BODY_BYTES,
+    handle: (request) => answerManagement(options, { ...request, size: request.body.length }, managementConnectionId(options.stage, request.url) ?? ""),
+  };
 }
 
-function respond(options: ManagementOptions, method: string, connectionId: string, body: Buffer, size: number, res: ServerResponse) {
+const error = (status: number, type: string, message: string): ManagementAnswer => ({
+  status,
+  headers: { "Content-Type": "application/json", "x-amzn-ErrorType": type, "x-amzn-RequestId": crypto.randomUUID() },
+  body: JSON.stringify({ message }),
+});
+
+function respond(options: ManagementOptions, method: string, connectionId: string, body: Buffer, size: number): ManagementAnswer {
   if (options.faults) {
     const roll = Math.random();
     const injected = roll < options.faults.throttled ? 429 : roll < options.faults.throttled + options.faults.failed ? 500 : undefined;
     if (injected) {
       options.log?.(`[management] ${method} ${connectionId} answered ${injected} (injected fault)`);
-      return injected === 429
-        ? error(res, 429, "LimitExceededException", "Rate exceeded (injected)")
-        : error(res, 500, "InternalServerErrorException", "Internal failure (injected)");
+      return injected === 429 ? error(429, "LimitExceededException", "Rate exceeded (injected)") : error(500, "InternalServerErrorException", "Internal failure (injected)");
     }
   }
-  if (!CONNECTION_ID.test(connectionId)) return error(res, 400, "BadRequestException", "Invalid connectionId");
+  if (!CONNECTION_ID.test(connectionId)) return error(400, "BadRequestException", "Invalid connectionId");
   const conn = options.gateway.connections.get(connectionId);
-  if (!conn || conn.state !== "open") return error(res, 410, "GoneException", "");
+  if (!conn || conn.state !== "open") return error(410, "GoneException", "");
   switch (method) {
     case "POST":
-      if (size > MAX_MESSAGE_BYTES) return error(res, 413, "PayloadTooLargeException", "Message too long");
-      if (!options.gateway.send(connectionId, body.toString("utf8"))) return error(res, 410, "GoneException", "");
-      res.writeHead(200, { "Content-Length": "0" });
-      return res.end();
+      if (size > MAX_MESSAGE_BYTES) return error(413, "PayloadTooLargeException", "Message too long");
+      if (!options.gateway.send(connectionId, body.toString("utf8"))) return error(410, "GoneException", "");
+      return { status: 200, headers: {}, body: "" };
     case "GET":
-      res.writeHead(200, { "Content-Type": "application/json" });
-      return res.end(
-        JSON.stringify({
+      return {
+        status: 200,
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({
           connectedAt: new Date(conn.connectedAt).toISOString(),
           identity: { sourceIp: conn.sourceIp, ...(conn.userAgent ? { userAgent: conn.userAgent } : {}) },
           lastActiveAt: new Date(conn.lastActiveAt).toISOString(),
         }),
-      );
+      };
     case "DELETE":
       options.gateway.disconnect(connectionId, 1000, "Connection Closed Normally");
-      res.writeHead(204);
-      return res.end();
+      return { status: 204, headers: {}, body: "" };
     default:
-      return error(res, 403, "ForbiddenException", `Method ${method} is not allowed`);
+      return error(403, "ForbiddenException", `Method ${method} is not allowed`);
   }
 }

@@ -20,7 +20,8 @@ import { handleLambdaApiRequest } from "./lambda-api";
 import { arnMatches, IamConfig, issueCredentials, newIamConfig } from "./iam";
 import { PolicyEdit, principalsOf } from "./principals";
 import { alive } from "./processes";
-import { handleManagementRequest, ManagementFaults } from "./management";
+import { handleManagementRequest, leanManagementRoute, ManagementFaults, ManagementOptions } from "./management";
+import { LeanRouter, routeLeanConnections } from "./lean-http";
 import type { CapacityMeter } from "./transactions";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, readProjectFile, RecordedResource } from "./program";
 import { mappingSpecs, startStreamDelivery, streamAccessRefusal, StreamDelivery, streamReaders } from "./streams";
@@ -534,6 +535,7 @@ interface Parts {
   streams?: StreamDelivery;
   dynamodb?: LocalDynamoDB;
   outputs?: OutputsFiles;
+  lean?: LeanRouter;
 }
 
 /** One step of the stop: a failure is one line, and the next step runs anyway. */
@@ -545,11 +547,12 @@ async function step(log: (line: string) => void, what: string, fn: () => unknown
   }
 }
 
-function closeServer(server: Server): Promise<void> {
+function closeServer(server: Server, lean?: LeanRouter): Promise<void> {
   return new Promise<void>((resolve) => {
     if (!server.listening) return resolve();
     server.close(() => resolve());
     server.closeAllConnections(); // idle keep-alive sockets from the functions' SDK clients
+    lean?.closeAll(); // and the functions' @connections sockets, which Node's server does not track
   });
 }
 
@@ -584,7 +587,7 @@ async function shutdown(parts: Parts, log: (line: string) => void, drain: boolea
   }
   if (streams) await step(log, "ending stream delivery", () => streams.settled());
   if (dynamodb) await step(log, "stopping DynamoDB", () => dynamodb.close());
-  await step(log, "closing the port", () => closeServer(parts.server));
+  await step(log, "closing the port", () => closeServer(parts.server, parts.lean));
   await step(log, "removing the outputs", () => parts.outputs?.withdraw());
   await step(log, `removing ${parts.runDir}`, () => fs.rmSync(parts.runDir, { recursive: true, force: true }));
 }
@@ -675,9 +678,10 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     const pageUrl = `http://${host}:${port}/`;
     const { outputs, notes } = localOutputs(program, pageUrl);
     const managementCalls: Record<string, number> = {};
+    const management: ManagementOptions = { stage, gateway, latencyMs: options.managementLatencyMs, faults: options.managementFaults, calls: managementCalls, log, iam: iam ? { config: iam, apiId: api.id } : undefined };
+    parts.lean = routeLeanConnections(server, leanManagementRoute(management), server.keepAliveTimeout);
     parts.door.open((req, res) => {
-      const managementIam = iam ? { config: iam, apiId: api.id } : undefined;
-      if (handleManagementRequest({ stage, gateway, latencyMs: options.managementLatencyMs, faults: options.managementFaults, calls: managementCalls, log, iam: managementIam }, req, res)) return;
+      if (handleManagementRequest(management, req, res)) return;
       if (req.url === METRICS_PATH) return void serveMetrics(res, { dynamodb, management: managementCalls, lambda: lambdas });
       if (handleLambdaApiRequest({ runtime: lambdas, functionNames: specs.map((f) => f.name), log, iam }, req, res)) return;
       // Stopping: the functions still reach the APIs above; a page load (a new visitor) is refused.

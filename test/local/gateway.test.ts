@@ -16,7 +16,8 @@ import assert from "node:assert/strict";
 import { classifyFailure } from "../../handlers/shared/management";
 import { answerPlainRequest, createGateway, Gateway, RouteTarget } from "../../local/gateway";
 import type { InvokeOutcome } from "../../local/lambda";
-import { handleManagementRequest } from "../../local/management";
+import { handleManagementRequest, leanManagementRoute } from "../../local/management";
+import { LeanRouter, routeLeanConnections } from "../../local/lean-http";
 import { Client } from "../e2e/clients";
 
 type Event = { requestContext: Record<string, any>; [k: string]: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -35,7 +36,9 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
   let logs: string[];
   const clients: Client[] = [];
 
-  async function start(routeKeys: string[], extra: { idleTimeoutMs?: number; maxDurationMs?: number; twoWay?: string[]; authorizer?: string[] } = {}) {
+  let lean: LeanRouter | undefined;
+
+  async function start(routeKeys: string[], extra: { idleTimeoutMs?: number; maxDurationMs?: number; twoWay?: string[]; authorizer?: string[]; lean?: boolean } = {}) {
     server = createServer();
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
     const port = (server.address() as AddressInfo).port;
@@ -72,6 +75,8 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
     server.on("request", (req, res) => {
       if (!handleManagementRequest({ stage: "dev", gateway }, req, res)) answerPlainRequest("dev", req, res);
     });
+    // As the stack routes them: the functions' requests on the lean path (lean-http.ts), the rest on Node's server.
+    if (extra.lean) lean = routeLeanConnections(server, leanManagementRoute({ stage: "dev", gateway }), 5_000);
     url = `ws://127.0.0.1:${port}/dev`;
     endpoint = `http://127.0.0.1:${port}/dev`;
   }
@@ -99,6 +104,8 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
     for (const c of clients.splice(0)) c.kill();
     await gateway?.close();
     server.closeAllConnections(); // the SDK's keep-alive sockets
+    lean?.closeAll();
+    lean = undefined;
     await new Promise<void>((r) => server.close(() => r()));
   });
 
@@ -308,8 +315,8 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
     });
   });
 
-  describe("@connections, through the unmodified AWS SDK v3 client", () => {
-    beforeEach(() => start(["$connect", "$disconnect", "$default"]));
+  for (const path of ["Node's HTTP server", "the lean path"]) describe(`@connections on ${path}, through the unmodified AWS SDK v3 client`, () => {
+    beforeEach(() => start(["$connect", "$disconnect", "$default"], { lean: path === "the lean path" }));
 
     it("PostToConnection delivers the data as a text frame", async () => {
       const c = await connect();
