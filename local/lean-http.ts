@@ -74,7 +74,9 @@ export function routeLeanConnections(server: Server, route: LeanRoute, keepAlive
   const nodeListeners = server.listeners("connection") as ((socket: Socket) => void)[];
   server.removeAllListeners("connection");
   const served = new Set<Socket>();
-  const keepAlive = `Connection: keep-alive\r\nKeep-Alive: timeout=${Math.floor(keepAliveMs / 1000)}\r\n`;
+  // As Node writes it: no Keep-Alive header when its timeout rounds to 0 s.
+  const keepAliveSeconds = Math.floor(keepAliveMs / 1000);
+  const keepAlive = `Connection: keep-alive\r\n${keepAliveSeconds > 0 ? `Keep-Alive: timeout=${keepAliveSeconds}\r\n` : ""}`;
   const clock = { second: NaN, date: "" };
   const dateNow = () => {
     const second = Math.floor(Date.now() / 1000);
@@ -85,25 +87,42 @@ export function routeLeanConnections(server: Server, route: LeanRoute, keepAlive
   function serve(socket: Socket) {
     let buffer: Buffer = Buffer.alloc(0);
     let busy = false;
+    /** The request being answered asked to close the connection (`Connection: close`). */
     let closing = false;
+    let ended = false;
     served.add(socket);
     socket.setNoDelay(true);
-    socket.setTimeout(keepAliveMs, () => {
-      if (!busy) socket.destroy();
-    });
     const onData = (chunk: Buffer) => {
       buffer = buffer.length ? Buffer.concat([buffer, chunk]) : chunk;
       next();
     };
+    // Idle for the keep-alive time between requests: closed (a slow answer is not idleness).
+    const onIdle = () => {
+      if (!busy) socket.destroy();
+    };
+    // The sender half-closed (Node's server sockets allow that): what it sent is answered, then the
+    // connection ends, as Node's server does.
+    const onEnd = () => {
+      ended = true;
+      if (!busy) next();
+      if (!busy) socket.end();
+    };
+    socket.setTimeout(keepAliveMs);
+    socket.on("timeout", onIdle);
     socket.on("data", onData);
+    socket.on("end", onEnd);
     socket.on("error", () => socket.destroy());
     socket.on("close", () => served.delete(socket));
 
     /** Gives the connection to Node's server at the request that starts `buffer`. */
     const handOff = () => {
       socket.off("data", onData);
+      socket.off("end", onEnd);
+      socket.off("timeout", onIdle);
       socket.setTimeout(0);
       served.delete(socket);
+      // Bytes cannot be put back after the end of the stream: such a request is not answered.
+      if (ended) return void socket.destroy();
       socket.pause();
       if (buffer.length) socket.unshift(buffer);
       for (const listener of nodeListeners) listener.call(server, socket);
@@ -111,13 +130,14 @@ export function routeLeanConnections(server: Server, route: LeanRoute, keepAlive
     };
 
     const answer = (reply: LeanAnswer) => {
+      const last = closing || (ended && buffer.length === 0);
       let head = `HTTP/1.1 ${reply.status} ${STATUS_CODES[reply.status] ?? ""}\r\n`;
       for (const name in reply.headers) head += `${name}: ${reply.headers[name]}\r\n`;
       // 204 and 304 carry no body and no length, as Node writes them.
       if (reply.status !== 204 && reply.status !== 304) head += `Content-Length: ${Buffer.byteLength(reply.body)}\r\n`;
-      head += `Date: ${dateNow()}\r\n${closing ? "Connection: close\r\n" : keepAlive}\r\n`;
+      head += `Date: ${dateNow()}\r\n${last ? "Connection: close\r\n" : keepAlive}\r\n`;
       socket.write(reply.status === 204 || reply.status === 304 ? head : head + reply.body);
-      if (closing) socket.end();
+      if (last) socket.end();
     };
 
     /** Serves the complete requests in `buffer`, one at a time (answers go out in order). */
@@ -130,6 +150,7 @@ export function routeLeanConnections(server: Server, route: LeanRoute, keepAlive
         const headEnd = buffer.indexOf("\r\n\r\n", lineEnd);
         if (headEnd < 0) return void (buffer.length > MAX_HEAD_BYTES && handOff());
         const headers = parseHeaders(buffer.toString("latin1", lineEnd + 2, headEnd));
+        if (headers && headers.host === undefined) return handOff(); // Node answers 400
         const lengthText = headers?.["content-length"] ?? "0";
         const length = /^\d{1,9}$/.test(String(lengthText)) ? Number(lengthText) : NaN;
         if (!headers || !(length <= route.maxBodyBytes)) return handOff();
@@ -138,7 +159,7 @@ export function routeLeanConnections(server: Server, route: LeanRoute, keepAlive
         const body = buffer.subarray(bodyStart, bodyStart + length);
         buffer = buffer.subarray(bodyStart + length);
         busy = true;
-        closing = String(headers.connection ?? "").toLowerCase() === "close";
+        closing = String(headers.connection ?? "").toLowerCase().split(",").some((option) => option.trim() === "close");
         route
           .handle({ method, url, headers, body })
           .catch((err: Error) => ({ status: 500, headers: { "Content-Type": "text/plain" }, body: `local stack error: ${err.message}` }))

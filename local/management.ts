@@ -97,7 +97,8 @@ export function handleManagementRequest(options: ManagementOptions, req: Incomin
   });
   req.on("end", () => {
     const request = { method: req.method ?? "GET", url: req.url ?? "/", headers: req.headers, body: Buffer.concat(chunks), size };
-    void answerManagement(options, request, connectionId).then((answer) => {
+    const failed = (err: Error): ManagementAnswer => ({ status: 500, headers: { "Content-Type": "text/plain" }, body: `local stack error: ${err.message}` });
+    void answerManagement(options, request, connectionId).catch(failed).then((answer) => {
       const length = answer.status === 204 ? {} : { "Content-Length": String(Buffer.byteLength(answer.body)) };
       res.writeHead(answer.status, { ...answer.headers, ...length });
       res.end(answer.body);
@@ -114,7 +115,8 @@ export function handleManagementRequest(options: ManagementOptions, req: Incomin
 export function leanManagementRoute(options: ManagementOptions): LeanRoute {
   const prefix = `/${options.stage}/@connections/`;
   return {
-    accepts: (_method, url) => url.startsWith(prefix),
+    // The API's three methods; any other (HEAD, whose answer has no body) is Node's server's to answer.
+    accepts: (method, url) => (method === "POST" || method === "GET" || method === "DELETE") && url.startsWith(prefix),
     maxBodyBytes: MAX_SIGNED_BODY_BYTES,
     handle: (request) => answerManagement(options, { ...request, size: request.body.length }, managementConnectionId(options.stage, request.url) ?? ""),
   };

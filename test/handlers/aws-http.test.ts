@@ -1,6 +1,6 @@
 import { SignatureV4 } from "@smithy/signature-v4";
 import assert from "node:assert/strict";
-import { serviceEndpoint, signRequest } from "../../handlers/shared/aws-http";
+import { createSigner, serviceEndpoint, signRequest } from "../../handlers/shared/aws-http";
 import { Sha256 } from "../../local/iam";
 
 const credentials = { accessKeyId: "AKIDEXAMPLE", secretAccessKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", sessionToken: "IQoJb3JpZ2luX2VjEXAMPLE//token+=" };
@@ -33,6 +33,18 @@ describe("aws-http: the lean SigV4 signer", () => {
       assert.equal(ours["x-amz-date"], "20261121T102030Z");
     });
   }
+
+  it("one signer signs as a fresh one does across a second, a day and a step back (its date is kept per second)", () => {
+    const sign = createSigner();
+    const url = new URL(cases[0][2]);
+    const body = "{}";
+    const input = (at: string) => ({ method: "POST", url, headers: { "content-length": "2" }, body, service: "execute-api", region: "eu-west-1", credentials, now: new Date(at) });
+    for (const at of ["2026-11-21T23:59:59.001Z", "2026-11-21T23:59:59.999Z", "2026-11-22T00:00:00.000Z", "2026-11-22T00:00:00.500Z", "2026-11-21T23:59:59.500Z"]) {
+      const ours = sign(input(at));
+      assert.deepEqual(ours, signRequest(input(at)), at);
+      assert.equal(ours["x-amz-date"], at.replace(/[:-]|\.\d{3}/g, ""), at);
+    }
+  });
 
   it("resolves endpoints as the SDKs do: per-service variable, then the global one, then the regional default", () => {
     assert.equal(serviceEndpoint("lambda", "eu-west-1", {}), "https://lambda.eu-west-1.amazonaws.com");

@@ -37,6 +37,8 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
   const clients: Client[] = [];
 
   let lean: LeanRouter | undefined;
+  /** @connections requests Node's HTTP server answered (none may, on the lean path). */
+  let nodeManagementRequests = 0;
 
   async function start(routeKeys: string[], extra: { idleTimeoutMs?: number; maxDurationMs?: number; twoWay?: string[]; authorizer?: string[]; lean?: boolean } = {}) {
     server = createServer();
@@ -72,8 +74,10 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
       maxDurationMs: extra.maxDurationMs,
       log: (line) => logs.push(line),
     });
+    nodeManagementRequests = 0;
     server.on("request", (req, res) => {
-      if (!handleManagementRequest({ stage: "dev", gateway }, req, res)) answerPlainRequest("dev", req, res);
+      if (handleManagementRequest({ stage: "dev", gateway }, req, res)) nodeManagementRequests++;
+      else answerPlainRequest("dev", req, res);
     });
     // As the stack routes them: the functions' requests on the lean path (lean-http.ts), the rest on Node's server.
     if (extra.lean) lean = routeLeanConnections(server, leanManagementRoute({ stage: "dev", gateway }), 5_000);
@@ -317,6 +321,8 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
 
   for (const path of ["Node's HTTP server", "the lean path"]) describe(`@connections on ${path}, through the unmodified AWS SDK v3 client`, () => {
     beforeEach(() => start(["$connect", "$disconnect", "$default"], { lean: path === "the lean path" }));
+    if (path === "the lean path") afterEach(() => assert.equal(nodeManagementRequests, 0, "an SDK request reached Node's server, not the lean path"));
+    else afterEach(() => assert.ok(nodeManagementRequests > 0, "Node's server answered the SDK's requests"));
 
     it("PostToConnection delivers the data as a text frame", async () => {
       const c = await connect();

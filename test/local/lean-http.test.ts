@@ -47,9 +47,8 @@ describe("local lean HTTP path (lean-http.ts)", () => {
   let nodeSeen: { method?: string; url?: string; body: string }[];
   const sockets: Socket[] = [];
 
-  beforeEach(async () => {
-    leanSeen = [];
-    nodeSeen = [];
+  /** A server with the lean path, keeping idle connections for `keepAliveMs`. */
+  async function start(keepAliveMs: number) {
     server = createServer((req: IncomingMessage, res) => {
       const chunks: Buffer[] = [];
       req.on("data", (c: Buffer) => chunks.push(c));
@@ -59,7 +58,7 @@ describe("local lean HTTP path (lean-http.ts)", () => {
         res.end("node");
       });
     });
-    server.keepAliveTimeout = 200;
+    server.keepAliveTimeout = keepAliveMs;
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
     port = (server.address() as AddressInfo).port;
     router = routeLeanConnections(
@@ -73,19 +72,28 @@ describe("local lean HTTP path (lean-http.ts)", () => {
           return { status: 200, headers: { "x-seen": String(request.headers["x-n"]) }, body: `lean:${request.body.toString()}` };
         },
       },
-      200,
+      keepAliveMs,
     );
-  });
+  }
 
-  afterEach(async () => {
+  async function stop() {
     for (const s of sockets.splice(0)) s.destroy();
     router.closeAll();
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  beforeEach(async () => {
+    leanSeen = [];
+    nodeSeen = [];
+    await start(60_000);
   });
+
+  afterEach(() => stop());
 
   const open = async () => {
     const socket = connect(port, "127.0.0.1");
+    socket.setNoDelay(true); // each write its own segment: the pieces below arrive apart
     sockets.push(socket);
     await new Promise((resolve) => socket.once("connect", resolve));
     return new Raw(socket);
@@ -96,7 +104,7 @@ describe("local lean HTTP path (lean-http.ts)", () => {
     const raw = await open();
     raw.socket.write(post("/lean/a", "one", "x-n: 1\r\n") + post("/lean/b", "two", "x-n: 2\r\n"));
     const text = await raw.answers(2);
-    assert.match(text, /^HTTP\/1\.1 200 OK\r\nx-seen: 1\r\nContent-Length: 8\r\nDate: .+ GMT\r\nConnection: keep-alive\r\nKeep-Alive: timeout=0\r\n\r\nlean:one/);
+    assert.match(text, /^HTTP\/1\.1 200 OK\r\nx-seen: 1\r\nContent-Length: 8\r\nDate: .+ GMT\r\nConnection: keep-alive\r\nKeep-Alive: timeout=60\r\n\r\nlean:one/);
     assert.ok(text.indexOf("lean:one") < text.indexOf("lean:two"));
     assert.deepEqual(leanSeen.map((r) => [r.method, r.url, r.body.toString()]), [["POST", "/lean/a", "one"], ["POST", "/lean/b", "two"]]);
     assert.equal(nodeSeen.length, 0);
@@ -130,10 +138,10 @@ describe("local lean HTTP path (lean-http.ts)", () => {
 
   it("hands a connection over mid-way, at the first request it does not accept", async () => {
     const raw = await open();
-    raw.socket.write(post("/lean/first", "1"));
-    await raw.answers(1);
-    raw.socket.write(post("/elsewhere", "2") + post("/lean/after", "3"));
-    await raw.answers(3);
+    // In one write: the request Node gets waits behind the lean one's answer.
+    raw.socket.write(post("/lean/first", "1") + post("/elsewhere", "2") + post("/lean/after", "3"));
+    const text = await raw.answers(3);
+    assert.ok(text.indexOf("lean:1") < text.indexOf("node"));
     assert.deepEqual(leanSeen.map((r) => r.url), ["/lean/first"]);
     // Once Node's, the connection stays Node's: the later /lean/ request is Node's too.
     assert.deepEqual(nodeSeen.map((r) => r.url), ["/elsewhere", "/lean/after"]);
@@ -152,6 +160,25 @@ describe("local lean HTTP path (lean-http.ts)", () => {
       assert.deepEqual(nodeSeen.map((r) => [r.url, r.body]), [["/lean/c", "abc"]]);
     });
   }
+
+  for (const [what, request] of [
+    ["HTTP/1.0", "POST /lean/old HTTP/1.0\r\ncontent-length: 3\r\n\r\nabc"],
+    ["a folded header", "POST /lean/fold HTTP/1.1\r\nhost: x\r\nx-a: 1\r\n 2\r\ncontent-length: 3\r\n\r\nabc"],
+  ] as const) {
+    it(`leaves ${what} to Node's server`, async () => {
+      const raw = await open();
+      raw.socket.write(request);
+      await raw.until((t) => /\r\n\r\n/.test(t) && (t.endsWith("node") || /^HTTP\/1\.1 400/.test(t)));
+      assert.equal(leanSeen.length, 0);
+    });
+  }
+
+  it("answers a request whose sender half-closed, then closes", async () => {
+    const raw = await open();
+    raw.socket.end(post("/lean/last", "z"));
+    await raw.closed;
+    assert.match(raw.text, /lean:z$/);
+  });
 
   it("leaves a body over the route's bound to Node's server", async () => {
     const raw = await open();
@@ -181,6 +208,8 @@ describe("local lean HTTP path (lean-http.ts)", () => {
   });
 
   it("closes a connection idle for the keep-alive time, and closeAll() closes the rest", async () => {
+    await stop();
+    await start(200);
     const idle = await open();
     idle.socket.write(post("/lean/1", "x"));
     await idle.answers(1);
