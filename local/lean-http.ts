@@ -150,10 +150,10 @@ export function routeLeanConnections(server: Server, route: LeanRoute, keepAlive
         const headEnd = buffer.indexOf("\r\n\r\n", lineEnd);
         if (headEnd < 0) return void (buffer.length > MAX_HEAD_BYTES && handOff());
         const headers = parseHeaders(buffer.toString("latin1", lineEnd + 2, headEnd));
-        if (headers && headers.host === undefined) return handOff(); // Node answers 400
-        const lengthText = headers?.["content-length"] ?? "0";
-        const length = /^\d{1,9}$/.test(String(lengthText)) ? Number(lengthText) : NaN;
-        if (!headers || !(length <= route.maxBodyBytes)) return handOff();
+        if (!headers || headers.host === undefined) return handOff(); // without Host, Node answers 400
+        const lengthText = String(headers["content-length"] ?? "0");
+        const length = /^\d{1,9}$/.test(lengthText) ? Number(lengthText) : NaN;
+        if (!(length <= route.maxBodyBytes)) return handOff();
         const bodyStart = headEnd + 4;
         if (buffer.length < bodyStart + length) return; // the rest of the body is on its way
         const body = buffer.subarray(bodyStart, bodyStart + length);

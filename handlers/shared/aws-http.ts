@@ -16,7 +16,7 @@
  * (GoneException, TooManyRequestsException, …), `$metadata.httpStatusCode` the status; a request
  * that got no answer (reset, timeout) has no status.
  */
-import { createHash, createHmac, hash } from "crypto";
+import { createHmac, hash } from "crypto";
 import { createHttp1Client, Http1Error, Http1Response } from "./http1";
 
 export interface Credentials {
@@ -59,10 +59,9 @@ export type Signer = (input: SignInput) => Record<string, string>;
 export function createSigner(): Signer {
   const { Object, encodeURIComponent, Date, Math } = globalThis;
   const createHmacOf = createHmac;
-  // One-shot hashing where Node has it (20.12+, 21.7+): no Hash object per call.
-  const hashOnce = typeof hash === "function" ? hash : undefined;
-  const createHashOf = createHash;
-  const sha256 = (data: string) => (hashOnce ? hashOnce("sha256", data, "hex") : createHashOf("sha256").update(data, "utf8").digest("hex"));
+  // One-shot hashing, no Hash object per call (Node 20.12+; engines and the Lambda runtime are newer).
+  const hashOnce = hash;
+  const sha256 = (data: string) => hashOnce("sha256", data, "hex");
   const hmac = (key: Buffer | string, data: string) => createHmacOf("sha256", key).update(data, "utf8").digest();
   // RFC 3986 encoding, as SigV4 wants it (encodeURIComponent leaves !'()* alone). Every service but
   // S3 signs the path encoded twice: each segment as sent (already encoded once) is encoded again.
