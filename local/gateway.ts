@@ -5,6 +5,7 @@
 import type { IncomingMessage, Server, ServerResponse } from "http";
 import type { Duplex } from "stream";
 import { WebSocket, WebSocketServer } from "ws";
+import { holdWrites } from "./write-batch";
 import { ApiFacts, awsId, ConnectionFacts, connectEvent, disconnectEvent, messageEvent, RawRequest, selectRouteValue } from "./events";
 import { policyAllows } from "./iam";
 import type { InvokeOutcome } from "./lambda";
@@ -48,6 +49,8 @@ export interface GatewayOptions {
 export interface Connection extends ConnectionFacts {
   state: "connecting" | "open" | "closed";
   socket?: WebSocket;
+  /** The TCP connection under `socket`. */
+  raw?: Duplex;
   lastActiveAt: number;
   /** The status and reason that $disconnect will report, when the gateway itself closed the socket. */
   closing?: { code: number; reason: string };
@@ -57,7 +60,7 @@ export interface Gateway {
   connections: Map<string, Connection>;
   /** Closes one connection from the server side (DeleteConnection, timeouts). */
   disconnect(connectionId: string, code: number, reason: string): void;
-  /** Sends data to an open connection; refreshes its idle timer. */
+  /** Sends a text frame (a Buffer holds its UTF-8) to an open connection; refreshes its idle timer. */
   send(connectionId: string, data: string | Buffer): boolean;
   /** From now on a new connection is refused with 503 (the stop's first step); open ones carry on. */
   stopAccepting(): void;
@@ -154,7 +157,8 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
   function send(connectionId: string, data: string | Buffer): boolean {
     const conn = connections.get(connectionId);
     if (!conn?.socket || conn.state !== "open" || conn.socket.readyState !== WebSocket.OPEN) return false;
-    conn.socket.send(data);
+    if (conn.raw) holdWrites(conn.raw); // the frames of a batch of posts leave together (write-batch.ts)
+    conn.socket.send(data, { binary: false });
     touch(conn);
     return true;
   }
@@ -306,6 +310,7 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
     wss.once("headers", (headers) => {
       for (const [k, v] of Object.entries(responseHeaders)) headers.push(`${k}: ${v}`);
     });
+    conn.raw = socket;
     wss.handleUpgrade(req, socket, head, (ws) => onOpen(conn, ws));
   }
 

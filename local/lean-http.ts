@@ -17,6 +17,7 @@
 import type { IncomingHttpHeaders, Server } from "http";
 import { STATUS_CODES } from "http";
 import type { Socket } from "net";
+import { holdWrites } from "./write-batch";
 
 export interface LeanRequest {
   method: string;
@@ -136,6 +137,7 @@ export function routeLeanConnections(server: Server, route: LeanRoute, keepAlive
       // 204 and 304 carry no body and no length, as Node writes them.
       if (reply.status !== 204 && reply.status !== 304) head += `Content-Length: ${Buffer.byteLength(reply.body)}\r\n`;
       head += `Date: ${dateNow()}\r\n${last ? "Connection: close\r\n" : keepAlive}\r\n`;
+      holdWrites(socket); // answers to a batch of posts leave together (write-batch.ts)
       socket.write(reply.status === 204 || reply.status === 304 ? head : head + reply.body);
       if (last) socket.end();
     };

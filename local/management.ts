@@ -7,6 +7,7 @@
  * The functions' requests are read and answered on the lean path (lean-http.ts, leanManagementRoute);
  * whatever that path leaves to Node's HTTP server gets the same answers from handleManagementRequest.
  */
+import { isUtf8 } from "buffer";
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "http";
 import { Gateway, MAX_MESSAGE_BYTES } from "./gateway";
 import { guard, IamConfig } from "./iam";
@@ -48,6 +49,9 @@ export function parseFaults(text: string): ManagementFaults {
 }
 
 const CONNECTION_ID = /^[A-Za-z0-9_=-]{1,128}$/;
+/** A path URL parsing leaves as it is, unless it has a dot segment or an empty one (below). */
+const PLAIN_PATH = /^\/(?:[A-Za-z0-9_=@.\/-]|%[0-9A-Fa-f]{2})*$/;
+const DOT_OR_EMPTY_SEGMENT = /\/(?:\.|%2e)|\/\//i;
 /** Bodies up to this size are read whole, to check their signature; larger ones are only answered 413. */
 const MAX_SIGNED_BODY_BYTES = 8 * MAX_MESSAGE_BYTES;
 
@@ -56,14 +60,17 @@ export type ManagementAnswer = LeanAnswer;
 
 /** The connection id a request names when `url` is the management API's, else undefined. */
 export function managementConnectionId(stage: string, url: string): string | undefined {
-  const encoded = new URL(url, "http://local").pathname;
+  const prefix = `/${stage}/@connections/`;
+  // The functions' posts name a plain path (the id's "=" escaped), which URL parsing leaves as it
+  // is: not parsed, a post per recipient. Anything else (dot segments, "//", a query, characters
+  // URL parsing escapes) is parsed first, as any path was before.
+  const encoded = PLAIN_PATH.test(url) && !DOT_OR_EMPTY_SEGMENT.test(url) ? url : new URL(url, "http://local").pathname;
   let pathname = encoded;
   try {
     pathname = decodeURIComponent(encoded);
   } catch {
     // a malformed escape: the raw path, whose id then fails CONNECTION_ID (400)
   }
-  const prefix = `/${stage}/@connections/`;
   return pathname.startsWith(prefix) ? pathname.slice(prefix.length) : undefined;
 }
 
@@ -143,7 +150,9 @@ function respond(options: ManagementOptions, method: string, connectionId: strin
   switch (method) {
     case "POST":
       if (size > MAX_MESSAGE_BYTES) return error(413, "PayloadTooLargeException", "Message too long");
-      if (!options.gateway.send(connectionId, body.toString("utf8"))) return error(410, "GoneException", "");
+      // Sent as the bytes posted when they are UTF-8 (no decoding and encoding again per post);
+      // anything else as its decoding, with U+FFFD for each bad sequence, as before.
+      if (!options.gateway.send(connectionId, isUtf8(body) ? body : body.toString("utf8"))) return error(410, "GoneException", "");
       return { status: 200, headers: {}, body: "" };
     case "GET":
       return {

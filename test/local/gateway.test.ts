@@ -18,6 +18,7 @@ import { answerPlainRequest, createGateway, Gateway, RouteTarget } from "../../l
 import type { InvokeOutcome } from "../../local/lambda";
 import { handleManagementRequest, leanManagementRoute } from "../../local/management";
 import { LeanRouter, routeLeanConnections } from "../../local/lean-http";
+import WebSocket from "ws";
 import { Client } from "../e2e/clients";
 
 type Event = { requestContext: Record<string, any>; [k: string]: any }; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -329,6 +330,24 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
       const id = (await waitForEvent("$connect")).requestContext.connectionId;
       await sdk().send(new PostToConnectionCommand({ ConnectionId: id, Data: "pushed" }));
       assert.equal(await c.waitFor(() => true), "pushed");
+    });
+
+    it("PostToConnection delivers UTF-8 bytes as they were posted, and bytes that are not UTF-8 decoded with U+FFFD, both as text frames", async () => {
+      const socket = new WebSocket(url);
+      const frames: { text: string; isBinary: boolean }[] = [];
+      socket.on("message", (data: Buffer, isBinary: boolean) => frames.push({ text: data.toString("utf8"), isBinary }));
+      try {
+        const id = (await waitForEvent("$connect")).requestContext.connectionId;
+        await sdk().send(new PostToConnectionCommand({ ConnectionId: id, Data: new TextEncoder().encode("héllo ✓ 😀") }));
+        await sdk().send(new PostToConnectionCommand({ ConnectionId: id, Data: new Uint8Array([0xff, 0x61, 0xc3]) }));
+        for (let i = 0; i < 250 && frames.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+        assert.deepEqual(frames, [
+          { text: "héllo ✓ 😀", isBinary: false },
+          { text: "\ufffda\ufffd", isBinary: false },
+        ]);
+      } finally {
+        socket.terminate();
+      }
     });
 
     it("GetConnection answers connectedAt, identity and lastActiveAt", async () => {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { createLambdaRuntime, FunctionSpec, LambdaRuntime } from "../../local/lambda";
+import { createLambdaRuntime, defaultMaxInstances, FunctionSpec, LambdaRuntime } from "../../local/lambda";
 import { PROJECT_DIR } from "../../local/program";
 
 const HANDLERS = `
@@ -208,5 +208,11 @@ describe("local Lambda runtime", function () {
       assert.notEqual((out.result as Result).instance, first.instance);
       assert.equal(out.coldStart, true);
     });
+  });
+});
+
+describe("defaultMaxInstances", () => {
+  it("must allow twice the CPUs, never fewer than 2 nor more than 10", () => {
+    assert.deepEqual([1, 2, 3, 5, 6, 64].map((cpus) => defaultMaxInstances(cpus)), [2, 4, 6, 10, 10, 10]);
   });
 });
