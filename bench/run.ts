@@ -14,6 +14,7 @@
  *   --quick                   small sizes and short runs, to check the benchmark itself
  * Sections not run keep their figures from the last bench/results.json: `--only` merges into it.
  */
+import { createHash } from "crypto";
 import * as fs from "fs";
 import * as os from "os";
 import * as path from "path";
@@ -30,6 +31,23 @@ import { localStack } from "../test/e2e/stack";
 import { median } from "./stats";
 
 const log = (line: string) => console.log(line);
+
+/**
+ * The machine's speed when a run starts: the median of three timings of a fixed CPU-bound workload
+ * (a chain of 100,000 SHA-256 hashes and a sort of 100,000 strings), in ms. This VM's speed moves
+ * between runs (263–362 ms for the same workload within one hour on 2026-12-02), so every section
+ * records it beside its figures: compare figures taken at similar speeds.
+ */
+function speedProbeMs(): number {
+  const once = () => {
+    const started = process.hrtime.bigint();
+    let chain = "";
+    for (let i = 0; i < 100_000; i++) chain = createHash("sha256").update(chain + i).digest("hex");
+    Array.from({ length: 100_000 }, (_, i) => `k${(i * 7919) % 100_000}`).sort();
+    return Number(process.hrtime.bigint() - started) / 1e6;
+  };
+  return Math.round(median([once(), once(), once()]));
+}
 
 /** File descriptors one process may hold; the local stack holds one per member (and the floor too). */
 function openFileLimit(): number {
@@ -155,7 +173,8 @@ async function main() {
   for (const c of clamped) log(`note: N=${c.requested} runs as N=${c.ran}: ${c.reason}`);
 
   // Sections this run does not measure keep their last figures; each section records when and how it ran.
-  const runInfo = { date: new Date().toISOString(), command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim() };
+  const runInfo = { date: new Date().toISOString(), command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(), speedProbeMs: speedProbeMs() };
+  log(`Machine speed probe: ${runInfo.speedProbeMs} ms (a fixed CPU-bound workload; lower is faster; compare runs at similar speeds)`);
   // Written after every phase, so a phase that fails keeps the figures of those before it.
   const save = () => fs.writeFileSync(RESULTS, JSON.stringify(results, null, 2) + "\n");
   const results: Record<string, unknown> = {

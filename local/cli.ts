@@ -40,7 +40,7 @@ const USAGE = `usage: npm start -- [options]
   --management-latency <ms> delay every @connections answer by <ms> (default 0)
   --management-faults 429=<share>,500=<share>
                             answer that share of @connections calls 429 or 500 (fault injection)
-  --max-instances <n>       instances per function at most (default twice the CPUs, from 2 to 10)
+  --max-instances <n>       instances per function at most (default 10)
   --lose-abnormal-disconnects
                             skip $disconnect when a client vanishes without a close frame
   --no-iam                  do not verify signatures or enforce the roles (benchmarks: on AWS that

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { createLambdaRuntime, defaultMaxInstances, FunctionSpec, LambdaRuntime } from "../../local/lambda";
+import { createLambdaRuntime, defaultRunLimit, FunctionSpec, LambdaRuntime } from "../../local/lambda";
 import { PROJECT_DIR } from "../../local/program";
 
 const HANDLERS = `
@@ -46,8 +46,8 @@ describe("local Lambda runtime", function () {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  const start = (s = spec(), maxInstances = 3) =>
-    (runtime = createLambdaRuntime({ functions: [s], maxInstances, baseEnv: { AWS_ENDPOINT_URL_DYNAMODB: "http://127.0.0.1:1" }, write: (l) => lines.push(l) }));
+  const start = (s = spec(), maxInstances = 3, runLimit?: number) =>
+    (runtime = createLambdaRuntime({ functions: [s], maxInstances, runLimit, baseEnv: { AWS_ENDPOINT_URL_DYNAMODB: "http://127.0.0.1:1" }, write: (l) => lines.push(l) }));
   type Result = { instance: string; invocations: number; pid: number; table: string; endpoint: string; name: string; remaining: number; requestId: string };
 
   it("runs the archive with the function's environment, local endpoints and a Lambda-like context", async () => {
@@ -78,6 +78,22 @@ describe("local Lambda runtime", function () {
     assert.equal(instances.size, 3);
     assert.equal(runtime.instanceCount("chat-fn"), 3);
     assert.equal(results.filter((r) => r.coldStart).length, 3);
+  });
+
+  it("past the run limit, an invocation waits for a running one before it starts an instance, then runs beside it (as one waiting on I/O must)", async () => {
+    start(spec({ timeoutSeconds: 30 }), 3, 1);
+    const warm = (await runtime.invoke("chat-fn", {})).result as Result;
+    let slowEnded = false;
+    const slow = runtime.invoke("chat-fn", { sleepMs: 25_000 }).finally(() => (slowEnded = true));
+    const next = runtime.invoke("chat-fn", {});
+    assert.equal(runtime.instanceCount("chat-fn"), 1, "no instance started at once past the limit");
+    const out = await next;
+    assert.equal(slowEnded, false, "it ran while the slow one still ran");
+    assert.equal(out.coldStart, true);
+    assert.notEqual((out.result as Result).instance, warm.instance);
+    assert.equal(runtime.instanceCount("chat-fn"), 2);
+    await runtime.close(); // cancels the slow one
+    await slow;
   });
 
   it("enforces the timeout by ending the instance, and replaces it on the next invocation", async () => {
@@ -211,8 +227,8 @@ describe("local Lambda runtime", function () {
   });
 });
 
-describe("defaultMaxInstances", () => {
-  it("must allow twice the CPUs, never fewer than 2 nor more than 10", () => {
-    assert.deepEqual([1, 2, 3, 5, 6, 64].map((cpus) => defaultMaxInstances(cpus)), [2, 4, 6, 10, 10, 10]);
+describe("defaultRunLimit", () => {
+  it("must let twice the CPUs run at once, never fewer than 2", () => {
+    assert.deepEqual([1, 2, 3, 8].map((cpus) => defaultRunLimit(cpus)), [2, 4, 6, 16]);
   });
 });
