@@ -74,8 +74,10 @@ export interface LambdaRuntimeOptions {
   credentials?: (functionName: string) => { accessKeyId: string; secretAccessKey: string; sessionToken: string };
   /** Instances per function at most (Lambda's reserved concurrency, in effect); default 10. */
   maxInstances?: number;
-  /** Invocations per function running at once before the next waits up to RUN_WAIT_MS; default defaultRunLimit(). */
+  /** Invocations per function running at once before the next waits up to `runWaitMs`; default defaultRunLimit(). */
   runLimit?: number;
+  /** How long an invocation past the run limit waits for a running one; default RUN_WAIT_MS. */
+  runWaitMs?: number;
   /** Where prefixed instance output goes. */
   write?: (line: string) => void;
   /** The Node instances run on; default lambdaNode(): the pinned Node 22 build, else this machine's Node. */
@@ -188,6 +190,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
   const write = options.write ?? ((line: string) => process.stdout.write(line + "\n"));
   const maxInstances = options.maxInstances ?? 10;
   const runLimit = options.runLimit ?? defaultRunLimit();
+  const runWaitMs = options.runWaitMs ?? RUN_WAIT_MS;
   const retryDelay = options.asyncRetryDelayMs ?? ((retry: number) => retry * 1000);
   const worker = compileWorker();
   const node = options.node ?? lambdaNode();
@@ -276,17 +279,21 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     if (now) return Promise.resolve(now);
     return new Promise((resolve) => {
       const queue = waiting.get(spec.name)!;
-      queue.push(resolve);
       // Past the run limit it waits for a running invocation to end (release hands it that
       // instance), but not long: then it runs anyway, if an instance can be had (defaultRunLimit).
-      setTimeout(() => {
-        const at = queue.indexOf(resolve);
+      const timer = setTimeout(() => {
+        const at = queue.indexOf(waiter);
         if (at < 0 || closing) return;
         const instance = take(spec, pool);
         if (!instance) return; // every instance is busy: it waits for one to end
         queue.splice(at, 1);
         resolve(instance);
-      }, RUN_WAIT_MS).unref();
+      }, runWaitMs).unref();
+      const waiter = (instance: Instance) => {
+        clearTimeout(timer);
+        resolve(instance);
+      };
+      queue.push(waiter);
     });
   }
 

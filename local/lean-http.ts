@@ -17,7 +17,7 @@
 import type { IncomingHttpHeaders, Server } from "http";
 import { STATUS_CODES } from "http";
 import type { Socket } from "net";
-import { holdWrites } from "./write-batch";
+import { holdWrites, releaseWrites } from "./write-batch";
 
 export interface LeanRequest {
   method: string;
@@ -99,7 +99,9 @@ export function routeLeanConnections(server: Server, route: LeanRoute, keepAlive
     };
     // Idle for the keep-alive time between requests: closed (a slow answer is not idleness).
     const onIdle = () => {
-      if (!busy) socket.destroy();
+      if (busy) return;
+      releaseWrites(socket); // an answer held this turn leaves first
+      socket.destroy();
     };
     // The sender half-closed (Node's server sockets allow that): what it sent is answered, then the
     // connection ends, as Node's server does.
@@ -117,6 +119,7 @@ export function routeLeanConnections(server: Server, route: LeanRoute, keepAlive
 
     /** Gives the connection to Node's server at the request that starts `buffer`. */
     const handOff = () => {
+      releaseWrites(socket); // the answers held so far leave before anything Node's server writes or destroys
       socket.off("data", onData);
       socket.off("end", onEnd);
       socket.off("timeout", onIdle);

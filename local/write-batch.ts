@@ -2,8 +2,9 @@
  * Writes held until the end of the event loop's I/O phase: every socket corked here is uncorked
  * together in one `setImmediate`, so the answers and frames a batch of requests causes leave as a
  * burst instead of one at a time between reads. Order on each socket is kept (they are the same
- * stream); a socket's `end()` sends what is held; a socket destroyed meanwhile loses it, as it
- * would have lost an unsent write.
+ * stream); a socket's `end()` sends what is held. `destroy()` would drop it, so code that destroys
+ * or hands over a socket it may have held calls `releaseWrites` first (a write not held would have
+ * reached the kernel before the destroy).
  *
  * Why: every write to a loopback socket wakes the process reading it. Written one at a time, with
  * the work of the next post between them, the stack's answers and frames woke a function instance
@@ -37,4 +38,9 @@ export function holdWrites(socket: Holdable): void {
     scheduled = true;
     setImmediate(flush);
   }
+}
+
+/** Sends what `socket` holds now, and holds nothing more for it this turn (before a destroy or a hand-over). */
+export function releaseWrites(socket: Holdable): void {
+  if (corked.delete(socket) && !socket.destroyed) socket.uncork();
 }

@@ -46,8 +46,8 @@ describe("local Lambda runtime", function () {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  const start = (s = spec(), maxInstances = 3, runLimit?: number) =>
-    (runtime = createLambdaRuntime({ functions: [s], maxInstances, runLimit, baseEnv: { AWS_ENDPOINT_URL_DYNAMODB: "http://127.0.0.1:1" }, write: (l) => lines.push(l) }));
+  const start = (s = spec(), maxInstances = 3, runLimit?: number, runWaitMs?: number) =>
+    (runtime = createLambdaRuntime({ functions: [s], maxInstances, runLimit, runWaitMs, baseEnv: { AWS_ENDPOINT_URL_DYNAMODB: "http://127.0.0.1:1" }, write: (l) => lines.push(l) }));
   type Result = { instance: string; invocations: number; pid: number; table: string; endpoint: string; name: string; remaining: number; requestId: string };
 
   it("runs the archive with the function's environment, local endpoints and a Lambda-like context", async () => {
@@ -94,6 +94,17 @@ describe("local Lambda runtime", function () {
     assert.equal(runtime.instanceCount("chat-fn"), 2);
     await runtime.close(); // cancels the slow one
     await slow;
+  });
+
+  it("past the run limit, an invocation gets the instance of the first one to end, warm, when that comes within the wait", async () => {
+    start(spec(), 3, 1, 60_000);
+    const warm = (await runtime.invoke("chat-fn", {})).result as Result;
+    const first = runtime.invoke("chat-fn", { sleepMs: 200 });
+    const waiting = runtime.invoke("chat-fn", {});
+    const [, out] = await Promise.all([first, waiting]);
+    assert.equal(out.coldStart, false);
+    assert.equal((out.result as Result).instance, warm.instance);
+    assert.equal(runtime.instanceCount("chat-fn"), 1);
   });
 
   it("enforces the timeout by ending the instance, and replaces it on the next invocation", async () => {

@@ -45,6 +45,8 @@ describe("local lean HTTP path (lean-http.ts)", () => {
   let port: number;
   let leanSeen: LeanRequest[];
   let nodeSeen: { method?: string; url?: string; body: string }[];
+  /** What a request to /lean/gated waits for. */
+  let gate: Promise<void> = Promise.resolve();
   const sockets: Socket[] = [];
 
   /** A server with the lean path, keeping idle connections for `keepAliveMs`. */
@@ -68,6 +70,7 @@ describe("local lean HTTP path (lean-http.ts)", () => {
         maxBodyBytes: 1000,
         handle: async (request): Promise<LeanAnswer> => {
           leanSeen.push(request);
+          if (request.url === "/lean/gated") await gate;
           if (request.url === "/lean/none") return { status: 204, headers: {}, body: "" };
           return { status: 200, headers: { "x-seen": String(request.headers["x-n"]) }, body: `lean:${request.body.toString()}` };
         },
@@ -178,6 +181,18 @@ describe("local lean HTTP path (lean-http.ts)", () => {
     raw.socket.end(post("/lean/last", "z"));
     await raw.closed;
     assert.match(raw.text, /lean:z$/);
+  });
+
+  it("sends a held answer before the connection ends at a request it leaves to Node, after a half-close", async () => {
+    // The server's socket: its end is seen (after the lean path's own handler) before the answer is released.
+    let open_!: () => void;
+    gate = new Promise<void>((resolve) => (open_ = resolve));
+    server.once("connection", (socket: Socket) => socket.once("end", () => open_()));
+    const raw = await open();
+    raw.socket.end(post("/lean/gated", "a") + post("/elsewhere", "b"));
+    await raw.closed;
+    assert.match(raw.text, /^HTTP\/1\.1 200 [^]*lean:a$/);
+    assert.equal(nodeSeen.length, 0, "a request after the end of the stream is not answered");
   });
 
   it("leaves a body over the route's bound to Node's server", async () => {
