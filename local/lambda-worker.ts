@@ -6,7 +6,24 @@
  * the invocation used. It runs as plain JavaScript (lambda.ts transpiles it), without ts-node,
  * so its memory and start-up time are those of the function's own code.
  */
+import * as fs from "fs";
 import * as path from "path";
+
+/**
+ * This instance's peak resident memory, in KB. On Linux, `resourceUsage().maxRSS` keeps the peak
+ * of the process that forked the instance (the stack's, often over 128 MB: measured, a child of a
+ * 344 MB parent reported 304 MB with 44 MB resident), so the peak of this process's own memory
+ * (VmHWM in /proc/self/status) is read instead; elsewhere, maxRSS.
+ */
+function peakRssKb(): number {
+  try {
+    const hwm = /^VmHWM:\s+(\d+) kB$/m.exec(fs.readFileSync("/proc/self/status", "utf8"));
+    if (hwm) return Number(hwm[1]);
+  } catch {
+    // no /proc: not Linux
+  }
+  return process.resourceUsage().maxRSS;
+}
 
 interface InvokeMessage {
   type: "invoke";
@@ -57,7 +74,7 @@ process.on("message", async (message: InvokeMessage) => {
   // Lambda reports init once, with the first invocation of an instance.
   const report = () => ({
     cpuMs: (({ user, system }) => (user + system) / 1000)(process.cpuUsage(cpu)),
-    maxMemoryUsedMb: Math.ceil(process.resourceUsage().maxRSS / 1024),
+    maxMemoryUsedMb: Math.ceil(peakRssKb() / 1024),
     ...(initDurationMs === undefined ? {} : { initDurationMs }),
   });
   try {

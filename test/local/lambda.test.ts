@@ -150,6 +150,14 @@ describe("local Lambda runtime", function () {
     assert.ok(cold.report!.maxMemoryUsedMb > 10 && cold.report!.maxMemoryUsedMb < 128, `${cold.report!.maxMemoryUsedMb} MB: plain Node, no TypeScript compiler in the instance`);
   });
 
+  it("must report the instance's own peak memory, not the stack's (a forked child inherits its parent's peak maxRSS on Linux)", async () => {
+    const ballast = Buffer.alloc(300 * 1024 * 1024, 1); // the stack's process, grown past 300 MB
+    start();
+    const out = await runtime.invoke("chat-fn", {});
+    assert.ok(out.report!.maxMemoryUsedMb > 10 && out.report!.maxMemoryUsedMb < 128, `${out.report!.maxMemoryUsedMb} MB`);
+    assert.equal(ballast[ballast.length - 1], 1, "the parent's memory stayed resident while the instance started");
+  });
+
   it("must not count a cold start's init in its Duration: init is reported apart, as Lambda does", async () => {
     start(spec({ environment: { SLOW_INIT_MS: "400" } }));
     const cold = await runtime.invoke("chat-fn", {});
