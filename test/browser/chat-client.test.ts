@@ -17,7 +17,7 @@ import * as path from "node:path";
 import { Browser, Page } from "playwright-core";
 import { signRequest } from "../../handlers/shared/aws-http";
 import { E2EStack, localStack } from "../e2e/stack";
-import { Browserish, CHROMIUM, cursorOf, event, historyEnd, launch, openPage, screenshotDir, scriptedServer, setVisible, WIDTHS } from "./support";
+import { Browserish, cursorOf, event, historyEnd, launch, openPage, screenshotDir, scriptedServer, setVisible, WIDTHS } from "./support";
 
 /** Opens the page, fills the join form (keyboard only) and waits until connected and caught up. */
 async function enter(page: Page, base: string, name: string, room: string, options: { query?: string; hidden?: boolean } = {}): Promise<Page> {
@@ -103,10 +103,9 @@ describe("the chat page as a chat client (issue 13)", function () {
   let pageUrl: string;
 
   before(async function () {
-    assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)`);
+    browser = await launch(); // first, so a missing browser fails before a stack starts
     stack = await localStack();
     pageUrl = /Chat page: (\S+)/.exec(stack.logs())![1];
-    browser = await launch();
   });
   after(async () => {
     await browser?.close();

@@ -1,16 +1,15 @@
 /**
- * The chat page in real headless Chromium (Debian's, driven by playwright-core), against a local
+ * The chat page in real headless Chromium (the one support.ts finds, driven by playwright-core), against a local
  * stack: two pages in one room and one in another, a dropped connection, the token's keeping, and
  * the delivery rules against a scripted server. The features of issue 13 (presence, typing, edits,
  * read markers, the frame at two widths, screenshots) are in chat-client.test.ts.
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import * as fs from "node:fs";
 import { Browser, Page } from "playwright-core";
 import { signRequest } from "../../handlers/shared/aws-http";
 import { E2EStack, localStack } from "../e2e/stack";
-import { Browserish, CHROMIUM, launch, scriptedServer } from "./support";
+import { Browserish, launch, scriptedServer } from "./support";
 
 describe("the chat page in Chromium", function () {
   this.timeout(120_000);
@@ -20,10 +19,9 @@ describe("the chat page in Chromium", function () {
   const room = `lobby-${Date.now()}`;
 
   before(async function () {
-    assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)`);
+    browser = await launch(); // first, so a missing browser fails before a stack starts
     stack = await localStack();
     pageUrl = /Chat page: (\S+)/.exec(stack.logs())![1];
-    browser = await launch();
   });
   after(async () => {
     await browser?.close();
