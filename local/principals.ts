@@ -34,6 +34,13 @@ export function principalsOf(resources: RecordedResource[], edits: PolicyEdit[] 
       })
       .filter((s) => !edits.some((e) => functionName.includes(e.function) && s.Sid === e.dropSid));
     for (const statement of statements) checkSupported(statement, `function ${functionName}`);
-    return { functionName, roleName, statements };
+    // Frozen: local/iam.ts keeps decisions per statements array, so a policy changes only by a new array.
+    return { functionName, roleName, statements: Object.freeze(statements.map(frozen)) as PolicyStatement[] };
   });
+}
+
+/** A statement that cannot be edited in place, its Action and Resource lists included. */
+function frozen(statement: PolicyStatement): PolicyStatement {
+  const lists = (v: PolicyStatement["Action"]) => (Array.isArray(v) ? Object.freeze([...v]) : v) as PolicyStatement["Action"];
+  return Object.freeze({ ...statement, ...("Action" in statement ? { Action: lists(statement.Action) } : {}), ...("Resource" in statement ? { Resource: lists(statement.Resource) } : {}) });
 }

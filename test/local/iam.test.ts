@@ -4,7 +4,8 @@
  */
 import { SignatureV4 } from "@smithy/signature-v4";
 import assert from "node:assert/strict";
-import { authenticate, denial, Sha256, dynamodbActions, IamConfig, issueCredentials, newIamConfig, policyAllows, refusal, SIGNATURE_MISMATCH } from "../../local/iam";
+import { getSigningKey } from "@smithy/signature-v4";
+import { authenticate, denial, Sha256, dynamodbActions, IamConfig, issueCredentials, newIamConfig, policyAllows, refusal, SIGNATURE_MISMATCH, signingKey } from "../../local/iam";
 import { principalsOf } from "../../local/principals";
 import type { RecordedResource } from "../../local/program";
 
@@ -21,6 +22,18 @@ async function signed(credentials: { accessKeyId: string; secretAccessKey: strin
     { signingDate },
   );
   return { method: "POST", url: "/", headers: request.headers, body: Buffer.from(body), service: "dynamodb" as const };
+}
+
+
+/** A request of any service, signed by the SDK's signer; `target` is the path and query as sent. */
+async function signedFor(service: "dynamodb" | "execute-api" | "lambda", credentials: { accessKeyId: string; secretAccessKey: string; sessionToken?: string }, target: string, headers: Record<string, string>, body: string, signingDate = new Date()) {
+  const url = new URL(target, "http://127.0.0.1:8080");
+  const query: Record<string, string | string[]> = {};
+  for (const [key, value] of url.searchParams) query[key] = key in query ? ([] as string[]).concat(query[key], value) : value;
+  const signer = new SignatureV4({ service, region: "us-east-1", credentials, sha256: Sha256 as never, applyChecksum: false });
+  const request = await signer.sign({ method: "POST", protocol: "http:", hostname: "127.0.0.1", port: 8080, path: url.pathname, query, headers: { host: "127.0.0.1:8080", ...headers }, body }, { signingDate });
+  const lower = Object.fromEntries(Object.entries(request.headers).map(([k, v]) => [k.toLowerCase(), v]));
+  return { method: "POST", url: target, headers: lower, body: Buffer.from(body), service };
 }
 
 describe("local IAM", () => {
@@ -60,6 +73,67 @@ describe("local IAM", () => {
     );
   });
 
+  it("recomputes the SDK's signature for encoded paths, dot segments, repeated query keys and folded header values, and refuses each when changed", async () => {
+    const credentials = issueCredentials(config, "ws-chat-history-1a2b");
+    // [service, target, headers, the target changed]
+    const cases: [Parameters<typeof signedFor>[0], string, Record<string, string>, string][] = [
+      ["execute-api", "/dev/@connections/aBc%3D", { "content-type": "application/json" }, "/dev/@connections/aBc%3E"],
+      ["execute-api", "/dev/./@connections/x/../aBc%3D", {}, "/dev/./@connections/x/../aBc"],
+      ["lambda", "/2015-03-31/functions/ws-chat-fanout-1/invocations?b=2&a=1&a=0&c=%20x", { "x-amz-invocation-type": "Event" }, "/2015-03-31/functions/ws-chat-fanout-1/invocations?b=2&a=1&a=9&c=%20x"],
+      ["dynamodb", "/", { "x-amz-target": "DynamoDB_20120810.Query", "x-custom": "  two   spaces\tand a tab  " }, "/x"],
+    ];
+    for (const [service, target, headers, other] of cases) {
+      const request = await signedFor(service, credentials, target, headers, '{"m":"hi"}');
+      assert.deepEqual(await authenticate(config, request), { ok: true, principal: config.principals[0] }, `${service} ${target}`);
+      assert.equal((await authenticate(config, { ...request, url: other })).ok, false, `${service} ${other}`);
+      const [name] = Object.keys(headers).concat("host");
+      assert.equal((await authenticate(config, { ...request, headers: { ...request.headers, [name]: "changed" } })).ok, false, `${service} ${name}`);
+    }
+  });
+
+  it("refuses a changed body after the same signature's body was accepted (the remembered body hash is never reused)", async () => {
+    const request = await signed(issueCredentials(config, "ws-chat-history-1a2b"));
+    assert.ok((await authenticate(config, request)).ok);
+    const changed = await authenticate(config, { ...request, body: Buffer.from('{"TableName":"messages-2"}') });
+    assert.ok(!changed.ok && changed.failure === "InvalidSignature");
+    assert.ok((await authenticate(config, request)).ok);
+  });
+
+  it("derives signing keys as the SDK does, one per day, region and service: a key of another day or service is never reused", async () => {
+    const credentials = issueCredentials(config, "ws-chat-history-1a2b");
+    for (const [day, region, service] of [["20261207", "us-east-1", "dynamodb"], ["20261208", "us-east-1", "dynamodb"], ["20261208", "eu-west-1", "dynamodb"], ["20261208", "us-east-1", "execute-api"]]) {
+      const sdk = await getSigningKey(Sha256 as never, credentials, day, region, service);
+      assert.deepEqual(new Uint8Array(signingKey(credentials.secretAccessKey, day, region, service)), new Uint8Array(sdk), `${day}/${region}/${service}`);
+    }
+    assert.notDeepEqual(signingKey("s", "20261207", "us-east-1", "dynamodb"), signingKey("s", "20261208", "us-east-1", "dynamodb"));
+    // Across midnight: the first request's key (day 7) must not verify the second (day 8), nor a day-7 signature dated day 8.
+    const before = new Date("2026-12-07T23:59:58Z");
+    const after = new Date("2026-12-08T00:00:02Z");
+    assert.ok((await authenticate(config, await signed(credentials, undefined, before), before.getTime())).ok);
+    assert.ok((await authenticate(config, await signed(credentials, undefined, after), after.getTime())).ok);
+    const redated = await signed(credentials, undefined, before);
+    const moved = await authenticate(config, { ...redated, headers: { ...redated.headers, "x-amz-date": "20261208T000002Z" } }, after.getTime());
+    assert.ok(!moved.ok && moved.failure === "InvalidSignature");
+    // The same credentials for another service, after one was accepted.
+    assert.ok((await authenticate(config, await signedFor("execute-api", credentials, "/dev/@connections/a", {}, "x"))).ok);
+    assert.ok((await authenticate(config, await signedFor("lambda", credentials, "/2015-03-31/functions/f/invocations", {}, "{}"))).ok);
+  });
+
+  it("keeps each role's decisions apart, and a changed policy (new statements) takes effect at once", () => {
+    const table = "arn:aws:dynamodb:us-east-1:123456789012:table/messages-1";
+    const changing = newIamConfig("123456789012", "us-east-1", [
+      { functionName: "a", roleName: "ra", statements: [{ Effect: "Allow", Action: "dynamodb:Query", Resource: table }] },
+      { functionName: "b", roleName: "rb", statements: [] },
+    ]);
+    const [a, b] = changing.principals;
+    assert.equal(denial(changing, a, [["dynamodb:Query", table]]), undefined);
+    assert.match(denial(changing, b, [["dynamodb:Query", table]]) ?? "", /rb\/b is not authorized to perform: dynamodb:Query/);
+    a.statements = [...a.statements, { Effect: "Deny", Action: "dynamodb:*", Resource: "*" }];
+    assert.match(denial(changing, a, [["dynamodb:Query", table]]) ?? "", /ra\/a is not authorized/);
+    b.statements = [{ Effect: "Allow", Action: "dynamodb:Query", Resource: "*" }];
+    assert.equal(denial(changing, b, [["dynamodb:Query", table]]), undefined);
+  });
+
   it("checks a transaction action by action, and a Query on an index against the index's ARN", () => {
     const table = "arn:aws:dynamodb:us-east-1:123456789012:table";
     assert.deepEqual(dynamodbActions(config, "TransactWriteItems", { TransactItems: [{ Put: { TableName: "m" } }, { ConditionCheck: { TableName: "c" } }, { Update: { TableName: "m" } }] }), [
@@ -95,6 +169,10 @@ describe("local IAM", () => {
       { type: "aws:iam/rolePolicy:RolePolicy", name: "p", id: "p-id", inputs: { role: "r-id", policy: JSON.stringify({ Statement: [{ Sid: "A", Effect: "Allow", Action: ["s3:GetObject"], Resource: ["*"] }, { Sid: "B", Effect: "Allow", Action: ["sqs:SendMessage"], Resource: ["*"] }] }) }, state: {} },
     ] as unknown as RecordedResource[];
     assert.deepEqual(principalsOf(resources, [{ function: "-f-", dropSid: "B" }]), [{ functionName: "ws-chat-f-1", roleName: "r-1", statements: [{ Sid: "A", Effect: "Allow", Action: ["s3:GetObject"], Resource: ["*"] }] }]);
+    // Frozen, statements and lists alike: a role's decisions are kept per statements array (local/iam.ts).
+    const [loaded] = principalsOf(resources);
+    assert.throws(() => loaded.statements.push({ Effect: "Allow", Action: "*", Resource: "*" }), TypeError);
+    assert.throws(() => (loaded.statements[0].Action as string[]).push("s3:*"), TypeError);
     const conditional = structuredClone(resources);
     conditional[2].inputs.policy = JSON.stringify({ Statement: [{ Effect: "Allow", Action: "*", Resource: "*", Condition: { Bool: { "aws:SecureTransport": "true" } } }] });
     assert.throws(() => principalsOf(conditional), /does not support Condition/);
