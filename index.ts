@@ -33,8 +33,12 @@ const tableProtection = { pointInTimeRecovery: { enabled: settings.tableProtecti
 // members instead of scanning the table; sorted by name, it is also the member list (its keys carry
 // the names). The TTL removes records whose $disconnect never came; the stream (old and new images)
 // feeds presence, so every way a connection ends, TTL included, becomes a leave event.
-// (Adding `name` as the index's sort key to a stack deployed before it rebuilds the index: DynamoDB
-// deletes and re-creates it, and room queries fail until it is back. Deploy that change when quiet.)
+// The index projects `expiresAt` too, so room queries skip records TTL has not deleted yet.
+// (Adding `name` as the index's sort key, or `expiresAt` to its projection, to a stack deployed
+// before it rebuilds the index: DynamoDB cannot change an index's keys or projection in place, so
+// the provider deletes and re-creates it (updateDiffGSI in
+// https://github.com/hashicorp/terraform-provider-aws/blob/main/internal/service/dynamodb/table.go);
+// the table and its items stay, and room queries fail until the index is back. Deploy when quiet.)
 const ROOM_INDEX = "byRoom";
 const connections = new aws.dynamodb.Table("connections", {
   billingMode: "PAY_PER_REQUEST",
@@ -51,7 +55,8 @@ const connections = new aws.dynamodb.Table("connections", {
         { attributeName: "room", keyType: "HASH" },
         { attributeName: "name", keyType: "RANGE" },
       ],
-      projectionType: "KEYS_ONLY",
+      projectionType: "INCLUDE",
+      nonKeyAttributes: ["expiresAt"],
     },
   ],
   ttl: { attributeName: "expiresAt", enabled: true },

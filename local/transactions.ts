@@ -6,6 +6,7 @@
  * once (they touch distinct items, as DynamoDB requires), each with its own condition and asking
  * for the item as it was; when any fails, the items already changed are restored and the caller
  * gets a TransactionCanceledException with a CancellationReason per item, as DynamoDB answers.
+ * A ClientRequestToken makes a transaction idempotent, as on DynamoDB (`requestTokens`).
  */
 import type { AttributeValue, TransactWriteItem } from "@aws-sdk/client-dynamodb";
 import { createServer, IncomingMessage, Server, ServerResponse } from "http";
@@ -149,6 +150,47 @@ function transactionWriteUnits(items: TransactWriteItem[]): number {
   }, 0);
 }
 
+/** How long DynamoDB remembers a ClientRequestToken after its transaction completed. */
+export const TOKEN_WINDOW_MS = 10 * 60_000;
+
+type TokenVerdict = { run: true; done(applied: boolean): void } | { run: false; status: number; body: unknown };
+
+/**
+ * TransactWriteItems' ClientRequestToken, as the API reference describes it
+ * (https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html):
+ * 1 to 36 characters; a repeat of an applied transaction within 10 minutes of its completion
+ * succeeds without changing anything; the same token with other parameters is refused with
+ * IdempotentParameterMismatchException; a repeat while the first is still running is refused with
+ * TransactionInProgressException. (?) What a repeat of a cancelled transaction gets is not
+ * documented: here it is evaluated again (nothing was applied, so nothing can apply twice).
+ */
+export function requestTokens(now: () => number = Date.now) {
+  const tokens = new Map<string, { request: string; running: boolean; until: number }>();
+  const refuse = (type: string, message: string): TokenVerdict => ({ run: false, status: 400, body: { __type: `com.amazonaws.dynamodb.v20120810#${type}`, message } });
+  return (input: Record<string, unknown>): TokenVerdict => {
+    const { ClientRequestToken: token, ...rest } = input;
+    if (token === undefined) return { run: true, done: () => undefined };
+    if (typeof token !== "string" || token.length < 1 || token.length > 36) {
+      return { run: false, status: 400, body: { __type: "com.amazon.coral.validate#ValidationException", message: "1 validation error detected: Value at 'clientRequestToken' failed to satisfy constraint: Member must have length less than or equal to 36" } };
+    }
+    for (const [key, entry] of tokens) if (!entry.running && entry.until <= now()) tokens.delete(key);
+    const request = JSON.stringify(rest);
+    const known = tokens.get(token);
+    if (known && known.request !== request) return refuse("IdempotentParameterMismatchException", "The request uses the same client token as a previous, but non-identical request.");
+    if (known?.running) return refuse("TransactionInProgressException", "The transaction with the given request token is already in progress.");
+    if (known) return { run: false, status: 200, body: {} };
+    const entry = { request, running: true, until: Infinity };
+    tokens.set(token, entry);
+    return {
+      run: true,
+      done(applied) {
+        if (applied) Object.assign(entry, { running: false, until: now() + TOKEN_WINDOW_MS });
+        else tokens.delete(token);
+      },
+    };
+  };
+}
+
 /** The fields of a request body the proxy reads; parsed once per request. */
 type RequestBody =
   | {
@@ -271,14 +313,18 @@ export async function startTransactionProxy(call: DirectCall, schemas: Map<strin
     res.end(JSON.stringify(body));
   }
 
-  async function transact(body: RequestBody, res: ServerResponse) {
+  /** Runs a transaction and answers it; resolves whether it was applied. */
+  async function transact(body: RequestBody, res: ServerResponse): Promise<boolean> {
     try {
       if (!body.ok) throw body.error;
       const input = body.value;
       meter.requests.TransactWriteItems = (meter.requests.TransactWriteItems ?? 0) + 1;
       meter.writeUnits += transactionWriteUnits(input.TransactItems ?? []);
       const { cancelled } = await transactWrite(call, schemas, input.TransactItems ?? []);
-      if (!cancelled) return reply(res, 200, {});
+      if (!cancelled) {
+        reply(res, 200, {});
+        return true;
+      }
       reply(res, 400, {
         __type: "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
         message: `Transaction cancelled, please refer cancellation reasons for specific reasons [${cancelled.map((r) => r.Code).join(", ")}]`,
@@ -288,7 +334,16 @@ export async function startTransactionProxy(call: DirectCall, schemas: Map<strin
       const type = (err as { type?: string }).type ?? (err as Error).name ?? "InternalServerError";
       reply(res, type === "InternalServerError" ? 500 : 400, { __type: `com.amazon.coral.validate#${type}`, message: (err as Error).message });
     }
+    return false;
   }
+
+  const tokenOf = requestTokens();
+  /** A transaction, unless its ClientRequestToken answers it already (requestTokens). */
+  const transactOnce = async (input: RequestBody, res: ServerResponse) => {
+    const verdict = input.ok ? tokenOf(input.value as Record<string, unknown>) : ({ run: true, done: () => undefined } as const);
+    if (!verdict.run) return reply(res, verdict.status, verdict.body);
+    verdict.done(await serialized(keysOf(input), () => transaction(input, res)));
+  };
 
   let stalledUntil = 0;
   let downUntil = 0;
@@ -307,11 +362,11 @@ export async function startTransactionProxy(call: DirectCall, schemas: Map<strin
       return [];
     }
   };
-  const transaction = (input: RequestBody, res: ServerResponse) =>
+  const transaction = (input: RequestBody, res: ServerResponse): Promise<boolean> =>
     capture ? capture.group(transactionTargets(input), undefined, () => transact(input, res)) : transact(input, res);
   /** Runs one request: a transaction, a write in its item's queue, or a read. */
   const handle = (req: IncomingMessage, body: Buffer, input: RequestBody, operation: string, res: ServerResponse) => {
-    if (operation === "TransactWriteItems") return serialized(keysOf(input), () => transaction(input, res));
+    if (operation === "TransactWriteItems") return transactOnce(input, res);
     if (WRITES.has(operation)) return serialized(keysOf(input), () => forward(req, body, input, res, operation), "shared");
     return forward(req, body, input, res, operation);
   };

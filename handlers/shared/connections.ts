@@ -1,11 +1,17 @@
 /**
  * The connections store: one DynamoDB item per open WebSocket connection, queried by room
- * through a KEYS_ONLY global secondary index keyed by room and name (so a Query returns each
- * connection's id and name, sorted by name: the room's members, without a second projection). SDK errors are translated here, where the SDK
- * is called, into ChatErrors with code `store_unavailable`.
+ * through a global secondary index keyed by room and name that also projects `expiresAt` (so a
+ * Query returns each connection's id and name, sorted by name: the room's members, without a
+ * second projection). Every room query skips expired records: a record whose `$disconnect` never
+ * came stays until DynamoDB's TTL deletes it, "typically within a few days"
+ * (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/howitworks-ttl.html), and its
+ * connection is certainly closed (API Gateway ends every connection within MAX_CONNECTION_SECONDS).
+ * SDK errors are translated here, where the SDK is called, into ChatErrors with code `store_unavailable`.
+ * How each write here behaves when an attempt's answer is lost: docs/retries.md.
  */
 import { DeleteCommand, GetCommand, PutCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
-import { createLeanDocumentClient, DocumentClient, isConditionFailure, queryPages, storeUnavailable, tableCalls } from "./dynamodb";
+import { randomBytes } from "crypto";
+import { atMostOnce, createLeanDocumentClient, DocumentClient, isAmbiguous, isConditionFailure, queryPages, storeUnavailable, tableCalls } from "./dynamodb";
 import { ENV, RANGES, requireEnv, requireIntEnv } from "./env";
 
 /** API Gateway closes every WebSocket connection after 2 hours. */
@@ -32,6 +38,8 @@ export interface ConnectionRecord {
   expiresAt: number;
   /** The key of the place it holds among its name's (auth on): removing the record frees it. */
   place?: string;
+  /** The id of the last budget spend applied to it (admit): how a spend whose answer was lost is read back. */
+  rlRequest?: string;
 }
 
 /**
@@ -84,7 +92,7 @@ export interface ConnectionsStore {
   takePlace(name: string, connectionId: string, expiresAt: number, nowMs: number, cap: number): Promise<string | undefined>;
   /** Frees a place if `connectionId` still holds it (idempotent). */
   freePlace(place: string, connectionId: string): Promise<void>;
-  /** The connection ids in a room, one DynamoDB page at a time (a Query, never a Scan). */
+  /** The connection ids in a room, by pages of `pageSize` (the last may hold fewer), or DynamoDB's own pages without one (a Query, never a Scan). */
   roomMembers(room: string, pageSize?: number): AsyncGenerator<string[], void, undefined>;
   /** How many connections the room has, counting no further than `upTo` when given. */
   roomCount(room: string, upTo?: number): Promise<number>;
@@ -147,7 +155,8 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
 
   /**
    * The room index's pages for `room` (a Query, never a Scan), sorted by name, optionally after a
-   * name; following LastEvaluatedKey until the caller stops reading.
+   * name, without expired records; following LastEvaluatedKey until the caller stops reading.
+   * `limit` bounds the records read per page, before the filter: a page may hold fewer.
    */
   function roomPages(room: string, options: { after?: string; projection?: "connectionId" | "#name"; select?: "COUNT"; limit?: () => number | undefined }) {
     const { after, projection, select, limit } = options;
@@ -158,8 +167,10 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
         TableName: tableName,
         IndexName: roomIndexName,
         KeyConditionExpression: after === undefined ? "#room = :room" : "#room = :room AND #name > :after",
+        // TTL deletes in the background; until then an expired record is still in the index.
+        FilterExpression: "expiresAt > :now",
         ExpressionAttributeNames: { "#room": "room", ...(byName ? { "#name": "name" } : {}) },
-        ExpressionAttributeValues: { ":room": room, ...(after === undefined ? {} : { ":after": after }) },
+        ExpressionAttributeValues: { ":room": room, ":now": Math.floor(Date.now() / 1000), ...(after === undefined ? {} : { ":after": after }) },
         ...(projection ? { ProjectionExpression: projection } : {}),
         ...(select ? { Select: select } : {}),
       },
@@ -172,30 +183,28 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
       await call("PutItem", () => doc.send(new PutCommand({ TableName: tableName, Item: record })));
     },
 
+    // Both deletes read the record first, for its place: the item a delete returns (ALL_OLD) is lost
+    // when the delete's answer is, and a retry that finds nothing would leave the place held.
     async remove(connectionId) {
-      const out = await call("DeleteItem", () => doc.send(new DeleteCommand({ TableName: tableName, Key: { connectionId }, ReturnValues: "ALL_OLD" })));
-      await releasePlace(out.Attributes as ConnectionRecord | undefined);
+      const record = await store.get(connectionId);
+      if (!record) return;
+      await call("DeleteItem", () => doc.send(new DeleteCommand({ TableName: tableName, Key: { connectionId } })));
+      await releasePlace(record);
     },
 
     async removeStale(connectionId, nowMs) {
-      return call("DeleteItem", async () => {
+      const record = await store.get(connectionId);
+      // connectedAt never changes: a record too young now stays too young; none is gone already.
+      if (!record || record.connectedAt >= nowMs - CONNECT_GRACE_MS) return false;
+      await call("DeleteItem", async () => {
         try {
-          const out = await doc.send(
-            new DeleteCommand({
-              TableName: tableName,
-              Key: { connectionId },
-              ConditionExpression: "connectedAt < :cutoff",
-              ExpressionAttributeValues: { ":cutoff": nowMs - CONNECT_GRACE_MS },
-              ReturnValues: "ALL_OLD",
-            }),
-          );
-          await releasePlace(out.Attributes as ConnectionRecord | undefined);
-          return true;
+          await doc.send(new DeleteCommand({ TableName: tableName, Key: { connectionId }, ConditionExpression: "connectedAt < :cutoff", ExpressionAttributeValues: { ":cutoff": nowMs - CONNECT_GRACE_MS } }));
         } catch (err) {
-          if (isConditionFailure(err)) return false; // too young to call stale, or already gone
-          throw err;
+          if (!isConditionFailure(err)) throw err; // gone meanwhile: by $disconnect, or by our own attempt whose answer was lost
         }
       });
+      await releasePlace(record);
+      return true;
     },
 
     async get(connectionId) {
@@ -207,16 +216,23 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
 
     async admit(connectionId, nowMs, limit, cost = 1) {
       const { window, retryAfterMs } = windowOf(nowMs, limit);
+      // A spend is sent at most once: a retry after an attempt that applied would charge twice, and
+      // a condition cannot tell our own earlier attempt from another request of the connection
+      // that landed between the two. Each spend records this call's id instead, so an attempt whose
+      // answer was lost is read back: applied (admitted, charged once) or not known (unavailable).
+      const request = randomBytes(9).toString("base64url");
       const update = (expression: string, condition: string, values: Record<string, unknown>) =>
         doc.send(
-          new UpdateCommand({
-            TableName: tableName,
-            Key: { connectionId },
-            UpdateExpression: expression,
-            ConditionExpression: `attribute_exists(connectionId) AND (${condition})`,
-            ExpressionAttributeValues: values,
-            ReturnValues: "ALL_NEW",
-          }),
+          atMostOnce(
+            new UpdateCommand({
+              TableName: tableName,
+              Key: { connectionId },
+              UpdateExpression: `${expression}, rlRequest = :request`,
+              ConditionExpression: `attribute_exists(connectionId) AND (${condition})`,
+              ExpressionAttributeValues: { ...values, ":request": request },
+              ReturnValues: "ALL_NEW",
+            }),
+          ),
         );
       // Condition expressions have no arithmetic: the limits are computed here.
       const max = limit.messages;
@@ -237,6 +253,13 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
             const out = await update(expression, condition, values);
             return { record: out.Attributes as ConnectionRecord, allowed: true };
           } catch (err) {
+            if (isAmbiguous(err)) {
+              // The answer never came: admitted if the record carries this call's id (the spend
+              // applied), else unavailable (it did not apply, or still may: charged at most once).
+              const record = await store.get(connectionId);
+              if (record?.rlRequest === request) return { record, allowed: true };
+              throw storeUnavailable(tableName, "UpdateItem", err);
+            }
             if (!isConditionFailure(err)) throw storeUnavailable(tableName, "UpdateItem", err);
           }
         }
@@ -251,14 +274,15 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
       const { window } = windowOf(nowMs, limit);
       await call("UpdateItem", async () => {
         try {
+          // At most once, as a spend (admit): a lost answer fails the charge rather than doubling it.
           await doc.send(
-            new UpdateCommand({
+            atMostOnce(new UpdateCommand({
               TableName: tableName,
               Key: { connectionId },
               UpdateExpression: "SET rlCount = rlCount + :units",
               ConditionExpression: "attribute_exists(connectionId) AND rlWindow = :window",
               ExpressionAttributeValues: { ":units": units, ":window": window },
-            }),
+            })),
           );
         } catch (err) {
           if (!isConditionFailure(err)) throw err; // a new window began, or the connection is gone: nothing to charge
@@ -277,8 +301,9 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
               new PutCommand({
                 TableName: tableName,
                 Item: { connectionId: place, holder: connectionId, expiresAt },
-                ConditionExpression: "attribute_not_exists(connectionId) OR expiresAt <= :now",
-                ExpressionAttributeValues: { ":now": Math.floor(nowMs / 1000) },
+                // Held by this connection already: our own attempt whose answer was lost, met by the retry.
+                ConditionExpression: "attribute_not_exists(connectionId) OR expiresAt <= :now OR holder = :holder",
+                ExpressionAttributeValues: { ":now": Math.floor(nowMs / 1000), ":holder": connectionId },
               }),
             );
             return true;
@@ -329,7 +354,8 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
               TableName: tableName,
               Key: { connectionId },
               UpdateExpression: "SET typingAt = :now",
-              ConditionExpression: "attribute_exists(connectionId) AND (attribute_not_exists(typingAt) OR typingAt <= :cutoff)",
+              // `typingAt = :now`: our own attempt whose answer was lost, met by the retry.
+              ConditionExpression: "attribute_exists(connectionId) AND (attribute_not_exists(typingAt) OR typingAt <= :cutoff OR typingAt = :now)",
               ExpressionAttributeValues: { ":now": nowMs, ":cutoff": nowMs - intervalMs },
               ReturnValues: "ALL_NEW",
             }),
@@ -343,9 +369,18 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
     },
 
     async *roomMembers(room, pageSize) {
-      for await (const page of roomPages(room, { projection: "connectionId", limit: () => pageSize })) {
-        yield (page.Items ?? []).map((item) => String(item.connectionId));
+      // Expired records are filtered out of a page after it is read: refill to `pageSize` across
+      // pages, so a caller that reads one page (typing) still sees up to `pageSize` members.
+      let ids: string[] = [];
+      let yielded = false;
+      for await (const page of roomPages(room, { projection: "connectionId", limit: () => (pageSize === undefined ? undefined : pageSize - ids.length) })) {
+        ids.push(...(page.Items ?? []).map((item) => String(item.connectionId)));
+        if (pageSize === undefined || ids.length >= pageSize) {
+          yield ids;
+          [ids, yielded] = [[], true];
+        }
       }
+      if (ids.length > 0 || !yielded) yield ids;
     },
   };
   return store;

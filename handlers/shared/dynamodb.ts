@@ -14,11 +14,21 @@
  * - errors named by the answer's `__type` (after the `#`), with `$metadata.httpStatusCode`, and
  *   `CancellationReasons` (items unmarshalled) on TransactionCanceledException;
  * - retries as the SDK's standard strategy: 3 attempts in all, for throttling, 5xx and answers
- *   that never came, exponential backoff with full jitter from 100 ms;
+ *   that never came, exponential backoff with full jitter from 100 ms; except that a write marked
+ *   `atMostOnce` is not sent again after a failure that may have applied it (docs/retries.md);
+ * - a ClientRequestToken on every TransactWriteItems that has none, made once per call and sent
+ *   with each of its attempts, as the SDK fills the member it models as an idempotency token
+ *   (@aws-sdk/core's JSON codec, `isIdempotencyToken`): DynamoDB then applies a retried
+ *   transaction once ("multiple identical calls have the same effect as one single call", for 10
+ *   minutes; the same token with other parameters is refused with IdempotentParameterMismatch;
+ *   https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html).
+ *   A TransactionInProgressException (the first attempt is still running) is retried, as AWS
+ *   recommends for it;
  * - a request timeout (the SDK has none by default): an answer not started within
  *   REQUEST_TIMEOUT_MS fails the attempt, so a stalled connection cannot eat a handler's budget.
  */
 import { marshall, unmarshall } from "@aws-sdk/util-dynamodb";
+import { randomUUID } from "crypto";
 import {
   DeleteCommand,
   DynamoDBDocumentClient,
@@ -136,10 +146,36 @@ function translate(err: AwsHttpError): Error {
   return translated;
 }
 
-const retryable = (err: Error & { $metadata?: { httpStatusCode?: number } }) => {
-  const status = err.$metadata?.httpStatusCode;
-  return status === undefined || status >= 500 || THROTTLING.includes(err.name);
+type Failure = Error & { $metadata?: { httpStatusCode?: number }; $fault?: "client" | "server" };
+
+/**
+ * A failure after which the write may have been applied: no answer came (a timeout or a reset
+ * connection, after the request may have reached DynamoDB), or a 5xx ("the request may or may not
+ * have succeeded": InternalServerError in
+ * https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Programming.Errors.html).
+ * Throttling is answered before anything is applied.
+ */
+export const isAmbiguous = (err: unknown) => {
+  const failure = err as Failure | undefined;
+  const status = failure?.$metadata?.httpStatusCode;
+  // An error DynamoDB answered carries its status (the SDK's exceptions built without one say `$fault: "client"`).
+  const unanswered = status === undefined && failure?.$fault !== "client";
+  return (unanswered || (status !== undefined && status >= 500)) && !THROTTLING.includes(failure?.name ?? "");
 };
+
+const retryable = (err: Failure, once: boolean) => {
+  if (THROTTLING.includes(err.name) || err.name === "TransactionInProgressException") return true;
+  return isAmbiguous(err) && !once;
+};
+
+/**
+ * Marks a write that must reach DynamoDB at most once: after a failure that may have applied it
+ * (isAmbiguous) it is not sent again, and the caller decides (a budget spend reads back whether
+ * it landed: connections.ts). Throttled attempts are still retried: nothing was applied.
+ */
+export function atMostOnce<C extends object>(command: C): C {
+  return Object.assign(command, { atMostOnce: true });
+}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -160,15 +196,19 @@ export class LeanDocumentClient {
   async send(command: { input: object }): Promise<Doc> {
     const operation = operationOf(command);
     if (!operation) throw new Error(`the lean DynamoDB client does not send ${command.constructor.name}`);
-    const body = JSON.stringify(marshallInput(command.input as Doc));
+    const input = command.input as Doc;
+    // One token per call, the same in every attempt: a retry of an applied transaction is then a repeat DynamoDB recognises.
+    const token = operation === "TransactWriteItems" && input.ClientRequestToken === undefined ? { ClientRequestToken: randomUUID() } : {};
+    const body = JSON.stringify(marshallInput({ ...input, ...token }));
     const headers = { "content-type": "application/x-amz-json-1.0", "x-amz-target": `DynamoDB_20120810.${operation}` };
+    const once = (command as { atMostOnce?: boolean }).atMostOnce === true;
     for (let attempt = 1; ; attempt++) {
       try {
         const answer = await this.request("POST", this.url, body, headers);
         return unmarshallOutput(answer.body ? (JSON.parse(answer.body) as Wire) : {}, answer.status);
       } catch (err) {
         const translated = translate(err as AwsHttpError);
-        if (attempt >= ATTEMPTS || !retryable(translated)) throw translated;
+        if (attempt >= ATTEMPTS || !retryable(translated, once)) throw translated;
         await sleep(Math.random() * BACKOFF_BASE_MS * 2 ** (attempt - 1));
       }
     }

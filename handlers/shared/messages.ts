@@ -214,7 +214,13 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
   const getItem = (room: string, cursor: string) =>
     call("GetItem", async () => (await doc.send(new GetCommand({ TableName: tableName, Key: { room, cursor }, ConsistentRead: true }))).Item);
 
-  /** One atomic step: the next number of the room, and its epoch (created with the head). */
+  /**
+   * One atomic step: the next number of the room, and its epoch (created with the head). Retried
+   * like any call when an answer is lost: if the lost attempt had applied, the retry takes the next
+   * number and the one before is burned. Nobody stores under a burned number, so it is settled as
+   * any hole is (sequence.ts): after the grace, history writes a tombstone there. A retry can cost
+   * a reader one grace's wait, never a message (docs/retries.md).
+   */
   async function takeNumber(room: string): Promise<{ seq: number; epoch: string; numberedAt: number }> {
     const out = await call("UpdateItem", () =>
       doc.send(
@@ -232,12 +238,23 @@ export function createMessageStore(doc: DocumentClient, tableName: string, reten
     return { seq: Number(out.Attributes?.seq), epoch: String(out.Attributes?.epoch), numberedAt: Date.now() };
   }
 
-  /** Fills an empty number with a tombstone; false when something is stored there already. */
+  /**
+   * Fills an empty number with a tombstone; false when something else is stored there already. A
+   * tombstone there already (our own attempt whose answer was lost, or another reader's) counts as ours.
+   */
   async function tombstone(room: string, seq: number, epoch: string, numberedAt: number): Promise<boolean> {
     const item: StoredTombstone = { room, cursor: cursorOf(seq), type: "tombstone", epoch, numberedAt, expiresAt: Math.floor(Date.now() / 1000) + retentionDays * 86_400 };
     return call("PutItem", async () => {
       try {
-        await doc.send(new PutCommand({ TableName: tableName, Item: item, ConditionExpression: FREE_NUMBER, ExpressionAttributeNames: CURSOR_NAME, ExpressionAttributeValues: { ":epoch": epoch } }));
+        await doc.send(
+          new PutCommand({
+            TableName: tableName,
+            Item: item,
+            ConditionExpression: `${FREE_NUMBER} OR (#type = :tombstone AND epoch = :epoch)`,
+            ExpressionAttributeNames: { ...CURSOR_NAME, "#type": "type" },
+            ExpressionAttributeValues: { ":epoch": epoch, ":tombstone": "tombstone" },
+          }),
+        );
         return true;
       } catch (err) {
         if (isConditionFailure(err)) return false;

@@ -1,4 +1,4 @@
-import { DeleteCommand, PutCommand } from "@aws-sdk/lib-dynamodb";
+import { DeleteCommand, GetCommand, PutCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
 import { connectHandlerFactory } from "../../handlers/connect";
 import { disconnectHandlerFactory } from "../../handlers/disconnect";
@@ -90,33 +90,41 @@ describe("$disconnect", () => {
   let ddb: ReturnType<typeof stub>;
   beforeEach(() => (ddb = stub()));
 
+  const RECORD = { connectionId: "BFaT_fALIAMCKug=", room: "general", name: "carol", connectedAt: 0, expiresAt: 9_999_999_999 };
+
   it("deletes the connection's record and logs the close code", async () => {
+    ddb.on(GetCommand).resolves({ Item: RECORD });
     ddb.on(DeleteCommand).resolves({});
     const result = await disconnectHandlerFactory()(disconnectEvent("BFaT_fALIAMCKug=", 1005, "Client-side close frame status not set"), lambdaContext);
     assert.equal(result.statusCode, 200);
     const calls = ddb.commandCalls(DeleteCommand);
     assert.equal(calls.length, 1);
-    assert.deepEqual(calls[0].args[0].input, { TableName: "connections-test", Key: { connectionId: "BFaT_fALIAMCKug=" }, ReturnValues: "ALL_OLD" });
+    // Read first (consistently), for the place: a delete's ALL_OLD is lost with its answer.
+    assert.deepEqual(ddb.commandCalls(GetCommand)[0].args[0].input, { TableName: "connections-test", Key: { connectionId: "BFaT_fALIAMCKug=" }, ConsistentRead: true });
+    assert.deepEqual(calls[0].args[0].input, { TableName: "connections-test", Key: { connectionId: "BFaT_fALIAMCKug=" } });
     assert.ok(logs().some((l) => l.msg === "disconnected" && l.code === 1005));
     assert.equal(calls.length, 1, "a record without a place frees nothing");
   });
 
   it("frees the place its record held, if it still holds it", async () => {
-    ddb.on(DeleteCommand).resolves({ Attributes: { connectionId: "BFaT_fALIAMCKug=", room: "general", name: "carol", place: "#name#carol#3" } });
+    ddb.on(GetCommand).resolves({ Item: { ...RECORD, place: "#name#carol#3" } });
+    ddb.on(DeleteCommand).resolves({});
     await disconnectHandlerFactory()(disconnectEvent("BFaT_fALIAMCKug="), lambdaContext);
     const [, free] = ddb.commandCalls(DeleteCommand).map((c) => c.args[0].input);
     assert.deepEqual([free.Key, free.ConditionExpression, free.ExpressionAttributeValues], [{ connectionId: "#name#carol#3" }, "holder = :holder", { ":holder": "BFaT_fALIAMCKug=" }]);
   });
 
   it("is idempotent: a second disconnect for the same id succeeds", async () => {
+    ddb.on(GetCommand).resolvesOnce({ Item: RECORD }).resolves({});
     ddb.on(DeleteCommand).resolves({});
     const handler = disconnectHandlerFactory();
     assert.equal((await handler(disconnectEvent("BFaT_fALIAMCKug="), lambdaContext)).statusCode, 200);
     assert.equal((await handler(disconnectEvent("BFaT_fALIAMCKug="), lambdaContext)).statusCode, 200);
-    assert.equal(ddb.commandCalls(DeleteCommand).length, 2);
+    assert.equal(ddb.commandCalls(DeleteCommand).length, 1, "the second finds no record: nothing to delete");
   });
 
   it("answers 500 and logs when the delete fails (the TTL cleans up later)", async () => {
+    ddb.on(GetCommand).resolves({ Item: RECORD });
     ddb.on(DeleteCommand).rejects(new Error("network down"));
     const result = await disconnectHandlerFactory()(disconnectEvent("BFaT_fALIAMCKug="), lambdaContext);
     assert.equal(result.statusCode, 500);

@@ -1,4 +1,4 @@
-import { DeleteCommand } from "@aws-sdk/lib-dynamodb";
+import { DeleteCommand, GetCommand } from "@aws-sdk/lib-dynamodb";
 import assert from "node:assert/strict";
 import { fanoutHandlerFactory } from "../../handlers/fanout";
 import { FanoutEvent, MAX_CHUNK_PAYLOAD_BYTES, spread } from "../../handlers/shared/fanout";
@@ -24,6 +24,7 @@ describe("fanout (one chunk of a large room)", () => {
 
   it("removes exactly the records of members that answered 410", async () => {
     aws().reply((call) => (call.connectionId === connId(2) ? GONE : undefined));
+    ddbStub().on(GetCommand).resolves({ Item: { connectionId: connId(2), room: "general", name: "bo", connectedAt: 0, expiresAt: 9_999_999_999 } });
     await fanoutHandlerFactory()(event([connId(1), connId(2), connId(3)]), lambdaContext);
     assert.deepEqual(ddbStub().commandCalls(DeleteCommand).map((c) => c.args[0].input.Key), [{ connectionId: connId(2) }]);
   });

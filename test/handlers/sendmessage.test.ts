@@ -92,7 +92,9 @@ describe("sendmessage", () => {
     });
     const query = ddb.commandCalls(QueryCommand)[0].args[0].input;
     assert.equal(query.IndexName, "byRoom");
-    assert.deepEqual(query.ExpressionAttributeValues, { ":room": "general" });
+    assert.equal(query.FilterExpression, "expiresAt > :now", "expired records are skipped");
+    assert.deepEqual(query.ExpressionAttributeValues, { ":room": "general", ":now": query.ExpressionAttributeValues?.[":now"] });
+    assert.ok(Math.abs(Number(query.ExpressionAttributeValues?.[":now"]) - Date.now() / 1000) < 5, "now, in epoch seconds");
     assert.deepEqual(fanoutLog(), { ...fanoutLog(), recipients: 2, delivered: 2, stale: 0, failed: 0, room: "general" });
     assert.deepEqual(Object.keys(fanoutLog().ms as object), ["queued", "admit", "append", "deliver"], "where the time went");
   });
@@ -109,6 +111,7 @@ describe("sendmessage", () => {
 
   it("removes exactly the record of a recipient that answers 410, and still delivers to the rest", async () => {
     roomOf([SENDER, connId(1), connId(2), connId(3)]);
+    ddb.on(GetCommand, { TableName: "connections-test" }).resolves({ Item: { connectionId: connId(2), room: "general", name: "bo", connectedAt: 0, expiresAt: 9_999_999_999 } });
     aws().reply(failing(connId(2), GONE));
     await send({ action: "sendmessage", message: "hi" });
     const deleted = ddb.commandCalls(DeleteCommand).map((c) => c.args[0].input);
@@ -123,9 +126,10 @@ describe("sendmessage", () => {
   it("must not remove the record of a member that answers 410 because its $connect is still running", async () => {
     roomOf([SENDER, connId(1), connId(2)]);
     aws().reply(failing(connId(2), GONE));
-    ddb.on(DeleteCommand).rejects(conditionFailed()); // connected less than a minute ago
+    // Connected just now: too young to call stale, so its record is read and kept, not deleted.
+    ddb.on(GetCommand, { TableName: "connections-test" }).resolves({ Item: { connectionId: connId(2), room: "general", name: "bo", connectedAt: Date.now(), expiresAt: 9_999_999_999 } });
     await send({ action: "sendmessage", message: "hi" });
-    assert.equal(ddb.commandCalls(DeleteCommand).length, 1);
+    assert.equal(ddb.commandCalls(DeleteCommand).length, 0);
     assert.ok(logs().some((l) => String(l.msg).startsWith("410, record kept") && l.connectionId === connId(2)));
     assert.equal(logs().some((l) => l.msg === "stale record not removed"), false, "not a failure");
     assert.equal(fanoutLog().delivered, 1);

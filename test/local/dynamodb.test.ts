@@ -25,7 +25,7 @@ describe("local DynamoDB", () => {
     const { Table } = await raw.send(new DescribeTableCommand({ TableName: table.name }));
     assert.deepEqual(Table?.KeySchema, [{ AttributeName: "connectionId", KeyType: "HASH" }]);
     assert.equal(Table?.GlobalSecondaryIndexes?.[0].IndexName, "byRoom");
-    assert.deepEqual(Table?.GlobalSecondaryIndexes?.[0].Projection, { ProjectionType: "KEYS_ONLY" });
+    assert.deepEqual(Table?.GlobalSecondaryIndexes?.[0].Projection, { ProjectionType: "INCLUDE", NonKeyAttributes: ["expiresAt"] });
     assert.equal(table.ttlAttribute, "expiresAt");
   });
 
@@ -49,7 +49,7 @@ describe("local DynamoDB", () => {
     const byRoom = await db.client.send(
       new QueryCommand({ TableName: table.name, IndexName: "byRoom", KeyConditionExpression: "room = :r", ExpressionAttributeValues: { ":r": "r" } }),
     );
-    assert.deepEqual(byRoom.Items, [{ connectionId: "live", room: "r", name: "n" }]);
+    assert.deepEqual(byRoom.Items, [{ connectionId: "live", room: "r", name: "n", expiresAt: now + 3600 }]);
   });
 
   it("expires items on its own timer, without being asked", async () => {
