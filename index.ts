@@ -20,6 +20,7 @@ import { sendMessageHandlerFactory } from "./handlers/sendmessage";
 import { typingHandlerFactory } from "./handlers/typing";
 import { ENV, holeGraceMsFor } from "./handlers/shared/env";
 import { tokenAudience as audienceOf } from "./handlers/shared/tokens";
+import { apiGatewayAccountLogging } from "./infra/account";
 import { chatFunction, ChatFunction } from "./infra/function";
 import { chatSite } from "./infra/site";
 import { loadStackSettings } from "./stacks";
@@ -231,6 +232,17 @@ const defaultRoute = chatFunction(`${project}-default`, {
   ],
 });
 
+// Where Lambda sends the record of a presence batch it gave up on (its shard, first and last sequence
+// numbers, the condition): without a destination the batch is dropped with no trace. The records
+// themselves stay in the stream for 24 h (the queue keeps the pointers 14 days, SQS's maximum), so
+// they can be read back and replayed (docs/alarms.md). SSE with SQS-owned keys needs no KMS
+// permission. Source: https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html
+const presenceFailures = new aws.sqs.Queue("presence-failures", {
+  name: `${project}-${pulumi.getStack()}-presence-failures`,
+  messageRetentionSeconds: 1_209_600,
+  sqsManagedSseEnabled: true,
+});
+
 // Presence: the connections stream's inserts and removals become join and leave events in the room's
 // sequence, stored and fanned out like messages (handlers/presence.ts).
 const presence = chatFunction(`${project}-presence`, {
@@ -247,11 +259,13 @@ const presence = chatFunction(`${project}-presence`, {
     [ENV.fanoutFunction]: fanout.fn.name,
   },
   statements: [
-    // Lambda's poller reads the stream with the function's role: exactly these four actions, on this
-    // table's streams (`stream/*`, as AWS's example policy scopes them, ListStreams included).
+    // Lambda's poller reads the stream with the function's role: exactly these four actions. Three
+    // take a stream ARN and are scoped to this table's streams; ListStreams takes none (its resource
+    // is "*" in the Service Authorization Reference, so a stream ARN would grant nothing).
     // Sources: https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html ("Execution role permissions"),
-    // https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/iam-policy-example-lamda-process-dynamodb-streams.html
-    { Sid: "ReadConnectionStream", Effect: "Allow", Action: ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"], Resource: [pulumi.interpolate`${connections.arn}/stream/*`] },
+    // https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazondynamodb.html
+    { Sid: "ReadConnectionStream", Effect: "Allow", Action: ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"], Resource: [pulumi.interpolate`${connections.arn}/stream/*`] },
+    { Sid: "ListStreams", Effect: "Allow", Action: ["dynamodb:ListStreams"], Resource: ["*"] },
     // Query counts the room (the presence limit) and lists it for the fan-out.
     { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [roomIndexArn] },
     // DeleteItem removes recipients that answered 410 (and the name's place one of them held).
@@ -260,13 +274,17 @@ const presence = chatFunction(`${project}-presence`, {
     { Sid: "AppendHistory", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [messages.arn] },
     { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
     { Sid: "HandOffChunks", Effect: "Allow", Action: ["lambda:InvokeFunction"], Resource: [fanout.fn.arn] },
+    // Lambda's poller sends a given-up batch's record to the on-failure queue with the function's role
+    // (CreateEventSourceMapping refuses a role that may not). Source: with-ddb.html, "Execution role permissions".
+    { Sid: "RecordFailedBatches", Effect: "Allow", Action: ["sqs:SendMessage"], Resource: [presenceFailures.arn] },
   ],
 });
 
 // Lambda reads the stream and invokes presence with batches of joins and leaves only: the filter
 // keeps rate-limit updates (MODIFY) and name places (no room) away, so they cost no invocation.
 // A failed batch is retried, halved on each failure, for up to an hour; events are stored once
-// (their client ids), so a retry repeats nothing. Sources:
+// (their client ids), so a retry repeats nothing. A batch given up goes, as a record, to the
+// presence-failures queue. Sources:
 // https://docs.aws.amazon.com/lambda/latest/dg/with-ddb.html, .../invocation-eventfiltering.html
 new aws.lambda.EventSourceMapping("presence", {
   eventSourceArn: connections.streamArn,
@@ -277,6 +295,7 @@ new aws.lambda.EventSourceMapping("presence", {
   bisectBatchOnFunctionError: true,
   maximumRetryAttempts: 10,
   maximumRecordAgeInSeconds: 3600,
+  destinationConfig: { onFailure: { destinationArn: presenceFailures.arn } },
   filterCriteria: {
     filters: [
       { pattern: JSON.stringify({ eventName: ["INSERT"], dynamodb: { NewImage: { room: { S: [{ exists: true }] } } } }) },
@@ -417,27 +436,26 @@ const deployment = new aws.apigatewayv2.Deployment(
   { dependsOn: [...routes.map(({ route }) => route), ...(connectAuthorizer ? [connectAuthorizer] : [])] },
 );
 
-// Stage logging (access and execution) needs an account-level CloudWatch role for API Gateway.
-// It is one setting per account and Region, so a stack may leave it to another (setting off).
-const accountSettings: pulumi.Resource[] = [];
-if (settings.manageApiGatewayAccount) {
-  const apiGatewayLogsRole = new aws.iam.Role("apigateway-cloudwatch", {
-    assumeRolePolicy: JSON.stringify({
-      Version: "2012-10-17",
-      Statement: [{ Effect: "Allow", Principal: { Service: "apigateway.amazonaws.com" }, Action: "sts:AssumeRole" }],
-    }),
-    // AWS's managed policy made for exactly this role (logs actions only). The role is shared by
-    // every API in the account and Region, so it cannot be narrowed to this API's log groups.
-    managedPolicyArns: ["arn:aws:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"],
-  });
-  accountSettings.push(new aws.apigateway.Account("apigateway-account", { cloudwatchRoleArn: apiGatewayLogsRole.arn }));
-}
+// Stage logging (access and execution) needs API Gateway's account-wide CloudWatch role; API Gateway
+// refuses a stage with logging without it ("CloudWatch Logs role ARN must be set in account
+// settings to enable logging"). One setting per account and Region: set once outside the stacks
+// (docs/account-settings.md), or by a stack that opts in, which keeps it on destroy (infra/account.ts).
+const accountSettings = settings.manageApiGatewayAccount ? [apiGatewayAccountLogging()] : [];
+const stageLogging = settings.stageLogging || settings.manageApiGatewayAccount;
 
-// Access logs: one JSON line per connect, message and disconnect.
+// Access logs: one JSON line per connect, message and disconnect (written with stage logging on).
 const accessLogs = new aws.cloudwatch.LogGroup("chat-access", {
   name: `/aws/apigateway/${project}-${pulumi.getStack()}/access`,
   retentionInDays: settings.logRetentionDays,
 });
+
+// Execution logs go to a group API Gateway names and would create itself, with no retention, and
+// keep after a destroy; created here first, it has the stack's retention and goes with it. Name:
+// https://docs.aws.amazon.com/apigateway/latest/developerguide/set-up-logging.html
+const executionLogs =
+  stageLogging && settings.apiLoggingLevel !== "OFF"
+    ? [new aws.cloudwatch.LogGroup("chat-execution", { name: pulumi.interpolate`API-Gateway-Execution-Logs_${api.id}/${stageName}`, retentionInDays: settings.logRetentionDays })]
+    : [];
 
 // The stage clients connect to, throttled by the stack's settings.
 const chatStage = new aws.apigatewayv2.Stage(
@@ -449,11 +467,11 @@ const chatStage = new aws.apigatewayv2.Stage(
     defaultRouteSettings: {
       throttlingBurstLimit: settings.throttlingBurstLimit,
       throttlingRateLimit: settings.throttlingRateLimit,
-      loggingLevel: settings.apiLoggingLevel,
+      loggingLevel: stageLogging ? settings.apiLoggingLevel : "OFF",
       dataTraceEnabled: false, // would log message bodies
       detailedMetricsEnabled: true,
     },
-    accessLogSettings: {
+    accessLogSettings: stageLogging ? {
       destinationArn: accessLogs.arn,
       format: JSON.stringify({
         requestId: "$context.requestId",
@@ -468,43 +486,71 @@ const chatStage = new aws.apigatewayv2.Stage(
         sourceIp: "$context.identity.sourceIp",
         requestTimeEpoch: "$context.requestTimeEpoch",
       }),
-    },
+    } : undefined,
   },
-  { dependsOn: accountSettings },
+  { dependsOn: [...accountSettings, ...executionLogs] },
 );
 
-// Alarms (prod): any Lambda error or throttle, any API integration or execution error, any
-// DynamoDB throttling, each over one minute, notifying the optional SNS topic.
+// Alarms (prod), each on a signal that something failed, never on what the stack refuses by design
+// (a bad room, a denied token, a spent budget, the stage's throttle): docs/alarms.md says what each
+// means and what to do. Each looks at one minute and notifies the optional SNS topic.
 const alarmTopic = settings.alarmsEnabled && settings.alarmTopic ? new aws.sns.Topic("alarms", { displayName: `${project} ${pulumi.getStack()} alarms` }) : undefined;
 if (settings.alarmsEnabled) {
   const actions = alarmTopic ? [alarmTopic.arn] : [];
-  const alarm = (name: string, namespace: string, metricName: string, dimensions: Record<string, pulumi.Input<string>>, description: string) =>
+  /** Fires when the minute's statistic reaches the threshold (by default: any occurrence). */
+  const alarm = (name: string, namespace: pulumi.Input<string>, metricName: pulumi.Input<string>, dimensions: Record<string, pulumi.Input<string>>, description: string, { statistic = "Sum", threshold = 1 } = {}) =>
     new aws.cloudwatch.MetricAlarm(name, {
       namespace,
       metricName,
       dimensions,
-      statistic: "Sum",
+      statistic,
       period: 60,
       evaluationPeriods: 1,
-      threshold: 1,
+      threshold,
       comparisonOperator: "GreaterThanOrEqualToThreshold",
       treatMissingData: "notBreaching",
       alarmDescription: description,
       alarmActions: actions,
       okActions: actions,
     });
+  // Counts the log lines a pattern matches, as a metric of this stack's own namespace.
+  const stackNamespace = `${project}/${pulumi.getStack()}`;
+  const countLines = (name: string, logGroupName: pulumi.Input<string>, pattern: string, metricName: string) =>
+    new aws.cloudwatch.LogMetricFilter(name, { logGroupName, pattern, metricTransformation: { name: metricName, namespace: stackNamespace, value: "1" } });
   const { edit: _edit, delete: _delete, ...distinct } = routeTargets; // the sendmessage function's alarms, once
-  const functions: Record<string, ChatFunction> = { ...distinct, fanout, presence, ...(authorizerFn ? { authorizer: authorizerFn } : {}) };
-  for (const [routeKey, { fn }] of Object.entries(functions)) {
+  const synchronous: Record<string, ChatFunction> = { ...distinct, ...(authorizerFn ? { authorizer: authorizerFn } : {}) };
+  for (const [routeKey, { fn, logGroup }] of Object.entries({ ...synchronous, fanout, presence })) {
     const id = routeKey.replace(/^\$/, "");
-    alarm(`${id}-errors`, "AWS/Lambda", "Errors", { FunctionName: fn.name }, `${routeKey} function failed`);
-    alarm(`${id}-throttles`, "AWS/Lambda", "Throttles", { FunctionName: fn.name }, `${routeKey} function was throttled`);
+    alarm(`${id}-errors`, "AWS/Lambda", "Errors", { FunctionName: fn.name }, `${routeKey} function threw, timed out or crashed`);
+    // A store failure the handler answers as `unavailable` (and a $connect it answers 500 or 503) is
+    // not a Lambda error: the handlers log it at level error, which Lambda's text format tags ERROR
+    // (refusals are logged at warn). Source: https://docs.aws.amazon.com/lambda/latest/dg/nodejs-logging.html
+    countLines(`${id}-logged-errors`, logGroup.name, "ERROR", `LoggedErrors-${id}`);
+    alarm(`${id}-logged-errors`, stackNamespace, `LoggedErrors-${id}`, {}, `${routeKey} function logged a failure (store unavailable, deadline, lost fan-out)`);
+  }
+  // A throttled synchronous invocation fails the client's request. Throttles of fanout (retried by
+  // Lambda's event queue) and presence (retried by the stream poller) lose nothing by themselves:
+  // what they can lose is watched by fanout-dropped and by presence's iterator age and failure queue.
+  for (const [routeKey, { fn }] of Object.entries(synchronous)) {
+    alarm(`${routeKey.replace(/^\$/, "")}-throttles`, "AWS/Lambda", "Throttles", { FunctionName: fn.name }, `${routeKey} function was throttled: a request failed`);
   }
   // A fan-out chunk dropped after its retries: members missed it live (history still has it).
   alarm("fanout-dropped", "AWS/Lambda", "AsyncEventsDropped", { FunctionName: fanout.fn.name }, "fan-out chunks dropped after Lambda's retries");
-  const stageDimensions = { ApiId: api.id, Stage: chatStage.name };
-  alarm("api-integration-errors", "AWS/ApiGateway", "IntegrationError", stageDimensions, "integrations answered 4xx/5xx");
-  alarm("api-execution-errors", "AWS/ApiGateway", "ExecutionError", stageDimensions, "API Gateway failed to call an integration (5xx)");
+  // Presence a minute behind the stream: a batch failing and retried, or the function throttled.
+  // Normal is well under a second (no batching window); records are given up at 3600 s.
+  alarm("presence-iterator-age", "AWS/Lambda", "IteratorAge", { FunctionName: presence.fn.name }, "presence is more than 60 s behind the connections stream", { statistic: "Maximum", threshold: 60_000 });
+  alarm("presence-failures", "AWS/SQS", "ApproximateNumberOfMessagesVisible", { QueueName: presenceFailures.name }, "a presence batch was given up: joins or leaves were not announced", { statistic: "Maximum" });
+  // IntegrationError counts the integrations' 4xx too (every refused $connect), so the API's
+  // failures are counted from the access log: a 5xx answer, or a 5xx from the integration (AWS's
+  // pages differ on whether integrationStatus is Lambda's status or the function's; either counts).
+  // Sources: https://docs.aws.amazon.com/apigateway/latest/developerguide/apigateway-websocket-api-logging.html,
+  // https://docs.aws.amazon.com/AmazonCloudWatch/latest/logs/FilterAndPatternSyntax.html
+  // (Only with stage logging on, which writes the access log: prod's setting.)
+  if (stageLogging) {
+    countLines("api-server-errors", accessLogs.name, '{ $.status = "5*" || $.integrationStatus = "5*" }', "ApiServerErrors");
+    alarm("api-server-errors", stackNamespace, "ApiServerErrors", {}, "API Gateway answered 5xx, or an integration did");
+  }
+  alarm("api-execution-errors", "AWS/ApiGateway", "ExecutionError", { ApiId: api.id, Stage: chatStage.name }, "API Gateway failed to call an integration");
   for (const [name, table] of Object.entries({ connections, messages })) {
     alarm(`${name}-read-throttles`, "AWS/DynamoDB", "ReadThrottleEvents", { TableName: table.name }, `${name} table throttled reads`);
     alarm(`${name}-write-throttles`, "AWS/DynamoDB", "WriteThrottleEvents", { TableName: table.name }, `${name} table throttled writes`);

@@ -176,6 +176,8 @@ function mockedOutputs(type: string, name: string, inputs: Record<string, any>, 
       return { arn: `arn:aws:cloudfront::${FAKE_ACCOUNT_ID}:distribution/${id}`, domainName: `${id.toLowerCase()}.cloudfront.net` };
     case "aws:sns/topic:Topic":
       return { name: physical, arn: `${arnPrefix("sns")}:${physical}` };
+    case "aws:sqs/queue:Queue":
+      return { name: physical, arn: `${arnPrefix("sqs")}:${physical}`, url: `https://sqs.${region}.amazonaws.com/${FAKE_ACCOUNT_ID}/${physical}` };
     case "aws:cloudwatch/logGroup:LogGroup":
       return { name: physical, arn: `${arnPrefix("logs")}:log-group:${physical}` };
     default:

@@ -23,22 +23,29 @@
  *   (-1, the default, is no limit). With bisectBatchOnFunctionError a failed batch of more than
  *   one record is split in two halves, first half first, instead of being retried; "splitting a
  *   batch does not count towards the retry quota", so the retries are counted on the batch of one
- *   record that still fails. Records given up are dropped (Lambda discards them when the mapping
- *   has no on-failure destination) with one line naming them, and the next batch goes on.
+ *   record that still fails. Records given up go on, and the next batch after them.
  *   Lambda's delays between retries are not documented; here they are 100 ms, doubling, at most
  *   1 s (`retryDelayMs`).
- * - IAM: Lambda reads the stream with the function's execution role, and CreateEventSourceMapping
- *   refuses a role that may not (`streamAccessRefusal`), so the local stack refuses to start.
+ * - On-failure destination (destinationConfig.onFailure, an SQS queue the program declares,
+ *   local/sqs.ts): a batch given up is sent there as Lambda's invocation record (`failureRecord`:
+ *   the shard, first and last sequence numbers, the condition RetryAttemptsExhausted or
+ *   RecordAgeExceeded; not the records themselves), with one line naming the queue. Without one,
+ *   the records are dropped (Lambda discards them) with one line naming them.
+ * - IAM: Lambda reads the stream, and sends to the destination, with the function's execution
+ *   role, and CreateEventSourceMapping refuses a role that may not (`streamAccessRefusal`,
+ *   `destinationAccessRefusal`), so the local stack refuses to start.
  *
- * Not emulated (refused at start when declared): on-failure destinations, ReportBatchItemFailures,
- * tumbling windows, ParallelizationFactor above 1, StartingPosition AT_TIMESTAMP, and sources
- * other than DynamoDB streams (SQS, Kinesis, Kafka).
+ * Not emulated (refused at start when declared): SNS, S3 and Kafka destinations,
+ * ReportBatchItemFailures, tumbling windows, ParallelizationFactor above 1, StartingPosition
+ * AT_TIMESTAMP, and sources other than DynamoDB streams (SQS, Kinesis, Kafka).
  */
+import { createHash, randomUUID } from "crypto";
 import { idleWatch } from "./idle";
 import { compilePattern, passesFilters, Pattern } from "./event-filter";
 import { policyAllows, Principal } from "./iam";
 import type { InvokeOutcome } from "./lambda";
 import type { RecordedResource } from "./program";
+import { QUEUE } from "./sqs";
 import type { StreamRecord } from "./stream-capture";
 
 export const EVENT_SOURCE_MAPPING = "aws:lambda/eventSourceMapping:EventSourceMapping";
@@ -48,6 +55,7 @@ export interface MappingSpec {
   /** The Pulumi resource name, for messages. */
   name: string;
   functionName: string;
+  functionArn: string;
   streamArn: string;
   batchSize: number;
   batchingWindowMs: number;
@@ -60,6 +68,8 @@ export interface MappingSpec {
   /** The same filters as the program wrote them (JSON), for the DynamoDB process (`streamReaders`). */
   filterPatterns: string[];
   enabled: boolean;
+  /** destinationConfig.onFailure: the ARN of the queue a batch given up is recorded in. */
+  onFailureArn?: string;
 }
 
 /** DynamoDB Streams keeps records 24 hours (Streams.html). */
@@ -77,14 +87,15 @@ interface MappingInputs {
   filterCriteria?: { filters?: { pattern?: string }[] };
   enabled?: boolean;
   parallelizationFactor?: number;
-  destinationConfig?: unknown;
+  destinationConfig?: { onFailure?: { destinationArn?: string } };
   functionResponseTypes?: string[];
   tumblingWindowInSeconds?: number;
 }
 
 /** The first setting of a mapping the local stack does not emulate, as a sentence; undefined when none. */
-function unsupported(inputs: MappingInputs): string | undefined {
-  if (inputs.destinationConfig) return "destinationConfig (an on-failure destination) is not emulated";
+function unsupported(inputs: MappingInputs, queueArns: string[]): string | undefined {
+  const destination = inputs.destinationConfig?.onFailure?.destinationArn;
+  if (destination !== undefined && !queueArns.includes(destination)) return `the on-failure destination ${destination} is not emulated (an SQS queue the program declares only)`;
   if (inputs.functionResponseTypes?.length) return `functionResponseTypes ${inputs.functionResponseTypes.join(", ")} is not emulated`;
   if (inputs.tumblingWindowInSeconds) return "tumblingWindowInSeconds is not emulated";
   if ((inputs.parallelizationFactor ?? 1) !== 1) return "a parallelizationFactor above 1 is not emulated";
@@ -99,6 +110,7 @@ function unsupported(inputs: MappingInputs): string | undefined {
 export function mappingSpecs(resources: RecordedResource[]): MappingSpec[] {
   const tables = resources.filter((r) => r.type === "aws:dynamodb/table:Table");
   const functions = resources.filter((r) => r.type === "aws:lambda/function:Function");
+  const queueArns = resources.filter((r) => r.type === QUEUE).map((r) => String(r.state.arn));
   return resources
     .filter((r) => r.type === EVENT_SOURCE_MAPPING)
     .map((r) => {
@@ -108,13 +120,14 @@ export function mappingSpecs(resources: RecordedResource[]): MappingSpec[] {
       if (!table) throw new Error(`${where}: ${inputs.eventSourceArn ?? "no eventSourceArn"} is not the stream of a table the program declares (only DynamoDB streams are emulated)`);
       const fn = functions.find((f) => [f.state.name, f.state.arn].includes(inputs.functionName));
       if (!fn) throw new Error(`${where}: functionName ${inputs.functionName} is not a function the program declares`);
-      const refused = unsupported(inputs);
+      const refused = unsupported(inputs, queueArns);
       if (refused) throw new Error(`${where}: ${refused}`);
       const maxAge = inputs.maximumRecordAgeInSeconds ?? -1;
       const filterPatterns = (inputs.filterCriteria?.filters ?? []).map((f) => String(f.pattern ?? ""));
       return {
         name: r.name,
         functionName: String(fn.state.name),
+        functionArn: String(fn.state.arn),
         streamArn: String(inputs.eventSourceArn),
         batchSize: inputs.batchSize ?? 100,
         batchingWindowMs: (inputs.maximumBatchingWindowInSeconds ?? 0) * 1000,
@@ -124,6 +137,7 @@ export function mappingSpecs(resources: RecordedResource[]): MappingSpec[] {
         filters: filterPatterns.map((pattern, i) => compilePattern(pattern, `${where}, filter ${i + 1}`)),
         filterPatterns,
         enabled: inputs.enabled ?? true,
+        ...(inputs.destinationConfig?.onFailure?.destinationArn ? { onFailureArn: inputs.destinationConfig.onFailure.destinationArn } : {}),
       };
     });
 }
@@ -158,6 +172,75 @@ export function streamAccessRefusal(mapping: MappingSpec, principals: Principal[
   );
 }
 
+/**
+ * CreateEventSourceMapping's refusal when the function's role may not send to the on-failure queue,
+ * as AWS words it (InvalidParameterValueException). The text is as users report it; AWS's pages
+ * name the permission (with-ddb.html, "Execution role permissions": sqs:SendMessage) but not the
+ * message. Undefined when the mapping has no destination or the role may send to it.
+ */
+export function destinationAccessRefusal(mapping: MappingSpec, principals: Principal[]): string | undefined {
+  if (!mapping.onFailureArn) return undefined;
+  const principal = principals.find((p) => p.functionName === mapping.functionName);
+  if (policyAllows({ Statement: principal?.statements ?? [] }, "sqs:SendMessage", mapping.onFailureArn)) return undefined;
+  return "InvalidParameterValueException: The function execution role does not have permissions to call SendMessage on SQS";
+}
+
+// --- Failure records ----------------------------------------------------------------------------
+
+/** Why a batch was given up, in Lambda's words. */
+export type FailureCondition = "RetryAttemptsExhausted" | "RecordAgeExceeded";
+
+/**
+ * What Lambda sends the on-failure destination for a DynamoDB stream batch, field for field as
+ * AWS's example invocation record (https://docs.aws.amazon.com/lambda/latest/dg/services-dynamodb-errors.html).
+ */
+export interface FailureRecord {
+  requestContext: { requestId: string; functionArn: string; condition: FailureCondition; approximateInvokeCount: number };
+  /** The last invocation's answer; absent when the batch was never invoked (records too old at once: our assumption, AWS's page shows only a failed invocation). */
+  responseContext?: { statusCode: number; executedVersion: string; functionError: string };
+  version: "1.0";
+  timestamp: string;
+  DDBStreamBatchInfo: {
+    shardId: string;
+    startSequenceNumber: string;
+    endSequenceNumber: string;
+    approximateArrivalOfFirstRecord: string;
+    approximateArrivalOfLastRecord: string;
+    batchSize: number;
+    streamArn: string;
+  };
+}
+
+/** The one shard of a stream here, named as DynamoDB names shards (`shardId-` 20 digits `-` 8 hex), stable per stream. */
+export function shardIdOf(streamArn: string): string {
+  const hash = createHash("sha256").update(streamArn).digest("hex");
+  return `shardId-${BigInt(`0x${hash.slice(0, 15)}`).toString().padStart(20, "0").slice(-20)}-${hash.slice(56, 64)}`;
+}
+
+/** Epoch seconds as in the record's arrival times: ISO 8601 to the second. */
+const isoSeconds = (seconds: number) => new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, "Z");
+
+export function failureRecord(mapping: MappingSpec, records: StreamRecord[], condition: FailureCondition, invocations: number, invoked: boolean): FailureRecord {
+  const first = records[0];
+  const last = records[records.length - 1];
+  return {
+    requestContext: { requestId: randomUUID(), functionArn: mapping.functionArn, condition, approximateInvokeCount: invocations },
+    // A function error (thrown, timed out, crashed): Lambda answered 200 with X-Amz-Function-Error "Unhandled".
+    ...(invoked ? { responseContext: { statusCode: 200, executedVersion: "$LATEST", functionError: "Unhandled" } } : {}),
+    version: "1.0",
+    timestamp: new Date().toISOString(),
+    DDBStreamBatchInfo: {
+      shardId: shardIdOf(mapping.streamArn),
+      startSequenceNumber: first.dynamodb.SequenceNumber,
+      endSequenceNumber: last.dynamodb.SequenceNumber,
+      approximateArrivalOfFirstRecord: isoSeconds(first.dynamodb.ApproximateCreationDateTime),
+      approximateArrivalOfLastRecord: isoSeconds(last.dynamodb.ApproximateCreationDateTime),
+      batchSize: records.length,
+      streamArn: mapping.streamArn,
+    },
+  };
+}
+
 // --- Delivery -----------------------------------------------------------------------------------
 
 export interface StreamDeliveryOptions {
@@ -167,6 +250,8 @@ export interface StreamDeliveryOptions {
   /** Subscribes to every stream record (local/dynamodb.ts's `onStream`); returns the unsubscribe. */
   subscribe(listener: (records: StreamRecord[]) => void): () => void;
   log(line: string): void;
+  /** Sends a failure record to the mapping's on-failure queue (local/sqs.ts's `send`); returns the queue's name. */
+  sendFailureRecord?(queueArn: string, record: FailureRecord): string;
   /** Delay before retry k (1-based) of a failed batch; default 100 ms doubling, at most 1 s. */
   retryDelayMs?: (retry: number) => number;
 }
@@ -208,11 +293,21 @@ function createShard(mapping: MappingSpec, context: DeliveryContext) {
   let running: Promise<void> | undefined;
   let full: (() => void) | undefined;
 
+  /** Records given up: sent as a failure record to the on-failure queue if the mapping has one, else dropped; one line either way. */
+  function giveUp(records: StreamRecord[], condition: FailureCondition, invocations: number, why: string) {
+    if (!mapping.onFailureArn) {
+      options.log(`[${mapping.functionName}] dropped ${records.length} stream record(s) ${why}: ${describe(records)}`);
+      return;
+    }
+    const queue = options.sendFailureRecord!(mapping.onFailureArn, failureRecord(mapping, records, condition, invocations, invocations > 0));
+    options.log(`[${mapping.functionName}] ${mapping.name} batch given up ${why} → ${queue} (${condition}, ${records.length} record(s)): ${describe(records)}`);
+  }
+
   /** One batch, retried or bisected as the mapping says; resolves when it is delivered or given up. */
   async function deliver(batch: StreamRecord[], retries: number): Promise<void> {
     const oldest = Math.floor(Date.now() / 1000) - mapping.maxRecordAgeSeconds;
     const expired = batch.filter((r) => r.dynamodb.ApproximateCreationDateTime < oldest);
-    if (expired.length) options.log(`[${mapping.functionName}] dropped ${expired.length} stream record(s) older than maximumRecordAgeInSeconds (${mapping.maxRecordAgeSeconds} s): ${describe(expired)}`);
+    if (expired.length) giveUp(expired, "RecordAgeExceeded", retries, `older than maximumRecordAgeInSeconds (${mapping.maxRecordAgeSeconds} s)`);
     const records = batch.filter((r) => !expired.includes(r));
     if (records.length === 0 || context.closed()) return;
     const outcome = await options.invoke(mapping.functionName, { Records: records });
@@ -223,10 +318,8 @@ function createShard(mapping: MappingSpec, context: DeliveryContext) {
       return deliver(records.slice(half), retries);
     }
     if (mapping.maxRetries >= 0 && retries >= mapping.maxRetries) {
-      options.log(
-        `[${mapping.functionName}] dropped ${records.length} stream record(s) after ${retries + 1} attempt(s) (maximumRetryAttempts ${mapping.maxRetries}; ` +
-          `last error ${outcome.error.errorType}: ${outcome.error.errorMessage}): ${describe(records)}`,
-      );
+      const why = `after ${retries + 1} attempt(s) (maximumRetryAttempts ${mapping.maxRetries}; last error ${outcome.error.errorType}: ${outcome.error.errorMessage})`;
+      giveUp(records, "RetryAttemptsExhausted", retries + 1, why);
       return;
     }
     await context.pause(context.retryDelay(retries + 1));
@@ -270,6 +363,8 @@ function createShard(mapping: MappingSpec, context: DeliveryContext) {
 }
 
 export function startStreamDelivery(options: StreamDeliveryOptions): StreamDelivery {
+  const unsent = options.mappings.find((m) => m.onFailureArn && !options.sendFailureRecord);
+  if (unsent) throw new Error(`event source mapping ${unsent.name}: it has an on-failure destination, but no queues were given to send to`);
   let closed = false;
   const wakers = new Set<() => void>();
   const idleness = idleWatch();

@@ -17,7 +17,8 @@ import { createLambdaRuntime, InvokeOutcome, LambdaRuntime } from "../../local/l
 import { PROJECT_DIR, RecordedResource } from "../../local/program";
 import { Item, sameItem, StreamRecord, streamRecord, TTL_IDENTITY } from "../../local/stream-capture";
 import { startLocalStack, StartupError } from "../../local/stack";
-import { MappingSpec, mappingSpecs, startStreamDelivery, StreamDelivery, streamAccessRefusal } from "../../local/streams";
+import { createLocalQueues, LocalQueues, QueueSpec } from "../../local/sqs";
+import { destinationAccessRefusal, FailureRecord, MappingSpec, mappingSpecs, shardIdOf, startStreamDelivery, StreamDelivery, streamAccessRefusal } from "../../local/streams";
 import { Client } from "../e2e/clients";
 
 const REGION = "us-east-1";
@@ -44,9 +45,12 @@ function connectionsResource(viewType = "NEW_AND_OLD_IMAGES"): RecordedResource 
   return { type: "aws:dynamodb/table:Table", name: "connections", id: "connections-id", inputs, state: { ...inputs, name: "connections-test", streamArn: STREAM_ARN }, secretInputs: [] };
 }
 
+const FAILURE_QUEUE: QueueSpec = { name: "presence-failures", arn: "arn:aws:sqs:us-east-1:123456789012:presence-failures", url: "https://sqs.us-east-1.amazonaws.com/123456789012/presence-failures", retentionSeconds: 1_209_600 };
+
 const mapping = (overrides: Partial<MappingSpec> = {}): MappingSpec => ({
   name: "presence",
   functionName: "presence-fn",
+  functionArn: "arn:aws:lambda:us-east-1:123456789012:function:presence-fn",
   streamArn: STREAM_ARN,
   batchSize: 100,
   batchingWindowMs: 0,
@@ -195,20 +199,24 @@ describe("local DynamoDB Streams and event source mappings", function () {
       state: {},
       secretInputs: [],
     });
-    const specs = (inputs: Record<string, unknown> = {}) => mappingSpecs([connectionsResource(), functionResource, mappingResource(inputs)]);
+    const queueResource: RecordedResource = { type: "aws:sqs/queue:Queue", name: "presence-failures", id: "q-id", inputs: { messageRetentionSeconds: 1_209_600 }, state: { name: FAILURE_QUEUE.name, arn: FAILURE_QUEUE.arn, url: FAILURE_QUEUE.url }, secretInputs: [] };
+    const specs = (inputs: Record<string, unknown> = {}) => mappingSpecs([connectionsResource(), functionResource, queueResource, mappingResource(inputs)]);
+    const onFailure = (destinationArn: string) => ({ destinationConfig: { onFailure: { destinationArn } } });
 
     it("reads the lead's mapping: the function by ARN, its batch, retry and filter settings", () => {
-      const [spec] = specs({ batchSize: 100, maximumBatchingWindowInSeconds: 0, bisectBatchOnFunctionError: true, maximumRetryAttempts: 10, maximumRecordAgeInSeconds: 3600, filterCriteria: { filters: PRESENCE_FILTERS.map((pattern) => ({ pattern })) } });
+      const [spec] = specs({ batchSize: 100, maximumBatchingWindowInSeconds: 0, bisectBatchOnFunctionError: true, maximumRetryAttempts: 10, maximumRecordAgeInSeconds: 3600, filterCriteria: { filters: PRESENCE_FILTERS.map((pattern) => ({ pattern })) }, ...onFailure(FAILURE_QUEUE.arn) });
       assert.deepEqual(
         { ...spec, filters: spec.filters.length },
-        { name: "presence", functionName: "ws-chat-presence-1a2b", streamArn: STREAM_ARN, batchSize: 100, batchingWindowMs: 0, bisect: true, maxRetries: 10, maxRecordAgeSeconds: 3600, filters: 2, filterPatterns: PRESENCE_FILTERS, enabled: true },
+        { name: "presence", functionName: "ws-chat-presence-1a2b", functionArn: functionResource.state.arn, streamArn: STREAM_ARN, batchSize: 100, batchingWindowMs: 0, bisect: true, maxRetries: 10, maxRecordAgeSeconds: 3600, filters: 2, filterPatterns: PRESENCE_FILTERS, enabled: true, onFailureArn: FAILURE_QUEUE.arn },
       );
       const [defaults] = specs();
+      assert.equal(defaults.onFailureArn, undefined, "no destination: given-up records are dropped");
       assert.deepEqual([defaults.batchSize, defaults.bisect, defaults.maxRetries, defaults.maxRecordAgeSeconds], [100, false, -1, 86_400], "Lambda's defaults; records live 24 h");
     });
 
     for (const [what, inputs, message] of [
-      ["an on-failure destination", { destinationConfig: { onFailure: { destinationArn: "arn:aws:sqs:us-east-1:123456789012:q" } } }, /destinationConfig \(an on-failure destination\) is not emulated/],
+      ["an SNS on-failure destination", { destinationConfig: { onFailure: { destinationArn: "arn:aws:sns:us-east-1:123456789012:t" } } }, /the on-failure destination arn:aws:sns:us-east-1:123456789012:t is not emulated \(an SQS queue the program declares only\)/],
+      ["a queue the program does not declare", { destinationConfig: { onFailure: { destinationArn: "arn:aws:sqs:us-east-1:123456789012:elsewhere" } } }, /the on-failure destination arn:aws:sqs:us-east-1:123456789012:elsewhere is not emulated/],
       ["partial batch responses", { functionResponseTypes: ["ReportBatchItemFailures"] }, /functionResponseTypes ReportBatchItemFailures is not emulated/],
       ["AT_TIMESTAMP", { startingPosition: "AT_TIMESTAMP" }, /startingPosition AT_TIMESTAMP is not emulated/],
       ["an SQS queue", { eventSourceArn: "arn:aws:sqs:us-east-1:123456789012:q" }, /is not the stream of a table the program declares \(only DynamoDB streams are emulated\)/],
@@ -233,6 +241,18 @@ describe("local DynamoDB Streams and event source mappings", function () {
       assert.equal(streamAccessRefusal(spec, principal([{ ...read, Action: read.Action.filter((a) => a !== "dynamodb:ListStreams") }])), expected, "all four actions are needed");
       assert.equal(streamAccessRefusal(spec, principal([{ ...read, Resource: ["arn:aws:dynamodb:us-east-1:123456789012:table/connections-test"] }])), expected, "the table's ARN is not the stream's");
     });
+
+    it("refuses a role that may not send to the on-failure queue, in CreateEventSourceMapping's words, and accepts one that may send to that queue", () => {
+      const [spec] = specs(onFailure(FAILURE_QUEUE.arn));
+      const principal = (statements: Principal["statements"]): Principal[] => [{ functionName: spec.functionName, roleName: "ws-chat-presence-role", statements }];
+      const send = { Sid: "RecordFailedBatches", Effect: "Allow", Action: ["sqs:SendMessage"], Resource: [FAILURE_QUEUE.arn] };
+      const refusal = "InvalidParameterValueException: The function execution role does not have permissions to call SendMessage on SQS";
+      assert.equal(destinationAccessRefusal(spec, principal([send])), undefined);
+      assert.equal(destinationAccessRefusal(spec, principal([])), refusal);
+      assert.equal(destinationAccessRefusal(spec, principal([{ ...send, Resource: ["arn:aws:sqs:us-east-1:123456789012:other"] }])), refusal, "another queue");
+      assert.equal(destinationAccessRefusal(spec, principal([{ ...send, Action: ["sqs:ReceiveMessage"] }])), refusal, "another action");
+      assert.equal(destinationAccessRefusal(specs()[0], principal([])), undefined, "no destination: nothing to send");
+    });
   });
 
   describe("the poller (a fake function)", () => {
@@ -241,9 +261,12 @@ describe("local DynamoDB Streams and event source mappings", function () {
     let calls: string[][];
     let lines: string[];
     const events = waiter();
+    let queues: LocalQueues;
     const start = (spec: MappingSpec, fails: (ids: string[]) => boolean = () => false) => {
       calls = [];
       lines = [];
+      queues = createLocalQueues([FAILURE_QUEUE]);
+      queues.onMessage(() => events.nudge());
       delivery = startStreamDelivery({
         mappings: [spec],
         async invoke(_name, event) {
@@ -261,6 +284,7 @@ describe("local DynamoDB Streams and event source mappings", function () {
           lines.push(line);
           events.nudge();
         },
+        sendFailureRecord: (arn, failure) => (queues.send(arn, JSON.stringify(failure)), queues.find(arn)!.name),
         retryDelayMs: () => 0,
       });
     };
@@ -306,6 +330,76 @@ describe("local DynamoDB Streams and event source mappings", function () {
       await events.until(() => (calls.flat().includes("c2") ? true : undefined), "the next batch");
       assert.deepEqual(calls, [["c0", "c1"], ["c0", "c1"], ["c2"]]);
       assert.match(lines.find((l) => l.includes("dropped"))!, /dropped 2 stream record\(s\) after 2 attempt\(s\)/);
+    });
+
+    describe("with an on-failure destination", () => {
+      const withQueue = (overrides: Partial<MappingSpec> = {}) => mapping({ onFailureArn: FAILURE_QUEUE.arn, ...overrides });
+      const recorded = () => queues.messages(FAILURE_QUEUE.name).map((m) => JSON.parse(m.body) as FailureRecord);
+
+      it("sends a batch given up after its retries to the queue as Lambda's failure record (its shard and sequence numbers), with one line naming the queue, and goes on", async () => {
+        start(withQueue({ batchSize: 8, bisect: true, maxRetries: 2 }), (batch) => batch.includes("c5"));
+        const written = ids(8).map((id, i) => record(id, "INSERT", undefined, 100 + i));
+        push(written);
+        push([record("c8", "INSERT", undefined, 108)]);
+        await events.until(() => (calls.flat().includes("c8") ? true : undefined), "the record after the given-up one");
+        const [failure, ...more] = recorded();
+        assert.deepEqual(more, [], "one failure record");
+        const poison = written[5];
+        assert.match(failure.requestContext.requestId, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+        assert.deepEqual({ ...failure.requestContext, requestId: undefined }, { requestId: undefined, functionArn: "arn:aws:lambda:us-east-1:123456789012:function:presence-fn", condition: "RetryAttemptsExhausted", approximateInvokeCount: 3 });
+        assert.deepEqual(failure.responseContext, { statusCode: 200, executedVersion: "$LATEST", functionError: "Unhandled" });
+        assert.equal(failure.version, "1.0");
+        assert.ok(Math.abs(Date.parse(failure.timestamp) - Date.now()) < 10_000, failure.timestamp);
+        const arrival = new Date(poison.dynamodb.ApproximateCreationDateTime * 1000).toISOString().replace(/\.000Z$/, "Z");
+        assert.deepEqual(failure.DDBStreamBatchInfo, {
+          shardId: shardIdOf(STREAM_ARN),
+          startSequenceNumber: "105",
+          endSequenceNumber: "105",
+          approximateArrivalOfFirstRecord: arrival,
+          approximateArrivalOfLastRecord: arrival,
+          batchSize: 1,
+          streamArn: STREAM_ARN,
+        });
+        assert.match(shardIdOf(STREAM_ARN), /^shardId-\d{20}-[0-9a-f]{8}$/);
+        const given = lines.filter((l) => l.includes("given up"));
+        assert.equal(given.length, 1);
+        assert.match(given[0], /^\[presence-fn\] presence batch given up after 3 attempt\(s\) \(maximumRetryAttempts 2; last error Error: boom\) → presence-failures \(RetryAttemptsExhausted, 1 record\(s\)\): INSERT \{"connectionId":\{"S":"c5"\}\}/);
+        assert.deepEqual(lines.filter((l) => l.includes("dropped")), [], "nothing dropped unrecorded");
+      });
+
+      it("records a whole batch given up without bisection: its first and last sequence numbers and size", async () => {
+        start(withQueue({ batchSize: 3, maxRetries: 1 }), (batch) => batch.includes("c1"));
+        push(ids(4).map((id, i) => record(id, "INSERT", undefined, 200 + i)));
+        await events.until(() => (calls.flat().includes("c3") ? true : undefined), "the next batch");
+        assert.deepEqual(calls, [ids(3), ids(3), ["c3"]]);
+        const [failure] = recorded();
+        assert.deepEqual([failure.DDBStreamBatchInfo.startSequenceNumber, failure.DDBStreamBatchInfo.endSequenceNumber, failure.DDBStreamBatchInfo.batchSize, failure.requestContext.approximateInvokeCount], ["200", "202", 3, 2]);
+      });
+
+      it("must not record a batch that succeeds on a retry", async () => {
+        let failures = 2;
+        start(withQueue({ maxRetries: 5 }), () => failures-- > 0);
+        push([record("flaky", "INSERT", undefined, 300), record("next", "INSERT", undefined, 301)]);
+        await delivery!.idle(10_000);
+        assert.deepEqual(calls, [["flaky", "next"], ["flaky", "next"], ["flaky", "next"]]);
+        assert.deepEqual(queues.messages(FAILURE_QUEUE.name), []);
+        assert.deepEqual(lines.filter((l) => /given up|dropped/.test(l)), []);
+      });
+
+      it("records records older than maximumRecordAgeInSeconds as RecordAgeExceeded, without invoking the function for them", async () => {
+        start(withQueue({ maxRecordAgeSeconds: 60 }));
+        const old = record("old", "INSERT", undefined, 400);
+        old.dynamodb.ApproximateCreationDateTime -= 120;
+        push([old, record("new", "INSERT", undefined, 401)]);
+        await delivery!.idle(10_000);
+        assert.deepEqual(calls, [["new"]]);
+        const [failure] = recorded();
+        assert.deepEqual([failure.requestContext.condition, failure.requestContext.approximateInvokeCount, failure.responseContext, failure.DDBStreamBatchInfo.startSequenceNumber], ["RecordAgeExceeded", 0, undefined, "400"]);
+      });
+
+      it("must not start without the queues to send to", () => {
+        assert.throws(() => startStreamDelivery({ mappings: [withQueue()], invoke: async () => ({ durationMs: 1, coldStart: false, result: null }), subscribe: () => () => undefined, log: () => undefined }), /event source mapping presence: it has an on-failure destination, but no queues were given to send to/);
+      });
     });
 
     it("drops records older than maximumRecordAgeInSeconds instead of sending them", async () => {
@@ -568,6 +662,39 @@ exports.handler = async (event) => {
         await stack.stop();
       }
       assert.deepEqual(lines.filter((l) => /stream delivery|Stream delivery stopped|warning:/.test(l)), [], "the stop delivered what was queued and logged no error");
+    });
+
+    it("refuses to start when presence's role may not send to its failure queue, in CreateEventSourceMapping's words", async () => {
+      await assert.rejects(startLocalStack({ stack: "dev", port: 0, log: () => undefined, policyEdits: [{ function: "presence", dropSid: "RecordFailedBatches" }] }), (err: Error) => {
+        assert.ok(err instanceof StartupError, String(err));
+        assert.match(err.message, /^event source mapping presence \(function ws-chat-presence-\w+\): InvalidParameterValueException: The function execution role does not have permissions to call SendMessage on SQS$/);
+        return true;
+      });
+    });
+
+    it("sends a join that presence cannot store, after its retries, to the failure queue with its place in the stream", async () => {
+      const lines: string[] = [];
+      const events = waiter();
+      // Presence may not append to history: every attempt at the join fails (AccessDenied).
+      const stack = await startLocalStack({ stack: "dev", port: 0, policyEdits: [{ function: "presence", dropSid: "AppendHistory" }], outputsFile: path.join(PROJECT_DIR, ".local", `streams-test-${process.pid}.json`), log: (line) => (lines.push(line), events.nudge()) });
+      let client: Client | undefined;
+      try {
+        stack.queues.onMessage(() => events.nudge());
+        const [presence] = mappingSpecs(stack.program.resources);
+        const queue = stack.queues.specs.find((q) => q.arn === presence.onFailureArn)!;
+        assert.equal(queue.name, "ws-chat-dev-presence-failures");
+        client = await Client.open(stack.outputs.url, { name: "lost", room: "failures" });
+        const [message] = await events.until(() => (stack.queues.messages(queue.name).length > 0 ? stack.queues.messages(queue.name) : undefined), "the failure record", 60_000);
+        const failure = JSON.parse(message.body) as FailureRecord;
+        assert.deepEqual([failure.requestContext.condition, failure.requestContext.approximateInvokeCount, failure.DDBStreamBatchInfo.batchSize], ["RetryAttemptsExhausted", 11, 1]);
+        assert.equal(failure.requestContext.functionArn, presence.functionArn);
+        assert.equal(failure.DDBStreamBatchInfo.streamArn, presence.streamArn);
+        assert.match(failure.DDBStreamBatchInfo.startSequenceNumber, /^\d{21,}$/);
+        assert.match(lines.find((l) => l.includes("given up"))!, new RegExp(`^\\[${presence.functionName}\\] presence batch given up after 11 attempt\\(s\\) \\(maximumRetryAttempts 10; .*\\) → ws-chat-dev-presence-failures \\(RetryAttemptsExhausted, 1 record\\(s\\)\\): INSERT`));
+      } finally {
+        await client?.close();
+        await stack.stop();
+      }
     });
   });
 });

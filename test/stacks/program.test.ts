@@ -155,7 +155,7 @@ for (const stack of ["dev", "prod"] as const) {
       assert.notEqual(hash(changed), d.inputs.triggers.redeployment);
     });
 
-    it("keys the connections table by connectionId, with a room index sorted by name (projecting expiresAt only), TTL on expiresAt and on-demand billing", () => {
+    it("keys the connections table by connectionId, with a room index sorted by name (KEYS_ONLY), TTL on expiresAt and on-demand billing", () => {
       const t = one(program, "aws:dynamodb/table:Table", "connections");
       assert.equal(t.inputs.hashKey, "connectionId");
       assert.equal(t.inputs.rangeKey, undefined);
@@ -168,8 +168,7 @@ for (const stack of ["dev", "prod"] as const) {
             { attributeName: "room", keyType: "HASH" },
             { attributeName: "name", keyType: "RANGE" },
           ],
-          projectionType: "INCLUDE",
-          nonKeyAttributes: ["expiresAt"],
+          projectionType: "KEYS_ONLY",
         },
       ]);
       // Every key attribute declared, as a string, and nothing else (DynamoDB refuses unused ones).
@@ -213,17 +212,19 @@ for (const stack of ["dev", "prod"] as const) {
         assert.deepEqual([m.inputs.startingPosition, m.inputs.batchSize, m.inputs.maximumBatchingWindowInSeconds], ["LATEST", 100, 0]);
       });
 
-      it("retries a failed batch, bisecting it, at most 10 times and for at most an hour (then drops it: history is the record)", () => {
+      it("retries a failed batch, bisecting it, at most 10 times and for at most an hour, then sends its record to the presence-failures queue", () => {
         const m = mapping();
         assert.deepEqual(
           [m.inputs.bisectBatchOnFunctionError, m.inputs.maximumRetryAttempts, m.inputs.maximumRecordAgeInSeconds],
           [true, 10, 3600],
         );
-        // Nothing the program does not state: one shard read by one instance, no destination, whole-batch failures.
+        assert.deepEqual(m.inputs.destinationConfig, { onFailure: { destinationArn: one(program, "aws:sqs/queue:Queue", "presence-failures").state.arn } });
+        // Nothing the program does not state: one shard read by one instance, whole-batch failures.
         const settings = Object.keys(m.inputs).sort();
         assert.deepEqual(settings, [
           "batchSize",
           "bisectBatchOnFunctionError",
+          "destinationConfig",
           "eventSourceArn",
           "filterCriteria",
           "functionName",
@@ -387,7 +388,7 @@ for (const stack of ["dev", "prod"] as const) {
           { Action: ["lambda:InvokeFunction"], Resource: [fn("fanout").state.arn] },
         ]);
       });
-      it("presence may read the connections stream (Lambda's four stream actions, on that stream only), Query the room index, DeleteItem stale records, append to history, POST to this stage's @connections and invoke fanout", () => {
+      it("presence may read the connections stream (Lambda's four stream actions, on that stream only), Query the room index, DeleteItem stale records, append to history, POST to this stage's @connections, invoke fanout and send to its failure queue", () => {
         assert.deepEqual(statements("presence"), [
           { Action: STREAM_READ, Resource: [streamArn()] },
           { Action: ["dynamodb:Query"], Resource: [`${tableArn()}/index/byRoom`] },
@@ -395,6 +396,7 @@ for (const stack of ["dev", "prod"] as const) {
           { Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [tableArn("messages")] },
           { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
           { Action: ["lambda:InvokeFunction"], Resource: [fn("fanout").state.arn] },
+          { Action: ["sqs:SendMessage"], Resource: [one(program, "aws:sqs/queue:Queue", "presence-failures").state.arn] },
         ]);
       });
       it("typing may only UpdateItem its caller's record and DeleteItem stale ones, Query the room index and POST to this stage's @connections", () => {
@@ -475,36 +477,46 @@ for (const stack of ["dev", "prod"] as const) {
       });
     });
 
-    it(prod ? "alarms on every function's errors and throttles (the authorizer's and presence's too, sendmessage's once), dropped fan-out chunks, API errors and DynamoDB throttling, to an SNS topic" : "must not create alarms or a topic in dev", () => {
+    it(prod ? "alarms on every function's errors and logged failures, on the throttles of those invoked synchronously, on dropped fan-out chunks, presence's lag and failure queue, API failures and DynamoDB throttling, to an SNS topic" : "must not create alarms or a topic in dev", () => {
       const alarms = byType(program, "aws:cloudwatch/metricAlarm:MetricAlarm");
       const topics = byType(program, "aws:sns/topic:Topic");
       if (!prod) {
-        assert.deepEqual([alarms, topics], [[], []]);
+        assert.deepEqual([alarms, topics, byType(program, "aws:cloudwatch/logMetricFilter:LogMetricFilter")], [[], [], []]);
         return;
       }
       assert.equal(topics.length, 1);
       const metric = (a: RecordedResource) => `${a.inputs.namespace} ${a.inputs.metricName} ${JSON.stringify(a.inputs.dimensions)}`;
+      const of = (f: string) => JSON.stringify({ FunctionName: fn(f).state.name });
+      const synchronous = functionNames().filter((f) => !UNROUTED_FUNCTIONS.includes(f));
       const expected = [
-        ...functionNames().flatMap((f) => ["Errors", "Throttles"].map((m) => `AWS/Lambda ${m} ${JSON.stringify({ FunctionName: fn(f).state.name })}`)),
-        `AWS/Lambda AsyncEventsDropped ${JSON.stringify({ FunctionName: fn("fanout").state.name })}`,
-        ...["IntegrationError", "ExecutionError"].map((m) => `AWS/ApiGateway ${m} ${JSON.stringify({ ApiId: api().id, Stage: "prod" })}`),
+        ...functionNames().flatMap((f) => [`AWS/Lambda Errors ${of(f)}`, `ws-chat/prod LoggedErrors-${f} {}`]),
+        ...synchronous.map((f) => `AWS/Lambda Throttles ${of(f)}`),
+        `AWS/Lambda AsyncEventsDropped ${of("fanout")}`,
+        `AWS/Lambda IteratorAge ${of("presence")}`,
+        `AWS/SQS ApproximateNumberOfMessagesVisible ${JSON.stringify({ QueueName: one(program, "aws:sqs/queue:Queue", "presence-failures").state.name })}`,
+        "ws-chat/prod ApiServerErrors {}",
+        `AWS/ApiGateway ExecutionError ${JSON.stringify({ ApiId: api().id, Stage: "prod" })}`,
         ...["connections", "messages"].flatMap((t) =>
           ["ReadThrottleEvents", "WriteThrottleEvents"].map((m) => `AWS/DynamoDB ${m} ${JSON.stringify({ TableName: one(program, "aws:dynamodb/table:Table", t).state.name })}`),
         ),
       ];
       assert.deepEqual(alarms.map(metric).sort(), expected.sort());
-      // One pair per function, named after it: sendmessage's once, none for the edit and delete routes.
+      // Named after what they watch: sendmessage's once, none for the edit and delete routes.
       assert.deepEqual(alarms.map((a) => a.name).sort(), [
-        ...functionNames().flatMap((f) => [`${f}-errors`, `${f}-throttles`]),
+        ...functionNames().flatMap((f) => [`${f}-errors`, `${f}-logged-errors`]),
+        ...synchronous.map((f) => `${f}-throttles`),
         "fanout-dropped",
-        "api-integration-errors",
+        "presence-iterator-age",
+        "presence-failures",
+        "api-server-errors",
         "api-execution-errors",
         ...["connections", "messages"].flatMap((t) => [`${t}-read-throttles`, `${t}-write-throttles`]),
       ].sort());
       for (const a of alarms) {
         assert.deepEqual(a.inputs.alarmActions, [topics[0].state.arn], `${a.name} notifies the topic`);
         assert.deepEqual(a.inputs.okActions, [topics[0].state.arn]);
-        assert.equal(a.inputs.threshold, 1);
+        assert.deepEqual([a.inputs.period, a.inputs.evaluationPeriods, a.inputs.comparisonOperator], [60, 1, "GreaterThanOrEqualToThreshold"], a.name);
+        assert.deepEqual([a.inputs.statistic, a.inputs.threshold], a.name === "presence-iterator-age" ? ["Maximum", 60_000] : [a.name === "presence-failures" ? "Maximum" : "Sum", 1], a.name);
         assert.equal(a.inputs.treatMissingData, "notBreaching");
       }
     });
@@ -618,6 +630,95 @@ for (const stack of ["dev", "prod"] as const) {
     });
   });
 }
+
+/**
+ * The subset of CloudWatch Logs' JSON filter syntax the program's patterns use: `$.field = "text"`
+ * terms joined by `||`, where a trailing `*` matches any rest (FilterAndPatternSyntax.html). Throws
+ * on anything else, so a pattern it cannot judge fails the test instead of passing it.
+ */
+function jsonPatternMatches(pattern: string, line: Record<string, unknown>): boolean {
+  const body = /^\{ (.*) \}$/.exec(pattern)?.[1];
+  if (!body) throw new Error(`not a JSON filter pattern: ${pattern}`);
+  return body.split(" || ").some((term) => {
+    const [, field, value] = /^\$\.(\w+) = "([^"*]*\*?)"$/.exec(term) ?? assert.fail(`term not understood: ${term}`);
+    const actual = line[field];
+    if (typeof actual !== "string" && typeof actual !== "number") return false;
+    return value.endsWith("*") ? String(actual).startsWith(value.slice(0, -1)) : String(actual) === value;
+  });
+}
+
+describe("the program under mocks: alarms that mean failure, and no presence batch lost unrecorded (prod)", () => {
+  let program: LoadedProgram;
+  before(async () => {
+    program = await loadProgram({ stack: "prod", secrets: { "ws-chat:tokenKey": TOKEN_KEY } });
+  });
+  const alarms = () => byType(program, "aws:cloudwatch/metricAlarm:MetricAlarm");
+  const filters = () => byType(program, "aws:cloudwatch/logMetricFilter:LogMetricFilter");
+  const queue = () => one(program, "aws:sqs/queue:Queue", "presence-failures");
+
+  it("must not alarm on API Gateway's IntegrationError or ClientError, which count refusals (a bad room's 400, a denied token's 403, a spent budget's 429)", () => {
+    assert.deepEqual(alarms().filter((a) => ["IntegrationError", "ClientError"].includes(a.inputs.metricName)).map((a) => a.name), []);
+  });
+
+  it("counts the API's failures from the access log: a 5xx answer or integration status, never a 4xx refusal nor a success", () => {
+    const stage = one(program, "aws:apigatewayv2/stage:Stage");
+    const logGroup = one(program, "aws:cloudwatch/logGroup:LogGroup", "chat-access");
+    assert.equal(stage.inputs.accessLogSettings.destinationArn, logGroup.state.arn);
+    const format = JSON.parse(stage.inputs.accessLogSettings.format);
+    assert.deepEqual([format.status, format.integrationStatus], ["$context.status", "$context.integrationStatus"], "the fields the filter reads are logged");
+    const [filter] = filters().filter((f) => f.inputs.logGroupName === logGroup.state.name);
+    assert.deepEqual(filter.inputs.metricTransformation, { name: "ApiServerErrors", namespace: "ws-chat/prod", value: "1" });
+    const matches = (status: string, integrationStatus: string) => jsonPatternMatches(filter.inputs.pattern, { ...format, status, integrationStatus });
+    for (const [status, integration] of [["400", "400"], ["403", "-"], ["429", "429"], ["401", "-"], ["200", "200"], ["429", "-"]]) assert.equal(matches(status, integration), false, `${status}/${integration} is not a failure`);
+    for (const [status, integration] of [["500", "200"], ["502", "-"], ["504", "-"], ["503", "503"], ["200", "500"]]) assert.equal(matches(status, integration), true, `${status}/${integration} is a failure`);
+    const alarm = alarms().find((a) => a.name === "api-server-errors")!;
+    assert.deepEqual([alarm.inputs.namespace, alarm.inputs.metricName, alarm.inputs.statistic, alarm.inputs.threshold], ["ws-chat/prod", "ApiServerErrors", "Sum", 1]);
+  });
+
+  it("counts each function's ERROR lines (the failures a handler answers itself), never its WARN lines (refusals)", () => {
+    const functions = byType(program, "aws:lambda/function:Function");
+    for (const fn of functions) {
+      const id = fn.name.replace(/^ws-chat-/, "");
+      const logGroup = one(program, "aws:cloudwatch/logGroup:LogGroup", fn.name);
+      const filter = one(program, "aws:cloudwatch/logMetricFilter:LogMetricFilter", `${id}-logged-errors`);
+      assert.deepEqual([filter.inputs.logGroupName, filter.inputs.pattern, filter.inputs.metricTransformation], [logGroup.state.name, "ERROR", { name: `LoggedErrors-${id}`, namespace: "ws-chat/prod", value: "1" }]);
+      assert.equal(fn.inputs.loggingConfig.logFormat, "Text", "Lambda's text format tags console.error lines ERROR and console.warn lines WARN");
+    }
+    assert.equal(filters().length, functions.length + 1, "one per function, and the access log's");
+  });
+
+  it("must not page on throttles of fanout or presence, whose invocations Lambda retries (what they could lose has its own alarm)", () => {
+    const throttled = alarms().filter((a) => a.inputs.metricName === "Throttles").map((a) => a.inputs.dimensions.FunctionName);
+    for (const f of ["fanout", "presence"]) assert.ok(!throttled.includes(one(program, "aws:lambda/function:Function", `ws-chat-${f}`).state.name), f);
+    assert.ok(alarms().some((a) => a.name === "fanout-dropped"));
+  });
+
+  it("alarms when presence is 60 s behind its stream (IteratorAge, its maximum) and as soon as its failure queue holds a record", () => {
+    const [age] = alarms().filter((a) => a.inputs.metricName === "IteratorAge");
+    assert.deepEqual(
+      [age.inputs.namespace, age.inputs.dimensions, age.inputs.statistic, age.inputs.threshold, age.inputs.period],
+      ["AWS/Lambda", { FunctionName: one(program, "aws:lambda/function:Function", "ws-chat-presence").state.name }, "Maximum", 60_000, 60],
+    );
+    const [depth] = alarms().filter((a) => a.inputs.namespace === "AWS/SQS");
+    assert.deepEqual(
+      [depth.inputs.metricName, depth.inputs.dimensions, depth.inputs.statistic, depth.inputs.comparisonOperator, depth.inputs.threshold],
+      ["ApproximateNumberOfMessagesVisible", { QueueName: queue().state.name }, "Maximum", "GreaterThanOrEqualToThreshold", 1],
+    );
+  });
+
+  it("keeps a given-up batch's record 14 days (SQS's maximum), encrypted, in a queue the presence mapping names as its on-failure destination", () => {
+    assert.deepEqual([queue().inputs.name, queue().inputs.messageRetentionSeconds, queue().inputs.sqsManagedSseEnabled], ["ws-chat-prod-presence-failures", 1_209_600, true]);
+    const mapping = one(program, "aws:lambda/eventSourceMapping:EventSourceMapping", "presence");
+    assert.equal(mapping.inputs.destinationConfig.onFailure.destinationArn, queue().state.arn);
+  });
+
+  it("must not let any function but presence send to SQS, nor presence send anything but SendMessage to its failure queue", () => {
+    for (const policy of byType(program, "aws:iam/rolePolicy:RolePolicy")) {
+      const sqs = (JSON.parse(policy.inputs.policy).Statement as { Sid: string; Action: string[]; Resource: string[] }[]).filter((s) => s.Action.some((a) => a.startsWith("sqs:")));
+      assert.deepEqual(sqs, policy.name === "ws-chat-presence" ? [{ Sid: "RecordFailedBatches", Effect: "Allow", Action: ["sqs:SendMessage"], Resource: [queue().state.arn] }] : [], policy.name);
+    }
+  });
+});
 
 describe("the program under mocks: settings the new routes read", () => {
   it("passes presenceLimit, typingIntervalSeconds (as ms) and editWindowMinutes (as ms) from the settings, not from defaults in the code", async () => {
