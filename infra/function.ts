@@ -18,7 +18,7 @@
 import * as aws from "@pulumi/aws";
 import * as pulumi from "@pulumi/pulumi";
 import type { Context } from "aws-lambda";
-import type { StackSettings } from "../stacks";
+import type { StackConfig } from "../stacks";
 
 /**
  * Packages only the local stack uses, never a function: CallbackFunction packs every dependency it
@@ -45,8 +45,8 @@ export interface Statement {
 export interface ChatFunctionArgs<E, R> {
   /** Called once per Lambda instance; returns the `(event, context)` handler. */
   factory: () => (event: E, context: Context) => Promise<R>;
-  settings: StackSettings;
-  /** Reserved concurrency from the stack's settings; 0 leaves the function unreserved. */
+  settings: StackConfig;
+  /** Reserved concurrency from the stack's settings; 0 leaves the function unreserved. Set only once the preflight passed. */
   reservedConcurrency?: number;
   environment: Record<string, pulumi.Input<string>>;
   /** What the function's own code calls, beyond writing its logs (and traces, with tracing on). */
@@ -95,16 +95,20 @@ export function chatFunction<E, R>(name: string, args: ChatFunctionArgs<E, R>): 
     }),
   });
 
+  const reserved = args.reservedConcurrency ?? 0;
   const fn = new aws.lambda.CallbackFunction<E, R>(
     name,
     {
       callbackFactory: args.factory,
       role,
       runtime: aws.lambda.Runtime.NodeJS22dX,
+      // The archive is plain JavaScript (no native module: RUNTIME_PROVIDED_PACKAGES are the runtime's
+      // own), so it runs unchanged on either instruction set; arm64 by default, for its price.
+      architectures: [args.settings.lambdaArchitecture],
       memorySize: args.settings.lambdaMemoryMb,
       timeout: args.settings.lambdaTimeoutSeconds,
       // -1 is Lambda's "unreserved" (0 would stop the function).
-      reservedConcurrentExecutions: args.reservedConcurrency ? args.reservedConcurrency : -1,
+      reservedConcurrentExecutions: reserved > 0 ? args.settings.preflight.apply(() => reserved) : -1,
       environment: { variables: args.environment },
       loggingConfig: { logFormat: "Text", logGroup: logGroup.name },
       tracingConfig: { mode: args.settings.tracingEnabled ? "Active" : "PassThrough" },

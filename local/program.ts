@@ -52,7 +52,17 @@ export interface LoadOptions {
   /** Secret config (as `pulumi config set --secret` gives the program), as `<namespace>:<key>` → string. */
   secrets?: Record<string, string>;
   projectDir?: string;
+  /** Answers of data sources, by token, in place of the defaults below (a test's low quota, say). */
+  dataSources?: Record<string, Record<string, unknown>>;
 }
+
+/**
+ * The Lambda concurrency quota the local stack reports (Service Quotas L-B99A9384, which the
+ * program's preflight reads: stacks/preflight.ts). 1,000 is the default quota of an AWS account
+ * (https://docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html); the local runtime
+ * enforces no account-wide limit of its own, only its instances per function (local/lambda.ts).
+ */
+export const LOCAL_CONCURRENCY_QUOTA = 1000;
 
 export class ProgramError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -250,6 +260,8 @@ export async function loadProgram(options: LoadOptions): Promise<LoadedProgram> 
       return { id, state };
     },
     call({ token, inputs }) {
+      const answer = options.dataSources?.[token];
+      if (answer) return answer;
       switch (token) {
         case "aws:index/getRegion:getRegion":
           return { region, name: region, id: region, endpoint: `ec2.${region}.amazonaws.com`, description: region };
@@ -257,6 +269,9 @@ export async function loadProgram(options: LoadOptions): Promise<LoadedProgram> 
           return { accountId: FAKE_ACCOUNT_ID, arn: `arn:aws:iam::${FAKE_ACCOUNT_ID}:user/local`, userId: "LOCAL", id: FAKE_ACCOUNT_ID };
         case "aws:index/getPartition:getPartition":
           return { partition: "aws", dnsSuffix: "amazonaws.com", id: "aws" };
+        case "aws:servicequotas/getServiceQuota:getServiceQuota":
+          if (inputs.serviceCode !== "lambda" || inputs.quotaCode !== "L-B99A9384") throw new ProgramError(`the local stack knows only Lambda's concurrency quota, not ${inputs.serviceCode}/${inputs.quotaCode}`);
+          return { ...inputs, id: `${inputs.serviceCode}/${inputs.quotaCode}`, region, value: LOCAL_CONCURRENCY_QUOTA, defaultValue: LOCAL_CONCURRENCY_QUOTA, adjustable: true, globalQuota: false, quotaName: "Concurrent executions", serviceName: "AWS Lambda" };
         default:
           return inputs;
       }

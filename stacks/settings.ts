@@ -11,6 +11,8 @@ import { RANGES } from "../handlers/shared/env";
 /** CloudWatch Logs accepts only these retention periods (PutRetentionPolicy). 0 ("never") is not offered. */
 export const LOG_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653] as const;
 export const API_LOGGING_LEVELS = ["OFF", "ERROR", "INFO"] as const;
+/** Lambda's two instruction sets (FunctionArgs.architectures); the handlers are plain JavaScript and run on either. */
+export const LAMBDA_ARCHITECTURES = ["arm64", "x86_64"] as const;
 
 interface IntegerSpec { type: "integer"; min: number; max: number; oneOf?: readonly number[]; description: string }
 interface BooleanSpec { type: "boolean"; description: string }
@@ -47,6 +49,10 @@ export const SETTINGS_SCHEMA = {
   lambdaMemoryMb: {
     type: "integer", min: 128, max: 10240,
     description: "Memory of each function, in MB; Lambda gives CPU in proportion.",
+  },
+  lambdaArchitecture: {
+    type: "string", oneOf: LAMBDA_ARCHITECTURES, rule: "one of arm64, x86_64",
+    description: "Instruction set of every function: arm64 (Graviton) costs 20% less per GB-second than x86_64.",
   },
   lambdaTimeoutSeconds: {
     type: "integer", min: 1, max: 29,
@@ -139,15 +145,20 @@ export const SETTINGS_SCHEMA = {
     type: "boolean",
     description: "Publish the chat page: a private S3 bucket behind CloudFront (origin access control); its address is the webUrl output.",
   },
+  stageLogging: {
+    type: "boolean",
+    description: "Execution logging (at apiLoggingLevel) and access logging on the stage. API Gateway refuses both until the account and Region has its CloudWatch role (docs/account-settings.md).",
+  },
   manageApiGatewayAccount: {
     type: "boolean",
-    description: "Create the account-level CloudWatch role that API Gateway logging requires. Set false where the account already has one.",
+    description: "Let this stack set API Gateway's account-wide CloudWatch role (kept when the stack is destroyed). Off: set it once per account and Region (docs/account-settings.md).",
   },
 } as const satisfies Record<string, Spec>;
 
 export type SettingKey = keyof typeof SETTINGS_SCHEMA;
 export type StackSettings = { readonly [K in SettingKey]: ValueOf<(typeof SETTINGS_SCHEMA)[K]> } & {
   readonly apiLoggingLevel: (typeof API_LOGGING_LEVELS)[number];
+  readonly lambdaArchitecture: (typeof LAMBDA_ARCHITECTURES)[number];
 };
 
 /** Reads one raw (string) value, as `pulumi.Config.get` does. */

@@ -8,6 +8,9 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { compilePattern, passesFilters } from "../../local/event-filter";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, RecordedResource } from "../../local/program";
+import settingsModule = require("@pulumi/pulumi/runtime/settings");
+import { plannedReservations, RESERVATION_SETTINGS } from "../../stacks/preflight";
+import { parseSettings } from "../../stacks/settings";
 
 const CANARY = "canary-secret-9f8e7d6c";
 const TOKEN_KEY = "token-key-for-tests-0123456789abcdefghijklmnop";
@@ -121,7 +124,7 @@ for (const stack of ["dev", "prod"] as const) {
       }
     });
 
-    it("deploys a stage named by the settings, throttled and access-logged as they say", () => {
+    it(`deploys a stage named by the settings, throttled as they say, ${prod ? "execution- and access-logged into log groups of the stack's retention" : "with no logging (a new account has no API Gateway CloudWatch role)"}`, () => {
       const s = one(program, "aws:apigatewayv2/stage:Stage");
       assert.equal(s.inputs.name, config("stageName"));
       assert.equal(s.inputs.deploymentId, one(program, "aws:apigatewayv2/deployment:Deployment").id);
@@ -129,9 +132,30 @@ for (const stack of ["dev", "prod"] as const) {
       assert.equal(s.inputs.defaultRouteSettings.throttlingRateLimit, Number(config("throttlingRateLimit")));
       assert.equal(s.inputs.defaultRouteSettings.dataTraceEnabled, false);
       const accessLogs = one(program, "aws:cloudwatch/logGroup:LogGroup", "chat-access");
-      assert.equal(s.inputs.accessLogSettings.destinationArn, accessLogs.state.arn);
       assert.equal(accessLogs.inputs.retentionInDays, Number(config("logRetentionDays")));
+      const executionLogs = byType(program, "aws:cloudwatch/logGroup:LogGroup").filter((g) => g.name === "chat-execution");
+      assert.equal(config("stageLogging"), String(prod));
+      if (!prod) {
+        assert.deepEqual([s.inputs.defaultRouteSettings.loggingLevel, s.inputs.accessLogSettings, executionLogs], ["OFF", undefined, []]);
+        return;
+      }
+      assert.equal(s.inputs.defaultRouteSettings.loggingLevel, config("apiLoggingLevel"));
+      assert.equal(s.inputs.accessLogSettings.destinationArn, accessLogs.state.arn);
       assert.match(JSON.parse(s.inputs.accessLogSettings.format).connectionId, /\$context\.connectionId/);
+      // The group API Gateway would otherwise create itself, with no retention, and keep after a destroy.
+      assert.equal(executionLogs.length, 1);
+      assert.deepEqual([executionLogs[0].inputs.name, executionLogs[0].inputs.retentionInDays], [`API-Gateway-Execution-Logs_${api().id}/prod`, 90]);
+    });
+
+    it("must not own API Gateway's account-wide CloudWatch role, nor attach a policy through the deprecated managedPolicyArns", () => {
+      assert.equal(config("manageApiGatewayAccount"), "false");
+      assert.deepEqual(byType(program, "aws:apigateway/account:Account"), []);
+      for (const role of byType(program, "aws:iam/role:Role")) assert.equal(role.inputs.managedPolicyArns, undefined, role.name);
+    });
+
+    it("runs every function on arm64 (lambdaArchitecture)", () => {
+      assert.equal(config("lambdaArchitecture"), "arm64");
+      for (const name of functionNames()) assert.deepEqual(fn(name).inputs.architectures, ["arm64"], name);
     });
 
     it("redeploys when routes change: the deployment's trigger hashes every route, its authorizer and its integration", () => {
@@ -287,6 +311,11 @@ for (const stack of ["dev", "prod"] as const) {
       }
       if (prod) assert.ok(reserved > 0 && reserved <= 900, `${reserved} reserved: Lambda keeps 100 of the default 1,000 unreserved`);
       else assert.equal(reserved, 0);
+      // The preflight counts exactly what the program reserves.
+      const reservedByFunction = Object.fromEntries(
+        functionNames().map((f) => [f, fn(f).inputs.reservedConcurrentExecutions]).filter(([, n]) => n > 0),
+      );
+      assert.deepEqual(plannedReservations(parseSettings("ws-chat", (key) => config(key))), reservedByFunction);
     });
 
     it("runs every function on nodejs22.x with the memory, timeout and its own log group from the settings", () => {
@@ -350,7 +379,13 @@ for (const stack of ["dev", "prod"] as const) {
       const tableArn = (name = "connections") => one(program, "aws:dynamodb/table:Table", name).state.arn;
       // This table's streams (AWS's example policy scopes the four actions so); the stream's own ARN is under it.
       const streamArn = () => `${tableArn()}/stream/*`;
-      const STREAM_READ = ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator", "dynamodb:ListStreams"];
+      // Lambda's four stream actions: three on this table's streams, ListStreams on "*", the only
+      // resource the Service Authorization Reference gives it.
+      const STREAM_READ = () => [
+        { Action: ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"], Resource: [streamArn()] },
+        { Action: ["dynamodb:ListStreams"], Resource: ["*"] },
+      ];
+      const STREAM_ACTIONS = () => STREAM_READ().flatMap((st) => st.Action);
       const stageArn = (method: string) => `${api().state.executionArn}/${config("stageName")}/${method}/@connections/*`;
       const XRAY = { Action: ["xray:PutTraceSegments", "xray:PutTelemetryRecords"], Resource: ["*"] };
       function statements(route: string) {
@@ -390,7 +425,7 @@ for (const stack of ["dev", "prod"] as const) {
       });
       it("presence may read the connections stream (Lambda's four stream actions, on that stream only), Query the room index, DeleteItem stale records, append to history, POST to this stage's @connections, invoke fanout and send to its failure queue", () => {
         assert.deepEqual(statements("presence"), [
-          { Action: STREAM_READ, Resource: [streamArn()] },
+          ...STREAM_READ(),
           { Action: ["dynamodb:Query"], Resource: [`${tableArn()}/index/byRoom`] },
           { Action: ["dynamodb:DeleteItem"], Resource: [tableArn()] },
           { Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [tableArn("messages")] },
@@ -422,8 +457,8 @@ for (const stack of ["dev", "prod"] as const) {
       });
       it("must not let any function but presence read the connections stream, nor grant a stream action on anything else", () => {
         for (const name of functionNames()) {
-          const reading = statements(name).filter((s) => s.Action.some((a) => STREAM_READ.includes(a)) || s.Resource.some((r) => r.includes("/stream/")));
-          assert.deepEqual(reading, name === "presence" ? [{ Action: STREAM_READ, Resource: [streamArn()] }] : [], name);
+          const reading = statements(name).filter((s) => s.Action.some((a) => STREAM_ACTIONS().includes(a)) || s.Resource.some((r) => r.includes("/stream/")));
+          assert.deepEqual(reading, name === "presence" ? STREAM_READ() : [], name);
         }
       });
       it("fanout may only POST to this stage's @connections and DeleteItem stale records", () => {
@@ -459,7 +494,7 @@ for (const stack of ["dev", "prod"] as const) {
         });
       }
 
-      it("must not attach any managed policy to a function role, nor use '*' except for X-Ray's write actions", () => {
+      it("must not attach any managed policy to a function role, nor use '*' except for X-Ray's write actions and ListStreams", () => {
         const functionRoles = new Set(byType(program, "aws:lambda/function:Function").map((f) => f.inputs.role));
         assert.equal(functionRoles.size, functionNames().length, "one role per function");
         assert.deepEqual(byType(program, "aws:iam/rolePolicyAttachment:RolePolicyAttachment"), []);
@@ -470,7 +505,8 @@ for (const stack of ["dev", "prod"] as const) {
         for (const policy of byType(program, "aws:iam/rolePolicy:RolePolicy")) {
           for (const s of JSON.parse(policy.inputs.policy).Statement) {
             for (const a of s.Action) assert.ok(!a.includes("*"), `${policy.name}: action ${a}`);
-            if (s.Resource.includes("*")) assert.deepEqual({ Action: s.Action, Resource: s.Resource }, XRAY, `${policy.name}: '*' resource`);
+            const wide = JSON.stringify({ Action: s.Action, Resource: s.Resource });
+            if (s.Resource.includes("*")) assert.ok([XRAY, STREAM_READ()[1]].some((allowed) => JSON.stringify(allowed) === wide), `${policy.name}: '*' resource for ${wide}`);
             for (const r of s.Resource) assert.ok(!r.endsWith(":*:*"), `${policy.name}: resource ${r}`);
           }
         }
@@ -736,6 +772,83 @@ describe("the program under mocks: settings the new routes read", () => {
   });
 });
 
+describe("the program under mocks: the account preflight (Lambda's concurrency quota)", () => {
+  const QUOTA = "aws:servicequotas/getServiceQuota:getServiceQuota";
+  const quota = (value: number) => ({ [QUOTA]: { serviceCode: "lambda", quotaCode: "L-B99A9384", id: "lambda/L-B99A9384", region: "us-east-1", value, defaultValue: 1000, adjustable: true, globalQuota: false, quotaName: "Concurrent executions", serviceName: "AWS Lambda" } });
+  const prod = (value: number) => loadProgram({ stack: "prod", secrets: { "ws-chat:tokenKey": TOKEN_KEY }, dataSources: quota(value) });
+  /**
+   * A refused load fails each reserving function's registration: the first failure ends the load,
+   * the others land later, as unhandled rejections. Waits for the mocked engine's queue to drain,
+   * taking them, so that none lands in the next load.
+   */
+  async function drained(): Promise<void> {
+    const late = () => undefined;
+    process.on("unhandledRejection", late);
+    try {
+      await (settingsModule as { waitForRPCs?: () => Promise<void> }).waitForRPCs?.().catch(() => undefined);
+      await new Promise((resolve) => setImmediate(resolve));
+    } finally {
+      process.off("unhandledRejection", late);
+    }
+  }
+
+  it("must refuse prod's 800 reservations on a new account's quota of 10, with the numbers and the fix", async () => {
+    await assert.rejects(prod(10), (err: Error) => {
+      assert.match(err.message, /prod reserves 800 concurrent executions over 11 functions; your account's concurrency quota in us-east-1 is 10; Lambda keeps 100 unreserved; ask for quota L-B99A9384 ≥ 900/);
+      assert.match(err.message, /--service-code lambda --quota-code L-B99A9384 --desired-value 900 --region us-east-1/);
+      assert.match(err.message, /or set reservedConcurrencyConnect, .*reservedConcurrencyRead to 0/);
+      return true;
+    });
+    await drained();
+  });
+  it("must refuse one short of the reservations plus Lambda's unreserved 100 (899)", async () => {
+    await assert.rejects(prod(899), /quota in us-east-1 is 899; Lambda keeps 100 unreserved; ask for quota L-B99A9384 ≥ 900/);
+    await drained();
+  });
+  it("passes prod on a quota of 900, and the local stack's answer (1,000)", async () => {
+    for (const program of [await prod(900), await loadProgram({ stack: "prod", secrets: { "ws-chat:tokenKey": TOKEN_KEY } })]) {
+      assert.equal(program.resources.find((r) => r.name === "ws-chat-sendmessage" && r.type === "aws:lambda/function:Function")!.inputs.reservedConcurrentExecutions, 200);
+    }
+  });
+  it("passes prod on a quota of 10 once every reservation is set to 0", async () => {
+    const zero = Object.fromEntries(Object.values(RESERVATION_SETTINGS).map((key) => [`ws-chat:${key}`, "0"]));
+    const program = await loadProgram({ stack: "prod", configOverrides: zero, secrets: { "ws-chat:tokenKey": TOKEN_KEY }, dataSources: quota(10) });
+    for (const f of program.resources.filter((r) => r.type === "aws:lambda/function:Function")) assert.equal(f.inputs.reservedConcurrentExecutions, -1, f.name);
+  });
+});
+
+describe("the program under mocks: lambdaArchitecture", () => {
+  it("runs every function on x86_64 when set so", async () => {
+    const program = await loadProgram({ stack: "dev", configOverrides: { "ws-chat:lambdaArchitecture": "x86_64" } });
+    const functions = program.resources.filter((r) => r.type === "aws:lambda/function:Function");
+    assert.ok(functions.length > 0);
+    for (const f of functions) assert.deepEqual(f.inputs.architectures, ["x86_64"], f.name);
+  });
+});
+
+describe("the program under mocks: a stack that opts in to API Gateway's account setting", () => {
+  it("sets the role through a RolePolicyAttachment of AWS's managed policy in the stack's partition, and logs the stage", async () => {
+    const program = await loadProgram({
+      stack: "dev",
+      configOverrides: { "ws-chat:manageApiGatewayAccount": "true" },
+      dataSources: { "aws:index/getPartition:getPartition": { partition: "aws-cn", dnsSuffix: "amazonaws.com.cn", id: "aws-cn" } },
+    });
+    const of = (type: string) => program.resources.filter((r) => r.type === type);
+    const [account] = of("aws:apigateway/account:Account");
+    const role = of("aws:iam/role:Role").find((r) => r.name === "apigateway-cloudwatch")!;
+    assert.equal(account.inputs.cloudwatchRoleArn, role.state.arn);
+    assert.equal(JSON.parse(role.inputs.assumeRolePolicy).Statement[0].Principal.Service, "apigateway.amazonaws.com");
+    assert.equal(role.inputs.managedPolicyArns, undefined);
+    assert.deepEqual(
+      of("aws:iam/rolePolicyAttachment:RolePolicyAttachment").map((a) => [a.inputs.role, a.inputs.policyArn]),
+      [[role.state.name, "arn:aws-cn:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"]],
+    );
+    const stage = of("aws:apigatewayv2/stage:Stage")[0];
+    assert.equal(stage.inputs.defaultRouteSettings.loggingLevel, "INFO");
+    assert.ok(stage.inputs.accessLogSettings.destinationArn);
+  });
+});
+
 describe("the program under mocks: bad settings", () => {
   // First: a refused token key's late rejection (an apply) must not land inside these loads.
   it("must refuse the benchmark-only seed fan-out on prod", async () => {
@@ -767,5 +880,12 @@ describe("the program under mocks: bad settings", () => {
   });
   it("must fail to load an unknown stack, listing the stacks there are", async () => {
     await assert.rejects(loadProgram({ stack: "staging" }), /no stack "staging".*stacks: dev, prod/);
+  });
+});
+
+describe("the program's source", () => {
+  it("must not hard-code the aws partition in an ARN (GovCloud and China use aws-us-gov and aws-cn)", () => {
+    const sources = ["index.ts", ...["infra", "stacks", "handlers", "handlers/shared"].flatMap((dir) => fs.readdirSync(path.join(PROJECT_DIR, dir)).filter((f) => f.endsWith(".ts")).map((f) => `${dir}/${f}`))];
+    for (const file of sources) assert.doesNotMatch(fs.readFileSync(path.join(PROJECT_DIR, file), "utf8"), /arn:aws:/, file);
   });
 });

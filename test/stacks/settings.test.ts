@@ -21,6 +21,10 @@ describe("stack settings", () => {
     assert.equal(prod.tableProtection, true);
     assert.equal(prod.logRetentionDays, 90);
     assert.equal(typeof prod.lambdaMemoryMb, "number");
+    // arm64 by default; neither stack owns API Gateway's account-wide role; only prod logs its stage.
+    assert.deepEqual([dev.lambdaArchitecture, prod.lambdaArchitecture], ["arm64", "arm64"]);
+    assert.deepEqual([dev.manageApiGatewayAccount, prod.manageApiGatewayAccount], [false, false]);
+    assert.deepEqual([dev.stageLogging, prod.stageLogging], [false, true]);
   });
 
   it("declares every setting in Pulumi.yaml with the same type and description, and a valid default", () => {
@@ -50,6 +54,7 @@ describe("stack settings", () => {
     ["fanoutConcurrency", "1000", /ws-chat:fanoutConcurrency must be an integer from 1 to 512/],
     ["stageName", "my stage", /ws-chat:stageName must be 1-128 characters of A-Z, a-z, 0-9, _ or -; got "my stage"/],
     ["apiLoggingLevel", "DEBUG", /ws-chat:apiLoggingLevel must be one of OFF, ERROR, INFO; got "DEBUG"/],
+    ["lambdaArchitecture", "x86", /ws-chat:lambdaArchitecture must be one of arm64, x86_64; got "x86"/],
     ["stageName", undefined, /ws-chat:stageName is not set/],
     ["presenceLimit", "0", /ws-chat:presenceLimit must be an integer from 1 to 1000; got "0"/],
     ["presenceLimit", "1001", /ws-chat:presenceLimit must be an integer from 1 to 1000; got "1001"/],
