@@ -29,7 +29,7 @@ import type { SpreadStats } from "./shared/fanout";
 import { log } from "./shared/log";
 import { createManagement } from "./shared/management";
 import { APPEND_BUDGET_MS, Appended, CURSOR_PATTERN, cursorOf, EPOCH_LENGTH, eventFrame, isTombstone, MAX_EDITS, MessageStore, messageStoreFromEnv, NewMessage, StoredMessage, TargetCheck } from "./shared/messages";
-import { ackFrame, errorFrame, MAX_FRAME_BYTES, parseBody, utf8Bytes, validateClientId, validateMessage, validateTarget } from "./shared/protocol";
+import { ackFrame, API_MESSAGE_BYTES, errorFrame, parseBody, utf8Bytes, validateClientId, validateFrameSize, validateMessage, validateTarget } from "./shared/protocol";
 import { createPublish } from "./shared/publish";
 
 /** A message older than this when its run starts is refused as `unavailable` (see above). */
@@ -95,11 +95,12 @@ export function sendMessageHandlerFactory(): WebSocketHandler<WebSocketEvent> {
     if ("problem" in read) return refuse(read.problem.code, read.problem.message);
 
     const draft: NewMessage = { room: sender.room, id: messageId ?? randomUUID(), from: { name: sender.name }, ts: requestTimeEpoch ?? started, ...read.event, ...(read.clientId ? { clientId: read.clientId } : {}) };
-    // The frame's size is known before anything is stored: cursor and epoch have fixed lengths.
-    if (utf8Bytes(JSON.stringify(eventFrame({ ...draft, cursor: cursorOf(0), expiresAt: 0 }, EPOCH_PLACEHOLDER))) > MAX_FRAME_BYTES) {
-      // Reachable only at the edge: a body near API Gateway's 128 KB limit (escaped control characters
-      // count 6 bytes each there) plus the envelope; refused before it is stored, so never half-sent.
-      return refuse("message_too_large", `the message does not fit in one ${MAX_FRAME_BYTES}-byte frame once wrapped; nothing was stored`);
+    // The outgoing event's size is known before anything is stored (cursor and epoch have fixed
+    // lengths). Within RANGES.maxMessageBytes this never refuses: the server's escaping of the text
+    // is never longer than the sender's, and the envelopes differ by a few hundred bytes (a test
+    // measures the worst case); kept so that no range can store what @connections cannot post.
+    if (utf8Bytes(JSON.stringify(eventFrame({ ...draft, cursor: cursorOf(0), expiresAt: 0 }, EPOCH_PLACEHOLDER))) > API_MESSAGE_BYTES) {
+      return refuse("message_too_large", `the message does not fit in one ${API_MESSAGE_BYTES}-byte PostToConnection payload once wrapped; nothing was stored`);
     }
     // A busy room may take a while to append to; half the time left stays for the fan-out and reply.
     const deadline = Date.now() + Math.min(APPEND_BUDGET_MS, (budget.deadline - Date.now()) / 2);
@@ -156,11 +157,10 @@ function readRequest(body: string | undefined, maxMessageBytes: number): ReadReq
   try {
     clientId = validateClientId(id);
     if (action === "delete") return { clientId, event: { type: "delete", target: validateTarget(cursor, CURSOR_PATTERN) } };
-    if (action === "edit") {
-      const target = validateTarget(cursor, CURSOR_PATTERN);
-      return { clientId, event: { type: "edit", target, message: validateMessage(message, maxMessageBytes) } };
-    }
-    return { clientId, event: { message: validateMessage(message, maxMessageBytes) } };
+    const target = action === "edit" ? validateTarget(cursor, CURSOR_PATTERN) : undefined;
+    const text = validateMessage(message);
+    validateFrameSize(body ?? "", maxMessageBytes);
+    return { clientId, event: target === undefined ? { message: text } : { type: "edit", target, message: text } };
   } catch (err) {
     if (!isChatError(err)) throw err;
     return { clientId, problem: { code: err.code as ClientErrorCode, message: err.message } };

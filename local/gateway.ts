@@ -6,12 +6,15 @@ import type { IncomingMessage, Server, ServerResponse } from "http";
 import type { Duplex } from "stream";
 import { WebSocket, WebSocketServer } from "ws";
 import { holdWrites } from "./write-batch";
+import { API_FRAME_BYTES, API_MESSAGE_BYTES } from "../handlers/shared/protocol";
 import { ApiFacts, awsId, ConnectionFacts, connectEvent, disconnectEvent, messageEvent, RawRequest, selectRouteValue } from "./events";
 import { policyAllows } from "./iam";
 import type { InvokeOutcome } from "./lambda";
 
-/** API Gateway's message payload quota. */
-export const MAX_MESSAGE_BYTES = 131_072;
+/** API Gateway's message payload quota (handlers/shared/protocol.ts says how KB is read). */
+export const MAX_MESSAGE_BYTES = API_MESSAGE_BYTES;
+/** API Gateway's frame quota: a client frame over it closes the connection with 1009. */
+export const MAX_FRAME_BYTES = API_FRAME_BYTES;
 
 export interface RouteAuthorizer {
   functionName: string;
@@ -99,6 +102,52 @@ export function refuseUpgrade(socket: Duplex, status: number, body = "", headers
   socket.end(`${lines.join("\r\n")}\r\n\r\n${body}`);
 }
 
+/**
+ * Calls `tooBig` on the first data frame (text, binary or continuation) whose payload is over
+ * `maxFrameBytes`, as soon as its header arrives, with the number of whole messages that came
+ * before it (those still go to their routes). `ws` limits only whole messages (maxPayload counts
+ * the fragments together), so each frame's header is read here, from the same bytes `ws` reads;
+ * this listener goes first (prependListener). Frame layout: RFC 6455, section 5.2.
+ */
+export function watchFrameSizes(raw: Duplex, maxFrameBytes: number, tooBig: (bytes: number, messagesBefore: number) => void): void {
+  const header = Buffer.alloc(14); // the longest header: 2 + 8 (64-bit length) + 4 (mask)
+  let held = 0; // header bytes held from earlier chunks
+  let skip = 0; // payload bytes of the current frame still to come
+  let messages = 0; // data frames with FIN set: messages complete
+  const scan = (chunk: Buffer) => {
+    for (let at = 0; at < chunk.length; ) {
+      if (skip > 0) {
+        const n = Math.min(skip, chunk.length - at);
+        skip -= n;
+        at += n;
+        continue;
+      }
+      const copied = chunk.copy(header, held, at, at + Math.max(0, (held < 2 ? 2 : headerLength(header)) - held));
+      held += copied;
+      at += copied;
+      if (held < 2 || held < headerLength(header)) continue;
+      const opcode = header[0] & 0x0f;
+      const code = header[1] & 0x7f;
+      const length = code === 126 ? header.readUInt16BE(2) : code === 127 ? Number(header.readBigUInt64BE(2)) : code;
+      held = 0;
+      skip = length;
+      if (opcode > 0x2) continue; // a control frame (close, ping, pong)
+      if (length > maxFrameBytes) {
+        raw.removeListener("data", scan);
+        return tooBig(length, messages);
+      }
+      if (header[0] & 0x80) messages++;
+    }
+  };
+  raw.prependListener("data", scan);
+}
+
+/** The length of a frame's header from its first two bytes: extended length and mask key included. */
+function headerLength(header: Buffer): number {
+  const code = header[1] & 0x7f;
+  return 2 + (code === 126 ? 2 : code === 127 ? 8 : 0) + (header[1] & 0x80 ? 4 : 0);
+}
+
 /** Waits until every promise in `pending` (which may grow meanwhile) has settled, or the deadline passes. */
 async function settle(pending: Set<Promise<unknown>>, timeoutMs: number): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
@@ -166,6 +215,7 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
   const refuse = refuseUpgrade;
 
   function onMessage(conn: Connection, data: Buffer, isBinary: boolean) {
+    if (conn.closing) return; // the rest of a frame that closed it (1009), or a frame after a close: no route runs
     touch(conn);
     if (isBinary) {
       // API Gateway does not accept binary frames on a Lambda-proxied API: close 1003, no Lambda runs.
@@ -202,7 +252,22 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
       max: setTimeout(() => disconnect(conn.connectionId, 1001, "Going away"), options.maxDurationMs ?? DEFAULT_MAX_DURATION_MS), // code (?)
     });
     touch(conn);
-    socket.on("message", (data: Buffer, isBinary) => onMessage(conn, data, isBinary));
+    // A frame over the quota closes the connection with 1009, as API Gateway does, once the
+    // messages before it have gone to their routes; no route runs for it or after it. The reason
+    // text is ours (?): API Gateway's is not documented.
+    let received = 0;
+    let closeAfter = Infinity;
+    const tooBig = () => disconnect(conn.connectionId, 1009, "Message too big");
+    if (conn.raw) {
+      watchFrameSizes(conn.raw, MAX_FRAME_BYTES, (_bytes, messagesBefore) => {
+        closeAfter = messagesBefore;
+        if (received >= closeAfter) tooBig();
+      });
+    }
+    socket.on("message", (data: Buffer, isBinary) => {
+      onMessage(conn, data, isBinary);
+      if (++received === closeAfter) tooBig();
+    });
     socket.on("ping", () => touch(conn));
     socket.on("error", (err: Error & { code?: string }) => {
       // ws closes a protocol violation with its code (1009 too big, 1007 invalid UTF-8) but reports

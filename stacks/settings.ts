@@ -64,7 +64,7 @@ export const SETTINGS_SCHEMA = {
   },
   maxMessageBytes: {
     type: "integer", min: RANGES.maxMessageBytes.min, max: RANGES.maxMessageBytes.max,
-    description: "Largest accepted sendmessage text, in UTF-8 bytes.",
+    description: "Largest accepted sendmessage or edit frame, in UTF-8 bytes: the message in its JSON envelope, escapes included (at most 32000, within API Gateway's 32 KB frame).",
   },
   fanoutConcurrency: {
     type: "integer", min: RANGES.fanoutConcurrency.min, max: RANGES.fanoutConcurrency.max,

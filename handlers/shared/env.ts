@@ -48,7 +48,13 @@ export const ENV = {
 
 /** Ranges of the numeric settings the handlers read; the stack settings enforce the same ones. */
 export const RANGES = {
-  maxMessageBytes: { min: 1, max: 65_536 },
+  /**
+   * The largest sendmessage or edit frame, in UTF-8 bytes (protocol.ts, validateFrameSize). At most
+   * 32,000: within API Gateway's 32 KB frame quota whether KB is read as 1,024 or 1,000 bytes
+   * (protocol.ts, API_FRAME_BYTES). At least 1,024: room for the largest envelope (an edit with a
+   * 64-character id, about 130 bytes) and some text.
+   */
+  maxMessageBytes: { min: 1_024, max: 32_000 },
   fanoutConcurrency: { min: 1, max: 512 },
   fanoutChunkSize: { min: 2, max: 10_000 },
   historyRetentionDays: { min: 1, max: 365 },

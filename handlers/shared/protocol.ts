@@ -10,8 +10,17 @@ export const DEFAULT_ROOM = "general";
 export const ROOM_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 /** Names: 1–32 Unicode letters or digits, `_`, `.` or `-`. No spaces, markup or control characters. */
 export const NAME_PATTERN = /^[\p{L}\p{N}_.-]{1,32}$/u;
-/** API Gateway's limit on one PostToConnection payload (and on an incoming message). */
-export const MAX_FRAME_BYTES = 131_072;
+/**
+ * API Gateway's WebSocket quotas (https://docs.aws.amazon.com/apigateway/latest/developerguide/apigateway-execution-service-websocket-limits-table.html):
+ * a frame holds at most 32 KB, and a message (a frame, or fragments reassembled; a PostToConnection
+ * payload) at most 128 KB; a client frame or message over them closes the connection with 1009.
+ * Assumed, not confirmed by AWS: KB means 1,024 bytes (32,768 and 131,072), as for the local
+ * @connections 413 boundary (../shared/docs/apigw-websocket.md). The stack's own limit
+ * (RANGES.maxMessageBytes, handlers/shared/env.ts) stays at or under 32,000, so it holds under a
+ * 1,000-byte reading too.
+ */
+export const API_FRAME_BYTES = 32_768;
+export const API_MESSAGE_BYTES = 131_072;
 
 export type Query = Record<string, string | undefined>;
 export type MultiQuery = Record<string, string[] | undefined>;
@@ -71,11 +80,25 @@ export function utf8Bytes(text: string): number {
 }
 
 /**
- * Validates a `sendmessage` text. Returns it unchanged; throws a ChatError with the code the
- * sender will see. Lone surrogates are refused because they cannot be encoded as UTF-8 and would
- * reach recipients as U+FFFD, silently altering the message.
+ * The size rule for `sendmessage` and `edit` (README, "Protocol"): the frame as it arrived, in
+ * UTF-8 bytes, envelope and JSON escapes included, is at most `maxBytes`. Counting the frame, not
+ * the text, is what keeps every accepted message within API Gateway's frame quota whatever the
+ * client escapes; web/room-stream.js (frameBytes) measures the same before sending.
  */
-export function validateMessage(message: unknown, maxBytes: number): string {
+export function validateFrameSize(body: string, maxBytes: number): void {
+  const bytes = utf8Bytes(body);
+  if (bytes > maxBytes) {
+    throw chatError("message_too_large", `the frame is ${bytes} bytes (the message in its JSON envelope); the limit is ${maxBytes}`, 413);
+  }
+}
+
+/**
+ * Validates a `sendmessage` or `edit` text (its size is the frame's, validateFrameSize). Returns
+ * it unchanged; throws a ChatError with the code the sender will see. Lone surrogates are refused
+ * because they cannot be encoded as UTF-8 and would reach recipients as U+FFFD, silently altering
+ * the message.
+ */
+export function validateMessage(message: unknown): string {
   if (typeof message !== "string") {
     throw chatError("invalid_message", "message must be a string", 400);
   }
@@ -84,10 +107,6 @@ export function validateMessage(message: unknown, maxBytes: number): string {
   }
   if (!message.isWellFormed()) {
     throw chatError("invalid_message", "message must be valid Unicode text", 400);
-  }
-  const bytes = utf8Bytes(message);
-  if (bytes > maxBytes) {
-    throw chatError("message_too_large", `message is ${bytes} bytes; the limit is ${maxBytes}`, 413);
   }
   return message;
 }

@@ -3,7 +3,9 @@ import { DeleteCommand, GetCommand, PutCommand, QueryCommand, ScanCommand, Trans
 import assert from "node:assert/strict";
 import { MAX_QUEUED_MS, sendMessageHandlerFactory } from "../../handlers/sendmessage";
 import { CONNECT_GRACE_MS } from "../../handlers/shared/connections";
+import { RANGES } from "../../handlers/shared/env";
 import { APPEND_BUDGET_MS } from "../../handlers/shared/messages";
+import { API_FRAME_BYTES } from "../../handlers/shared/protocol";
 import { FORBIDDEN, GONE, SERVER_ERROR, THROTTLED, withFakeAws } from "./fake-aws";
 import { conditionFailed, connId, lambdaContext, messageEvent, useEnv, withEnv, withLogs, stubDocumentClient } from "./fixtures";
 
@@ -11,7 +13,7 @@ const SENDER = connId(0);
 const ENV = {
   CONNECTIONS_TABLE: "connections-test",
   ROOM_INDEX: "byRoom",
-  MAX_MESSAGE_BYTES: "64",
+  MAX_MESSAGE_BYTES: "1024",
   FANOUT_CONCURRENCY: "4",
   FANOUT_CHUNK_SIZE: "1000",
   FANOUT_FUNCTION: "ws-chat-fanout-dev",
@@ -23,6 +25,10 @@ const ENV = {
   RATE_LIMIT_WINDOW_SECONDS: "10",
 };
 const SENDER_RECORD = { connectionId: SENDER, room: "general", name: "alice", connectedAt: 1, expiresAt: 2 };
+/** `{"action":"sendmessage","message":""}`: the smallest envelope, 37 bytes. */
+const ENVELOPE_BYTES = JSON.stringify({ action: "sendmessage", message: "" }).length;
+/** A sendmessage body whose frame is exactly `bytes` long (ASCII text). */
+const frameOf = (bytes: number) => ({ action: "sendmessage", message: "x".repeat(bytes - ENVELOPE_BYTES) });
 const EPOCH = "Ep0ch-01";
 const HEAD = (seq: number) => ({ Attributes: { room: "general", cursor: "#head", seq, epoch: EPOCH } });
 
@@ -228,8 +234,11 @@ describe("sendmessage", () => {
     ["a numeric message", { action: "sendmessage", message: 42 }, "invalid_message"],
     ["an object message", { action: "sendmessage", message: { text: "hi" } }, "invalid_message"],
     ["a message with a lone surrogate", '{"action":"sendmessage","message":"a\\ud800b"}', "invalid_message"],
-    ["a message over MAX_MESSAGE_BYTES", { action: "sendmessage", message: "x".repeat(65) }, "message_too_large"],
-    ["a message over the limit in UTF-8 bytes only", { action: "sendmessage", message: "가".repeat(22) }, "message_too_large"],
+    ["a frame one byte over MAX_MESSAGE_BYTES", frameOf(1025), "message_too_large"],
+    ["a frame over the limit in UTF-8 bytes only (330 characters)", { action: "sendmessage", message: "가".repeat(330) }, "message_too_large"],
+    ["a frame over the limit once escaped only (200 bytes of text)", { action: "sendmessage", message: "\u0001".repeat(200) }, "message_too_large"],
+    ["a frame over the limit by its other fields only", { ...frameOf(1000), note: "n".repeat(100) }, "message_too_large"],
+    ["an edit whose frame is over the limit", { action: "edit", cursor: "0000000000000001", message: "x".repeat(1000) }, "message_too_large"],
     ["a body that is not JSON", "sendmessage: hi", "invalid_json"],
   ];
   for (const [what, body, code] of invalid) {
@@ -246,9 +255,9 @@ describe("sendmessage", () => {
     });
   }
 
-  it("accepts a message of exactly MAX_MESSAGE_BYTES", async () => {
+  it("accepts a frame of exactly MAX_MESSAGE_BYTES", async () => {
     roomOf([SENDER, connId(1)]);
-    const sent = await send({ action: "sendmessage", message: "x".repeat(64) });
+    const sent = await send(frameOf(1024));
     assert.equal(JSON.parse(sent[0].data).type, "message");
   });
 
@@ -365,14 +374,32 @@ describe("sendmessage", () => {
       assert.equal(ddb.calls().length, 0, "no DynamoDB call: shedding costs nothing but the reply");
     });
 
-    it("must refuse a message whose frame would not fit once wrapped before storing anything", async () => {
-      const restore = useEnv({ MAX_MESSAGE_BYTES: "65536" });
+    it("must refuse a frame over the limit before storing anything: 5,400 × U+0001 is 5,400 bytes of text but 32,450 of frame", async () => {
+      const restore = useEnv({ MAX_MESSAGE_BYTES: String(RANGES.maxMessageBytes.max) });
       try {
         roomOf([SENDER, connId(1)]);
-        // 21,830 × U+0001: 21,830 UTF-8 bytes, but 6 bytes each once JSON-escaped in the outgoing frame.
-        const sent = await send({ action: "sendmessage", message: "\u0001".repeat(21_830), id: "c-big" });
+        const sent = await send({ action: "sendmessage", message: "\u0001".repeat(5_400), id: "c-big" });
         assert.deepEqual(sent.map((p) => [p.to, JSON.parse(p.data).code, JSON.parse(p.data).id]), [[SENDER, "message_too_large", "c-big"]]);
+        assert.match(JSON.parse(sent[0].data).message, /the frame is 32450 bytes .*; the limit is 32000/);
         assert.equal(numbersTaken().length, 0, "no number taken: nothing stored");
+      } finally {
+        restore();
+      }
+    });
+
+    it("must post the largest accepted message, from the longest room and name, in one API Gateway frame", async () => {
+      const restore = useEnv({ MAX_MESSAGE_BYTES: String(RANGES.maxMessageBytes.max) });
+      try {
+        // 64 characters of room, and 32 four-byte letters of name: the server's largest envelope.
+        const sender = { ...SENDER_RECORD, room: "r".repeat(64), name: "𝒜".repeat(32) };
+        ddb.on(UpdateCommand, { TableName: "connections-test" }).resolves({ Attributes: sender });
+        roomOf([SENDER, connId(1)]);
+        const body = frameOf(RANGES.maxMessageBytes.max);
+        const sent = await send(body);
+        const event = sent.find((p) => p.to === connId(1))!;
+        assert.equal(JSON.parse(event.data).message, body.message, "delivered");
+        const bytes = Buffer.byteLength(event.data);
+        assert.ok(bytes <= API_FRAME_BYTES, `the outgoing event is ${bytes} bytes, over one ${API_FRAME_BYTES}-byte frame`);
       } finally {
         restore();
       }
@@ -388,7 +415,7 @@ describe("sendmessage", () => {
     });
 
     it("names a valid id in any refusal, even of the message itself, and no id when the id is the problem", async () => {
-      const [tooLong] = await send({ action: "sendmessage", message: "x".repeat(65), id: "c-10" });
+      const [tooLong] = await send({ action: "sendmessage", message: "x".repeat(1024), id: "c-10" });
       assert.deepEqual(JSON.parse(tooLong.data), { type: "error", code: "message_too_large", message: JSON.parse(tooLong.data).message, id: "c-10" });
       aws().calls.length = 0;
       const [badId] = await send({ action: "sendmessage", message: "hi", id: "a b" });

@@ -12,9 +12,10 @@ import {
 } from "@aws-sdk/client-apigatewaymanagementapi";
 import { createServer, Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { PassThrough } from "node:stream";
 import assert from "node:assert/strict";
 import { classifyFailure } from "../../handlers/shared/management";
-import { answerPlainRequest, createGateway, Gateway, RouteTarget } from "../../local/gateway";
+import { answerPlainRequest, createGateway, Gateway, RouteTarget, watchFrameSizes } from "../../local/gateway";
 import type { InvokeOutcome } from "../../local/lambda";
 import { handleManagementRequest, leanManagementRoute } from "../../local/management";
 import { LeanRouter, routeLeanConnections } from "../../local/lean-http";
@@ -273,12 +274,39 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
       assert.equal(eventsFor("$default").length, 0);
     });
 
-    it("closes with 1009 on a message over 128 KB, and reports 1009 to $disconnect", async () => {
+    it("closes with 1009 on a 33,000-byte frame, runs no route for it, and reports 1009 to $disconnect", async () => {
       await start(["$disconnect", "$default"]);
       const c = await connect();
-      c.sendText("z".repeat(131_073));
+      c.sendText("small first");
+      c.sendText(JSON.stringify({ action: "sendmessage", message: "z".repeat(33_000 - 37) }));
       assert.equal((await c.closed).code, 1009);
       assert.equal((await waitForEvent("$disconnect")).requestContext.disconnectStatusCode, 1009);
+      assert.deepEqual(eventsFor("$default").map((e) => e.body), ["small first"], "only the frame before it reached a route");
+    });
+
+    it("accepts a frame of exactly 32 KB (32,768 bytes)", async () => {
+      await start(["$default"]);
+      const c = await connect();
+      c.sendText("z".repeat(32_768));
+      assert.equal((await waitForEvent("$default")).body.length, 32_768);
+      assert.equal(c.socket.readyState, WebSocket.OPEN);
+    });
+
+    /** Sends `total` bytes of text as one message in frames of at most 32 KB (RFC 6455 fragments). */
+    function sendFragmented(c: Client, total: number) {
+      for (let sent = 0; sent < total; sent += 32_768) {
+        const part = "f".repeat(Math.min(32_768, total - sent));
+        c.socket.send(part, { binary: false, fin: sent + 32_768 >= total });
+      }
+    }
+
+    it("closes with 1009 on a message over 128 KB sent in frames within 32 KB, and reports 1009 to $disconnect", async () => {
+      await start(["$disconnect", "$default"]);
+      const c = await connect();
+      sendFragmented(c, 131_073);
+      assert.equal((await c.closed).code, 1009);
+      assert.equal((await waitForEvent("$disconnect")).requestContext.disconnectStatusCode, 1009);
+      assert.equal(eventsFor("$default").length, 0);
     });
 
     it("closes with 1007 on invalid UTF-8, and reports 1007 to $disconnect", async () => {
@@ -290,11 +318,30 @@ describe("local gateway (API Gateway WebSocket emulation)", () => {
       assert.equal(eventsFor("$default").length, 0);
     });
 
-    it("accepts a message of exactly 128 KB", async () => {
+    it("accepts a message of exactly 128 KB in frames of 32 KB", async () => {
       await start(["$default"]);
       const c = await connect();
-      c.sendText("z".repeat(131_072));
+      sendFragmented(c, 131_072);
       assert.equal((await waitForEvent("$default")).body.length, 131_072);
+    });
+
+    it("reads frame headers split across chunks: 16-bit and 64-bit lengths, one byte at a time", () => {
+      const masked = (opcode: number, length: number) => {
+        const ext = length > 65_535 ? 8 : length > 125 ? 2 : 0;
+        const header = Buffer.alloc(2 + ext + 4);
+        header[0] = 0x80 | opcode;
+        header[1] = 0x80 | (ext === 8 ? 127 : ext === 2 ? 126 : length);
+        if (ext === 2) header.writeUInt16BE(length, 2);
+        if (ext === 8) header.writeBigUInt64BE(BigInt(length), 2);
+        return Buffer.concat([header, Buffer.alloc(length)]);
+      };
+      const found: number[] = [];
+      const raw = new PassThrough();
+      watchFrameSizes(raw, 32_768, (bytes, before) => found.push(bytes, before));
+      const unfinished = (frame: Buffer) => Buffer.concat([Buffer.from([frame[0] & 0x7f]), frame.subarray(1)]); // FIN off: a first fragment
+      const bytes = Buffer.concat([masked(0x1, 5), masked(0x9, 125), unfinished(masked(0x1, 32_768)), masked(0x0, 300), masked(0x2, 70_000), masked(0x1, 40_000)]);
+      for (let i = 0; i < bytes.length; i += i < 33_200 ? 1 : 4_096) raw.emit("data", bytes.subarray(i, i < 33_200 ? i + 1 : i + 4_096));
+      assert.deepEqual(found, [70_000, 2], "the first frame over 32 KB, once, after 2 messages (the second in 2 fragments); a ping does not count");
     });
 
     it("closes an idle connection with 1001 'Going away'", async () => {
