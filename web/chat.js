@@ -63,12 +63,10 @@
     history.replaceState(history.state, "", clean);
   }
 
-  const { RoomStream, OrderedSender, pad } = window.RoomStream;
+  const { RoomStream, OrderedSender, pad, frameBytes, sendFrame, DEFAULT_MAX_MESSAGE_BYTES } = window.RoomStream;
   const RECONNECT_BASE_MS = Number(params.get("reconnectMs")) || 1000;
   const RECONNECT_MAX_MS = 30000;
   const RESEND_BASE_MS = Number(params.get("resendMs")) || 1000;
-  /** The stacks' maxMessageBytes (stacks/, 32768 on dev and prod) unless config.json names another. */
-  const DEFAULT_MAX_BYTES = 32768;
   /** Typing frames: at most one per this long (the server drops surplus anyway). */
   const TYPING_EVERY_MS = 2000;
   /** Someone's "is typing…" goes after this long without another typing frame. */
@@ -90,7 +88,9 @@
 
   const state = {
     config: null, socket: null, name: "", room: "", joined: false, leaving: false, opened: false, everOpened: false,
-    attempts: 0, reconnectTimer: 0, replaying: false, maxBytes: DEFAULT_MAX_BYTES,
+    attempts: 0, reconnectTimer: 0, replaying: false,
+    /** The largest frame a message or edit may go out in (frameBytes, room-stream.js): config.json's maxMessageBytes. */
+    maxBytes: DEFAULT_MAX_MESSAGE_BYTES,
     /** The room's sequence as this page follows it (room-stream.js). */
     stream: null,
     /** Messages, edits and deletes not yet acknowledged, one on the wire at a time (item.kind, item.li). */
@@ -113,8 +113,6 @@
 
   // ---------------------------------------------------------------- small helpers
 
-  const encoder = new TextEncoder();
-  const utf8Bytes = (text) => encoder.encode(text).length;
   const fmt = (n) => n.toLocaleString("en-US");
 
   function newId() {
@@ -790,14 +788,15 @@
           showError(ERRORS.unavailable, "busy");
         },
       },
-      { resendBaseMs: RESEND_BASE_MS },
+      { resendBaseMs: RESEND_BASE_MS, maxMessageBytes: state.maxBytes },
     );
   }
 
   function failed(item, error) {
     if (error.code === "message_too_large") {
+      // The server's limit, or the lower one a 1009 close taught the sender.
       const limit = /limit is (\d+)/.exec(error.message || "");
-      if (limit) state.maxBytes = Number(limit[1]);
+      if (limit) state.maxBytes = state.sender.options.maxMessageBytes = Number(limit[1]);
       updateCounter();
     }
     if (item.kind === "edit") {
@@ -930,8 +929,10 @@
       state.sender.resume();
     };
     socket.onmessage = onFrame;
-    socket.onclose = () => {
+    socket.onclose = (event) => {
       if (socket !== state.socket) return;
+      // 1009: the message on the wire was too big for the gateway. It is failed, not resent.
+      state.sender.closed(event.code);
       clearTyping();
       resetMembers();
       if (state.leaving) return setStatus("Not connected");
@@ -1007,13 +1008,25 @@
 
   // ---------------------------------------------------------------- composing
 
+  /** An id as long as newId()'s: the counter measures a draft's frame before it has its id. */
+  const DRAFT_ID = "0".repeat(36);
+
+  /**
+   * What a text costs against the limit (README, "Protocol"): the bytes it adds to its frame,
+   * escapes included, against what the frame's envelope leaves of maxMessageBytes.
+   */
+  function measure(text, id, extra) {
+    const envelope = frameBytes(sendFrame(id, "", extra));
+    return { bytes: frameBytes(sendFrame(id, text, extra)) - envelope, limit: state.maxBytes - envelope };
+  }
+
   function updateCounter() {
     const text = $("text").value;
-    const bytes = utf8Bytes(text);
-    const over = bytes > state.maxBytes;
-    $("counter").textContent = bytes === 0 ? "" : over ? `${fmt(bytes)} / ${fmt(state.maxBytes)} bytes: ${fmt(bytes - state.maxBytes)} too many` : `${fmt(bytes)} / ${fmt(state.maxBytes)}`;
+    const { bytes, limit } = measure(text, DRAFT_ID);
+    const over = bytes > limit;
+    $("counter").textContent = bytes === 0 ? "" : over ? `${fmt(bytes)} / ${fmt(limit)} bytes: ${fmt(bytes - limit)} too many` : `${fmt(bytes)} / ${fmt(limit)}`;
     $("counter").classList.toggle("over", over);
-    $("counter").classList.toggle("near", !over && bytes > state.maxBytes * 0.9);
+    $("counter").classList.toggle("near", !over && bytes > limit * 0.9);
     $("text").setAttribute("aria-invalid", String(over));
     if (!over && state.errorKind === "too-long") showError("");
   }
@@ -1024,11 +1037,11 @@
     $("text").rows = Math.min(8, Math.max(1, lines));
   }
 
-  /** What may be sent as a message or an edit: null when fine, else why not (shown). */
-  function refusal(text) {
+  /** What may be sent as a message or an edit (its frame: id, extra): null when fine, else why not (shown). */
+  function refusal(text, id, extra) {
     if (!text.trim()) return "blank";
-    const bytes = utf8Bytes(text);
-    if (bytes > state.maxBytes) return `That message is too long: ${fmt(bytes)} bytes, and the limit is ${fmt(state.maxBytes)}. Shorten it; it was not sent.`;
+    const { bytes, limit } = measure(text, id, extra);
+    if (bytes > limit) return `That message is too long: ${fmt(bytes)} bytes, and the limit is ${fmt(limit)}. Shorten it; it was not sent.`;
     if (text.isWellFormed && !text.isWellFormed()) return "That message holds characters that are not valid text; it was not sent.";
     return null;
   }
@@ -1036,7 +1049,8 @@
   function submit(event) {
     event.preventDefault();
     const text = $("text").value;
-    const problem = refusal(text);
+    const id = newId();
+    const problem = refusal(text, id);
     if (problem === "blank") {
       hint("Nothing to send: type a message first.");
       $("text").focus();
@@ -1045,17 +1059,17 @@
     if (problem) return showError(problem, "too-long");
     hint("");
     if (state.errorKind === "too-long") showError("");
-    sendText(text);
+    sendText(text, undefined, id);
     $("text").value = "";
     updateCounter();
     fitRows();
     $("text").focus();
   }
 
-  function sendText(text, li) {
+  function sendText(text, li, id = newId()) {
     if (!li) li = renderMessage({ ts: Date.now(), name: state.name, text, mine: true });
     li.classList.add("pending");
-    const item = state.sender.send(newId(), text); // answered only later, on a frame: the line is there by then
+    const item = state.sender.send(id, text); // answered only later, on a frame: the line is there by then
     item.kind = "message";
     item.li = li;
     toBottom();
@@ -1108,7 +1122,9 @@
       const text = area.value;
       const previous = li.querySelector(".text").textContent;
       if (text === previous) return close();
-      const problem = refusal(text);
+      const id = newId();
+      const extra = { action: "edit", cursor: li.dataset.cursor };
+      const problem = refusal(text, id, extra);
       if (problem === "blank") {
         note.textContent = "A message cannot be empty: delete it instead.";
         return;
@@ -1118,7 +1134,7 @@
       li.classList.remove("editing");
       li.classList.add("updating");
       setText(li, text);
-      const item = state.sender.send(newId(), text, { action: "edit", cursor: li.dataset.cursor });
+      const item = state.sender.send(id, text, extra);
       Object.assign(item, { kind: "edit", li, previous });
       const button = li.querySelector(".actions .edit");
       if (button) button.focus();
@@ -1254,7 +1270,7 @@
     }
     if (!state.config.url) return showError("No chat URL: open this page with ?url=wss://… or next to a config.json.");
     if (!/^wss?:\/\//i.test(state.config.url)) return showError("The chat URL must start with ws:// or wss://.");
-    state.maxBytes = Number(state.config.maxMessageBytes) > 0 ? Number(state.config.maxMessageBytes) : DEFAULT_MAX_BYTES;
+    state.maxBytes = Number(state.config.maxMessageBytes) > 0 ? Number(state.config.maxMessageBytes) : DEFAULT_MAX_MESSAGE_BYTES;
     const token = savedToken(state.config.url);
     if (token) {
       $("token").value = token;

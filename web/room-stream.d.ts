@@ -40,6 +40,16 @@ export interface SendItem {
   message: string;
   extra: Record<string, unknown>;
   resends: number;
+  /** The size of its frame (frameBytes), once it was put on the wire. */
+  bytes?: number;
+}
+
+export interface SenderOptions {
+  resendBaseMs?: number;
+  resendMaxMs?: number;
+  ackTimeoutMs?: number;
+  /** A frame over this many bytes (frameBytes) is failed as message_too_large, never sent. */
+  maxMessageBytes?: number;
 }
 
 export class OrderedSender {
@@ -50,14 +60,23 @@ export class OrderedSender {
       failed?(item: SendItem, error: StreamFrame): void;
       retrying?(item: SendItem, delayMs: number): void;
     },
-    options?: { resendBaseMs?: number; resendMaxMs?: number; ackTimeoutMs?: number },
+    options?: SenderOptions,
   );
+  options: Required<SenderOptions>;
+  inFlight: SendItem | null;
   send(id: string, message: string, extra?: Record<string, unknown>): SendItem;
   resume(): void;
   frame(frame: StreamFrame): boolean;
+  /** The connection closed: after a 1009, the message in flight is failed and returned, never resent. */
+  closed(code: number): SendItem | null;
   unacknowledged(): SendItem[];
   stop(): void;
 }
 
 export function pad(n: number): string;
 export const FINAL: string[];
+export const DEFAULT_MAX_MESSAGE_BYTES: number;
+/** The size rule: the UTF-8 bytes of the frame's JSON, envelope and escapes included. */
+export function frameBytes(frame: unknown): number;
+/** The frame OrderedSender sends for a message (extra: an edit's or delete's fields). */
+export function sendFrame(id: string, message: string, extra?: Record<string, unknown>): Record<string, unknown>;

@@ -5,7 +5,10 @@
 //   being written, and starts over when the room's epoch changes.
 // - OrderedSender keeps one unacknowledged message in flight per connection and queues the rest,
 //   so a sender's messages are stored in the order it sent them; it resends a message refused as
-//   `unavailable` with the same id after the server's `retryAfterMs`.
+//   `unavailable` with the same id after the server's `retryAfterMs`. It never puts a frame over
+//   the size limit on the wire, and never resends one that closed the connection with 1009.
+// - frameBytes is the size rule every client measures by: the frame as sent, in UTF-8 bytes
+//   (README, "Protocol"; the server counts the same, handlers/shared/protocol.ts).
 // No dependencies and no build step: a plain script in the browser (window.RoomStream), a
 // CommonJS module in Node.
 (function (root, factory) {
@@ -208,6 +211,23 @@
     }
   }
 
+  /**
+   * The stacks' default maxMessageBytes (Pulumi.yaml; a test keeps them in step): the largest
+   * sendmessage or edit frame, within API Gateway's 32 KB frame quota however KB is read.
+   */
+  const DEFAULT_MAX_MESSAGE_BYTES = 32000;
+  const encoder = new TextEncoder();
+
+  /** The size of a frame as it goes on the wire: the UTF-8 bytes of its JSON, envelope and escapes included. */
+  function frameBytes(frame) {
+    return encoder.encode(JSON.stringify(frame)).length;
+  }
+
+  /** The frame OrderedSender sends for a message, an edit (extra: action, cursor) or a delete. */
+  function sendFrame(id, message, extra) {
+    return Object.assign({ action: "sendmessage", message, id }, extra);
+  }
+
   /** Refusals that are final for that message: it is failed and never resent. */
   const FINAL = ["message_too_large", "rate_limited", "invalid_message", "invalid_id", "invalid_target", "not_found", "not_author", "edit_window_passed", "message_deleted", "too_many_edits"];
 
@@ -220,7 +240,8 @@
       this.hooks = hooks;
       // ackTimeoutMs: no answer at all this long after a send (a lost ack) sends it again; longer
       // than API Gateway's 29 s integration timeout, after which it answers "Internal server error".
-      this.options = Object.assign({ resendBaseMs: 1000, resendMaxMs: 30000, ackTimeoutMs: 35000 }, options);
+      // maxMessageBytes: a frame over it (frameBytes) is failed as message_too_large, never sent.
+      this.options = Object.assign({ resendBaseMs: 1000, resendMaxMs: 30000, ackTimeoutMs: 35000, maxMessageBytes: DEFAULT_MAX_MESSAGE_BYTES }, options);
       this.queue = [];
       this.inFlight = null;
       this.timer = null;
@@ -243,7 +264,12 @@
     transmit() {
       const item = this.inFlight;
       if (!item) return;
-      this.hooks.send(Object.assign({ action: "sendmessage", message: item.message, id: item.id }, item.extra));
+      const frame = sendFrame(item.id, item.message, item.extra);
+      const bytes = frameBytes(frame);
+      const limit = this.options.maxMessageBytes;
+      if (bytes > limit) return this.giveUp(item, `the frame is ${bytes} bytes (the message in its JSON envelope); the limit is ${limit}; it was not sent`);
+      item.bytes = bytes;
+      this.hooks.send(frame);
       clearTimeout(this.timer);
       this.timer = setTimeout(() => this.retry(item, 0), this.options.ackTimeoutMs);
     }
@@ -283,6 +309,34 @@
       return false;
     }
 
+    /**
+     * The connection closed with `code`. 1009 is API Gateway's "message too big": the frame in
+     * flight (every other frame a client sends is a few hundred bytes) was over its frame quota.
+     * That message is failed, never resent, and the limit drops below its frame, so no later
+     * frame of that size closes the connection again. Returns the failed item, or null.
+     */
+    closed(code) {
+      const item = this.inFlight;
+      if (code !== 1009 || !item || item.bytes === undefined) return null;
+      this.options.maxMessageBytes = Math.min(this.options.maxMessageBytes, item.bytes - 1);
+      this.giveUp(item, `the connection was closed (1009, message too big) by its ${item.bytes}-byte frame; it was not sent again; the limit is ${this.options.maxMessageBytes}`);
+      return item;
+    }
+
+    /**
+     * Fails the item in flight as message_too_large without asking the server. The hook runs a
+     * moment later: the caller of send() gets its item back, and labels it, first.
+     */
+    giveUp(item, message) {
+      this.finish();
+      const error = { type: "error", code: "message_too_large", message, id: item.id };
+      Promise.resolve().then(() => {
+        if (this.hooks.failed) this.hooks.failed(item, error);
+        this.next();
+      });
+      return true;
+    }
+
     /** Sends the message in flight again after the server's hint or a growing pause, whichever is longer. */
     retry(item, retryAfterMs) {
       const backoff = Math.min(this.options.resendMaxMs, this.options.resendBaseMs * 2 ** item.resends);
@@ -309,5 +363,5 @@
     }
   }
 
-  return { RoomStream, OrderedSender, pad, FINAL };
+  return { RoomStream, OrderedSender, pad, FINAL, DEFAULT_MAX_MESSAGE_BYTES, frameBytes, sendFrame };
 });

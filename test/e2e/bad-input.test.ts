@@ -4,7 +4,7 @@
  * "Internal server error", and the room's other members are never disturbed.
  */
 import assert from "node:assert/strict";
-import { Client } from "./clients";
+import { Client, PageLikeClient } from "./clients";
 import { E2EStack, localStack } from "./stack";
 
 type Expect =
@@ -43,10 +43,11 @@ const FRAMES: FrameCase[] = [
   { name: "a string", send: '"sendmessage"', expect: { usage: "not_object" } },
   { name: "an empty array", send: "[]", expect: { usage: "not_object" } },
   { name: "true", send: "true", expect: { usage: "not_object" } },
-  { name: "an array nested 20,000 deep", send: deepArray(20_000), expect: { usage: "not_object" } },
+  // Nested as deep as API Gateway's 32 KB frame allows (a larger frame closes with 1009, below).
+  { name: "an array nested 16,000 deep", send: deepArray(16_000), expect: { usage: "not_object" } },
   // Objects with no usable action.
   { name: "an empty object", send: "{}", expect: { usage: "missing_action" } },
-  { name: "an object nested 20,000 deep", send: deepObject(20_000), expect: { usage: "missing_action" } },
+  { name: "an object nested 5,000 deep", send: deepObject(5_000), expect: { usage: "missing_action" } },
   { name: "action only inside __proto__", send: '{"__proto__":{"action":"sendmessage"},"message":"x"}', expect: { usage: "missing_action" } },
   { name: "action in upper case", send: '{"action":"SENDMESSAGE","message":"x"}', expect: { usage: "unknown_action" } },
   { name: "action with a leading space", send: '{"action":" sendmessage","message":"x"}', expect: { usage: "unknown_action" } },
@@ -67,12 +68,11 @@ const FRAMES: FrameCase[] = [
   { name: "an empty message", send: send({ message: "" }), expect: { error: "invalid_message" } },
   { name: "a blank message", send: send({ message: " \t\n" }), expect: { error: "invalid_message" } },
   { name: "a lone surrogate", send: '{"action":"sendmessage","message":"a\\ud800b"}', expect: { error: "invalid_message" } },
-  { name: "a message nested 10,000 deep", send: `{"action":"sendmessage","message":${deepObject(10_000)}}`, expect: { error: "invalid_message" } },
-  { name: "a 40 KB message", send: send({ message: "x".repeat(40_000) }), expect: { error: "message_too_large" } },
-  { name: "a message one byte over 32 KB", send: send({ message: "x".repeat(32_769) }), expect: { error: "message_too_large" } },
-  { name: "a message over 32 KB in UTF-8 only", send: send({ message: "가".repeat(11_000) }), expect: { error: "message_too_large" } },
-  // Under 32 KB of text, but 6 bytes a character once escaped: its frame would not fit once wrapped (issue 11).
-  { name: "21,830 × U+0001 (a frame too large once wrapped)", send: send({ message: "\u0001".repeat(21_830) }), expect: { error: "message_too_large" } },
+  { name: "a message nested 5,000 deep", send: `{"action":"sendmessage","message":${deepObject(5_000)}}`, expect: { error: "invalid_message" } },
+  // The limit (maxMessageBytes, 32,000 here) counts the frame: the message in its envelope, escapes included.
+  { name: "a frame one byte over the limit", send: send({ message: "x".repeat(32_001 - 37) }), expect: { error: "message_too_large" } },
+  { name: "a frame over the limit in UTF-8 only (10,656 characters)", send: send({ message: "가".repeat(10_656) }), expect: { error: "message_too_large" } },
+  { name: "5,400 × U+0001 (5,400 bytes of text, 32,437 of frame)", send: send({ message: "\u0001".repeat(5_400) }), expect: { error: "message_too_large" } },
   { name: "a numeric id", send: send({ message: "hi", id: 5 }), expect: { error: "invalid_id" } },
   { name: "an id with a space", send: send({ message: "hi", id: "a b" }), expect: { error: "invalid_id" } },
   { name: "a 65-character id", send: send({ message: "hi", id: "i".repeat(65) }), expect: { error: "invalid_id" } },
@@ -90,7 +90,7 @@ const FRAMES: FrameCase[] = [
   { name: "edit with a 15-digit cursor", send: '{"action":"edit","cursor":"000000000000001","message":"x"}', expect: { error: "invalid_target" } },
   { name: "edit without a message", send: '{"action":"edit","cursor":"0000000000000001"}', expect: { error: "invalid_message" } },
   { name: "edit with a blank message", send: '{"action":"edit","cursor":"0000000000000001","message":"  "}', expect: { error: "invalid_message" } },
-  { name: "edit with a 40 KB message", send: JSON.stringify({ action: "edit", cursor: "0000000000000001", message: "x".repeat(40_000) }), expect: { error: "message_too_large" } },
+  { name: "edit in a frame over the limit", send: JSON.stringify({ action: "edit", cursor: "0000000000000001", message: "x".repeat(31_960) }), expect: { error: "message_too_large" } },
   { name: "edit of a cursor that holds nothing", send: '{"action":"edit","cursor":"0000000099999999","message":"x"}', expect: { error: "not_found" } },
   { name: "delete without a cursor", send: '{"action":"delete"}', expect: { error: "invalid_target" } },
   { name: "delete with a cursor in an object", send: '{"action":"delete","cursor":{"n":1}}', expect: { error: "invalid_target" } },
@@ -108,12 +108,15 @@ const FRAMES: FrameCase[] = [
   { name: "echo with markup", send: '{"action":"echo","data":"<script>alert(1)</script>"}', expect: { echo: "Echo: <script>alert(1)</script>" } },
   // Odd but valid: delivered exactly, nothing else.
   { name: "a __proto__ key beside a valid message", send: '{"action":"sendmessage","message":"proto ok","__proto__":{"polluted":true}}', expect: { delivered: "proto ok" } },
-  { name: "a message of exactly 32 KB", send: send({ message: "y".repeat(32_768) }), expect: { delivered: "y".repeat(32_768) } },
+  { name: "a frame of exactly the limit", send: send({ message: "y".repeat(32_000 - 37) }), expect: { delivered: "y".repeat(32_000 - 37) } },
   { name: "emoji, CJK and right-to-left text", send: send({ message: "👋 안녕 مرحبا" }), expect: { delivered: "👋 안녕 مرحبا" } },
   { name: "markup in a message (delivered as text)", send: send({ message: "<img src=x onerror=alert(1)>" }), expect: { delivered: "<img src=x onerror=alert(1)>" } },
   // Frames the gateway refuses.
   { name: "a binary frame", send: Buffer.from([0, 1, 2]), expect: { close: 1003 } },
   { name: "a 200 KB frame", send: "z".repeat(200_000), expect: { close: 1009 } },
+  // Over API Gateway's 32 KB frame quota: closed before any function runs (issue 21).
+  { name: "a 33,000-byte sendmessage frame", send: send({ message: "x".repeat(33_000 - 37) }), expect: { close: 1009 } },
+  { name: "a 40 KB edit frame", send: JSON.stringify({ action: "edit", cursor: "0000000000000001", message: "x".repeat(40_000) }), expect: { close: 1009 } },
   // API Gateway's answer to invalid UTF-8 is unconfirmed; the emulator closes 1007 as RFC 6455 says.
   { name: "invalid UTF-8 in a text frame", send: Buffer.from([0x7b, 0xff, 0xfe, 0x7d]), text: true, expect: { close: 1007 } },
 ];
@@ -201,6 +204,26 @@ describe("hardening: the bad-input corpus", function () {
       await assert.rejects(Client.openRaw(`${stack.outputs.url}?${c.query}`), { status: c.status });
     });
   }
+
+  it("a page-like client never resends a message whose frame closed the connection with 1009, and goes on after reconnecting", async () => {
+    const query = { room: `${ROOM}-1009`, name: "pager" };
+    // A client that believes in a limit above API Gateway's frame quota: its 33,000-byte frame closes the connection.
+    const page = await PageLikeClient.open(stack.outputs.url, query, { maxMessageBytes: 40_000 });
+    try {
+      page.sender.send("big-1", "x".repeat(33_000));
+      page.sender.send("small-1", "after the big one");
+      assert.equal((await page.client.closed).code, 1009);
+      await page.until(() => page.failures.length === 1, 10_000, "the big one failed");
+      assert.deepEqual([page.failures[0].code, page.failures[0].id], ["message_too_large", "big-1"]);
+      await page.reopen(stack.outputs.url, query);
+      await page.until(() => page.acks.some((a) => a.id === "small-1"), 30_000, "the next one acknowledged");
+      const { messages } = await page.client.history();
+      assert.deepEqual(messages.map((m) => m.message), ["after the big one"]);
+      assert.equal(page.client.closeCode, undefined, "the new connection stays open");
+    } finally {
+      await page.close();
+    }
+  });
 
   it("must never have produced 'Internal server error', a failed invocation, or a frame for the bystander", () => {
     assert.deepEqual(everything.filter((f) => f.includes("Internal server error")), []);

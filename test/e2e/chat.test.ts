@@ -154,8 +154,8 @@ describe("e2e: the chat, from the stack outputs", function () {
       });
     });
 
-    it("an oversized message gets a message_too_large error", async () => {
-      sender.send({ action: "sendmessage", message: "x".repeat(40_000) });
+    it("a frame over maxMessageBytes (within API Gateway's 32 KB) gets a message_too_large error", async () => {
+      sender.send({ action: "sendmessage", message: "x".repeat(32_500) });
       const error = JSON.parse(await sender.waitFor((f) => f.includes('"type":"error"')));
       assert.equal(error.code, "message_too_large");
     });

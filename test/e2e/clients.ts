@@ -6,7 +6,7 @@ import { ChildProcessWithoutNullStreams, spawn } from "node:child_process";
 import * as path from "node:path";
 import * as readline from "node:readline";
 import WebSocket from "ws";
-import { OrderedSender, RoomStream, StreamFrame } from "../../web/room-stream";
+import { DEFAULT_MAX_MESSAGE_BYTES, frameBytes, OrderedSender, RoomStream, StreamFrame } from "../../web/room-stream";
 import { PROJECT_DIR } from "./stack";
 
 const WSCAT = path.join(PROJECT_DIR, "node_modules", ".bin", "wscat");
@@ -18,9 +18,16 @@ export const isSequenced = (f: { type?: unknown }) => SEQUENCED.has(String(f.typ
 abstract class Received {
   readonly frames: string[] = [];
   private waiters: (() => void)[] = [];
+  /** The close code, once the connection closed (ws clients only). */
+  closeCode: number | undefined;
 
   protected receive(frame: string) {
     this.frames.push(frame);
+    for (const wake of this.waiters.splice(0)) wake();
+  }
+
+  protected ended(code: number) {
+    this.closeCode = code;
     for (const wake of this.waiters.splice(0)) wake();
   }
 
@@ -121,21 +128,29 @@ abstract class Received {
    * Sends a message with an id as the page does (web/room-stream.js, OrderedSender): resent with
    * the same id after `retryAfterMs` while refused as `unavailable` (shed under load, or a store
    * that failed), and when no answer comes within `ackTimeoutMs` (the ack's post can fail too);
-   * resolves with the final answer, the ack or a final refusal.
+   * resolves with the final answer, the ack or a final refusal. A frame over `maxMessageBytes`
+   * (frameBytes, the page's rule) is refused before sending; nothing is resent once the
+   * connection closed (a 1009 closes it for a frame too big).
    */
-  async sendReliably(message: string, id: string, timeoutMs = 120_000, ackTimeoutMs = 15_000): Promise<Frame> {
+  async sendReliably(message: string, id: string, timeoutMs = 120_000, ackTimeoutMs = 15_000, maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES): Promise<Frame> {
+    const frame = { action: "sendmessage", message, id };
+    const bytes = frameBytes(frame);
+    if (bytes > maxMessageBytes) throw new Error(`not sent: the frame is ${bytes} bytes; the limit is ${maxMessageBytes}`);
     const deadline = Date.now() + timeoutMs;
     const first = this.frames.length;
     const mine = (f: Frame) => f.id === id && (f.type === "ack" || f.type === "error");
+    const isClosed = () => this.closeCode !== undefined;
     for (;;) {
+      if (isClosed()) throw new Error(`not resent: the connection closed with ${this.closeCode}`);
       const before = this.frames.length;
-      this.sendText(JSON.stringify({ action: "sendmessage", message, id }));
+      this.sendText(JSON.stringify(frame));
       try {
-        await this.waitFor(() => this.parsed(before).some(mine), Math.max(1, Math.min(ackTimeoutMs, deadline - Date.now())));
+        await this.waitFor(() => isClosed() || this.parsed(before).some(mine), Math.max(1, Math.min(ackTimeoutMs, deadline - Date.now())));
       } catch (err) {
         if (Date.now() >= deadline) throw err;
         continue; // no answer: resend (a late answer to the first send counts too, below)
       }
+      if (!this.parsed(before).some(mine)) continue; // closed: refused above
       const answer = this.parsed(first).filter(mine).find((f) => f.type === "ack") ?? this.parsed(before).find(mine)!;
       if (answer.type === "ack" || answer.code !== "unavailable") return answer;
       await new Promise((r) => setTimeout(r, Number(answer.retryAfterMs ?? 500)));
@@ -192,7 +207,12 @@ export class Client extends Received {
   private constructor(readonly socket: WebSocket) {
     super();
     socket.on("message", (data) => this.receive(data.toString()));
-    this.closed = new Promise((resolve) => socket.once("close", (code, reason) => resolve({ code, reason: reason.toString() })));
+    this.closed = new Promise((resolve) =>
+      socket.once("close", (code, reason) => {
+        this.ended(code);
+        resolve({ code, reason: reason.toString() });
+      }),
+    );
   }
 
   /** Opens a connection; rejects with the HTTP status when the handshake is refused. */
@@ -230,6 +250,13 @@ export class Client extends Received {
   }
 }
 
+export interface PageLikeOptions {
+  resendBaseMs?: number;
+  gapWaitMs?: number;
+  /** The stack's maxMessageBytes: a larger frame is failed before sending, as the page does. */
+  maxMessageBytes?: number;
+}
+
 /**
  * A client that behaves as the chat page does (web/room-stream.js): it follows the room's sequence,
  * fills gaps from history, skips tombstones, starts over on a new epoch, and sends one message at a
@@ -239,13 +266,15 @@ export class PageLikeClient {
   readonly events: StreamFrame[] = [];
   readonly resets: string[] = [];
   readonly acks: StreamFrame[] = [];
+  /** Final refusals of its sends, the server's or its own (a frame over the limit, or one that closed the connection with 1009). */
+  readonly failures: StreamFrame[] = [];
   readonly stream: RoomStream;
   readonly sender: OrderedSender;
   private changed: (() => void)[] = [];
 
   private constructor(
     public client: Client,
-    options: { resendBaseMs?: number; gapWaitMs?: number } = {},
+    options: PageLikeOptions = {},
   ) {
     this.stream = new RoomStream(
       {
@@ -255,12 +284,19 @@ export class PageLikeClient {
       },
       { gapWaitMs: options.gapWaitMs ?? 100 },
     );
-    this.sender = new OrderedSender({ send: (frame) => this.client.send(frame), acked: (_item, ack) => this.record(() => this.acks.push(ack)) }, { resendBaseMs: options.resendBaseMs ?? 200 });
+    this.sender = new OrderedSender(
+      {
+        send: (frame) => this.client.send(frame),
+        acked: (_item, ack) => this.record(() => this.acks.push(ack)),
+        failed: (_item, error) => this.record(() => this.failures.push(error)),
+      },
+      { resendBaseMs: options.resendBaseMs ?? 200, maxMessageBytes: options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES },
+    );
     this.listen();
   }
 
   /** Opens a connection and starts following the room. */
-  static async open(url: string, query: Record<string, string>, options?: { resendBaseMs?: number; gapWaitMs?: number }): Promise<PageLikeClient> {
+  static async open(url: string, query: Record<string, string>, options?: PageLikeOptions): Promise<PageLikeClient> {
     const page = new PageLikeClient(await Client.open(url, query), options);
     page.stream.start();
     return page;
@@ -275,6 +311,8 @@ export class PageLikeClient {
   }
 
   private listen() {
+    // As the page does: a 1009 close fails the message in flight instead of resending it.
+    this.client.socket.once("close", (code) => this.record(() => this.sender.closed(code)));
     this.client.socket.on("message", (data) => {
       let frame: StreamFrame;
       try {

@@ -39,11 +39,11 @@ describe("hardening: history and budgets, through the local stack", function () 
     }
   }
 
-  it("must refuse a message whose wrapped frame would not fit (21,830 × U+0001) before storing it: no ack, nothing delivered, history unchanged", async () => {
+  it("must refuse a frame over the limit once escaped (5,400 × U+0001: 5,400 bytes of text, 32,453 of frame) before storing it: no ack, nothing delivered, history unchanged", async () => {
     const room = `poison-${Date.now()}`;
     const [sender, member] = [await open(room, "mal"), await open(room, "ann")];
     await Promise.all([sender.connectionId(), member.connectionId()]);
-    sender.send({ action: "sendmessage", message: "\u0001".repeat(21_830), id: "poison-1" });
+    sender.send({ action: "sendmessage", message: "\u0001".repeat(5_400), id: "poison-1" });
     const refusal = JSON.parse(await sender.waitFor((f) => f.includes('"type":"error"'), 10_000));
     assert.deepEqual([refusal.code, refusal.id], ["message_too_large", "poison-1"]);
     assert.equal(sender.frames.filter((f) => f.includes('"type":"ack"')).length, 0, "never acknowledged");

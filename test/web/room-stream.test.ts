@@ -3,7 +3,9 @@
  * clients run them. Timers are real but short, and every test waits on the hook it expects.
  */
 import assert from "node:assert/strict";
-import { HistoryRequest, OrderedSender, RoomStream, StreamFrame } from "../../web/room-stream";
+import { RANGES } from "../../handlers/shared/env";
+import { readProjectFile } from "../../local/program";
+import { DEFAULT_MAX_MESSAGE_BYTES, frameBytes, HistoryRequest, OrderedSender, RoomStream, sendFrame, StreamFrame } from "../../web/room-stream";
 
 const pad = (n: number) => String(n).padStart(16, "0");
 const message = (n: number, epoch = "E1"): StreamFrame => ({ type: "message", cursor: pad(n), epoch, message: `m${n}` });
@@ -194,12 +196,19 @@ describe("the ordered sender (web/room-stream.js)", () => {
           onSend?.();
         },
         acked: (item) => acked.push(item.id),
-        failed: (item) => failed.push(item.id),
+        failed: (item, error) => {
+          failed.push(item.id);
+          errors.push(error);
+          onFail?.();
+        },
       },
       { resendBaseMs: 5, ...options },
     );
+    const errors: StreamFrame[] = [];
+    let onFail: (() => void) | undefined;
     const nextSend = () => new Promise<void>((resolve) => (onSend = resolve));
-    return { s, sent, acked, failed, nextSend, ids: () => sent.map((f) => f.id) };
+    const nextFail = () => new Promise<void>((resolve) => (onFail = resolve));
+    return { s, sent, acked, failed, errors, nextSend, nextFail, ids: () => sent.map((f) => f.id) };
   }
 
   it("keeps one message in flight: the next goes only when the previous is acknowledged", () => {
@@ -264,5 +273,76 @@ describe("the ordered sender (web/room-stream.js)", () => {
     t.s.resume();
     assert.deepEqual(t.ids(), ["a", "a", "a"]);
     t.s.stop();
+  });
+
+  describe("the size rule", () => {
+    /** A message whose sendmessage frame (id "a") is exactly `bytes` long. */
+    const sized = (bytes: number, id = "a") => "x".repeat(bytes - frameBytes(sendFrame(id, "")));
+
+    it("defaults to the stacks' maxMessageBytes, within the handlers' range", () => {
+      const declared = readProjectFile().config?.maxMessageBytes as { default?: unknown } | undefined;
+      assert.equal(DEFAULT_MAX_MESSAGE_BYTES, declared?.default);
+      assert.ok(DEFAULT_MAX_MESSAGE_BYTES <= RANGES.maxMessageBytes.max);
+    });
+
+    it("counts the frame as sent: UTF-8 bytes of the JSON, envelope and escapes included", () => {
+      assert.equal(frameBytes(sendFrame("a", "가")), Buffer.byteLength('{"action":"sendmessage","message":"가","id":"a"}'));
+      assert.equal(frameBytes(sendFrame("a", '"\n\u0001\\')) - frameBytes(sendFrame("a", "")), 12, "quote 2, newline 2, U+0001 6, backslash 2");
+      assert.deepEqual(sendFrame("e", "t", { action: "edit", cursor: pad(3) }), { action: "edit", message: "t", id: "e", cursor: pad(3) });
+    });
+
+    it("sends a frame of exactly maxMessageBytes, and fails one a byte over as message_too_large without sending it; the next goes on", async () => {
+      const t = sender({ maxMessageBytes: 1000 });
+      t.s.send("a", sized(1000));
+      assert.deepEqual(t.ids(), ["a"]);
+      t.s.frame({ type: "ack", id: "a", cursor: pad(1) });
+      const failed = t.nextFail();
+      t.s.send("b", sized(1001, "b"));
+      t.s.send("c", "small");
+      await failed;
+      assert.deepEqual([t.failed, t.ids()], [["b"], ["a", "c"]]);
+      assert.equal(t.errors[0].code, "message_too_large");
+      assert.match(String(t.errors[0].message), /the frame is 1001 bytes .*the limit is 1000/);
+      t.s.stop();
+    });
+
+    it("must not send a frame over the limit once escaped, though its text is under it", async () => {
+      const t = sender({ maxMessageBytes: 1000 });
+      const failed = t.nextFail();
+      t.s.send("a", "\u0001".repeat(200)); // 200 bytes of text, 1,200 of frame
+      await failed;
+      assert.deepEqual([t.failed, t.ids()], [["a"], []]);
+      t.s.stop();
+    });
+
+    it("must never resend a message whose frame closed the connection with 1009, and fails later frames of its size before sending", async () => {
+      const t = sender();
+      t.s.send("big", sized(20_000, "big"));
+      t.s.send("after", "small");
+      assert.deepEqual(t.ids(), ["big"]);
+      const failed = t.nextFail();
+      assert.equal(t.s.closed(1009)?.id, "big");
+      await failed;
+      assert.equal(t.errors[0].code, "message_too_large");
+      assert.match(String(t.errors[0].message), /1009/);
+      t.s.resume(); // the reconnect
+      assert.deepEqual([t.ids().filter((id) => id === "big").length, t.ids().at(-1)], [1, "after"], "the big one never again; the next one goes");
+      t.s.frame({ type: "ack", id: "after", cursor: pad(1) });
+      const again = t.nextFail();
+      t.s.send("same-size", sized(20_000, "same-size"));
+      await again;
+      assert.deepEqual([t.failed, t.ids().includes("same-size")], [["big", "same-size"], false], "refused before sending");
+      t.s.stop();
+    });
+
+    it("resends after any other close (1001, 1006), and does nothing on a 1009 with nothing on the wire", () => {
+      const t = sender();
+      assert.equal(t.s.closed(1009), null);
+      t.s.send("a", "one");
+      assert.equal(t.s.closed(1006), null);
+      t.s.resume();
+      assert.deepEqual([t.failed, t.ids()], [[], ["a", "a"]]);
+      t.s.stop();
+    });
   });
 });
