@@ -41,6 +41,8 @@ const USAGE = `usage: npm start -- [options]
   --management-faults 429=<share>,500=<share>
                             answer that share of @connections calls 429 or 500 (fault injection)
   --max-instances <n>       instances per function at most (default 10)
+  --instance-idle <s>       end a function instance idle for <s> seconds (default 300; the next
+                            invocation cold-starts one)
   --lose-abnormal-disconnects
                             skip $disconnect when a client vanishes without a close frame
   --no-iam                  do not verify signatures or enforce the roles (benchmarks: on AWS that
@@ -76,6 +78,7 @@ function readArgs() {
       "management-latency": { type: "string" },
       "management-faults": { type: "string" },
       "max-instances": { type: "string" },
+      "instance-idle": { type: "string" },
       "lose-abnormal-disconnects": { type: "boolean", default: false },
       "no-iam": { type: "boolean", default: false },
       outputs: { type: "string" },
@@ -271,6 +274,7 @@ async function serve(): Promise<void> {
   const port = Number(process.env[STACK_PORT]);
   const idle = positiveInt("idle-timeout", args["idle-timeout"], undefined);
   const max = positiveInt("max-duration", args["max-duration"], undefined);
+  const instanceIdle = positiveInt("instance-idle", args["instance-idle"], undefined);
 
   console.log(`Starting the local stack "${args.stack}"…`);
   const { parseFaults } = await import("./management");
@@ -293,6 +297,7 @@ async function serve(): Promise<void> {
       managementLatencyMs: positiveInt("management-latency", args["management-latency"], undefined, 0),
       managementFaults: faults,
       maxInstances: positiveInt("max-instances", args["max-instances"], undefined),
+      instanceIdleMs: instanceIdle && instanceIdle * 1000,
       loseAbnormalDisconnects: args["lose-abnormal-disconnects"],
       iam: !args["no-iam"],
       outputsFile: args.outputs,

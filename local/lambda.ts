@@ -78,6 +78,11 @@ export interface LambdaRuntimeOptions {
   runLimit?: number;
   /** How long an invocation past the run limit waits for a running one; default RUN_WAIT_MS. */
   runWaitMs?: number;
+  /**
+   * How long an instance may sit idle before it is ended (its process exits; the next invocation
+   * cold-starts another); default DEFAULT_INSTANCE_IDLE_MS.
+   */
+  instanceIdleMs?: number;
   /** Where prefixed instance output goes. */
   write?: (line: string) => void;
   /** The Node instances run on; default lambdaNode(): the pinned Node 22 build, else this machine's Node. */
@@ -128,6 +133,8 @@ interface Instance {
   child: ChildProcess;
   ready: Promise<void>;
   busy: boolean;
+  /** While idle: the timer that ends it (reclaim). */
+  idleTimer?: NodeJS.Timeout;
   used: boolean;
   exited: boolean;
   onResult?: (message: { result?: unknown; error?: InvokeError; report?: InvokeReport }) => void;
@@ -169,6 +176,15 @@ function reportLine(requestId: string, outcome: InvokeOutcome, memoryMb: number)
   return fields.join("\t");
 }
 
+/**
+ * An idle instance is ended after this long: Lambda keeps an execution environment "for some time
+ * in anticipation of another function invocation" and then ends it, for a time it does not publish
+ * (https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtime-environment.html, Shutdown phase).
+ * Locally every instance is a process of about 25 MB: kept forever, a session of use held 33 of
+ * them (about 780 MB, issue 21). 5 minutes keeps a stack in use warm and frees one left alone.
+ */
+export const DEFAULT_INSTANCE_IDLE_MS = 5 * 60_000;
+
 /** How long an invocation past the run limit waits for a running one to end before it runs anyway. */
 export const RUN_WAIT_MS = 100;
 
@@ -191,6 +207,7 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
   const maxInstances = options.maxInstances ?? 10;
   const runLimit = options.runLimit ?? defaultRunLimit();
   const runWaitMs = options.runWaitMs ?? RUN_WAIT_MS;
+  const instanceIdleMs = options.instanceIdleMs ?? DEFAULT_INSTANCE_IDLE_MS;
   const retryDelay = options.asyncRetryDelayMs ?? ((retry: number) => retry * 1000);
   const worker = compileWorker();
   const node = options.node ?? lambdaNode();
@@ -267,7 +284,10 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
   function take(spec: FunctionSpec, pool: Instance[]): Instance | undefined {
     const idle = pool.find((i) => !i.busy && !i.exited);
     const instance = idle ?? (pool.length < maxInstances ? spawn(spec) : undefined);
-    if (instance) instance.busy = true;
+    if (instance) {
+      instance.busy = true;
+      clearTimeout(instance.idleTimer);
+    }
     return instance;
   }
 
@@ -302,6 +322,16 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
     if (next && !instance.exited) return next(instance);
     instance.busy = false;
     if (next) acquire(spec).then(next); // the instance died: start another for the waiter
+    else if (!instance.exited) instance.idleTimer = setTimeout(() => reclaim(spec, instance), instanceIdleMs).unref();
+  }
+
+  /** Ends an instance idle for instanceIdleMs: out of the pool first, so no invocation can take it meanwhile. */
+  function reclaim(spec: FunctionSpec, instance: Instance) {
+    if (instance.busy || instance.exited || closing) return;
+    const pool = pools.get(spec.name)!;
+    pool.splice(pool.indexOf(instance), 1); // its exit marks it exited (retire)
+    const pid = instance.child.pid;
+    void end(instance).then(() => write(`[${spec.name}] instance ${pid} ended after ${instanceIdleMs / 1000} s idle`));
   }
 
   /** What a stop gives an invocation it ended, or one asked for after it began. */

@@ -24,8 +24,7 @@ import { handleManagementRequest, leanManagementRoute, ManagementFaults, Managem
 import { LeanRouter, routeLeanConnections } from "./lean-http";
 import type { CapacityMeter } from "./transactions";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, readProjectFile, RecordedResource } from "./program";
-import { createLocalQueues, LocalQueues, queueSpecs } from "./sqs";
-import { destinationAccessRefusal, mappingSpecs, startStreamDelivery, streamAccessRefusal, StreamDelivery, streamReaders } from "./streams";
+import { mappingSpecs, startStreamDelivery, streamAccessRefusal, StreamDelivery, streamReaders } from "./streams";
 import { servePage } from "./web";
 
 export interface LocalStackOptions {
@@ -40,6 +39,8 @@ export interface LocalStackOptions {
   managementLatencyMs?: number;
   managementFaults?: ManagementFaults;
   maxInstances?: number;
+  /** An idle function instance is ended after this long (local/lambda.ts, DEFAULT_INSTANCE_IDLE_MS). */
+  instanceIdleMs?: number;
   /**
    * Where the outputs JSON goes, removed when this stack stops; default .local/<stack>/outputs.json,
    * which describes the newest live stack of that name (publishOutputs).
@@ -95,8 +96,6 @@ export interface LocalStack {
   lambdas: LambdaRuntime;
   /** The event source mappings' delivery of DynamoDB stream records (local/streams.ts). */
   streams: StreamDelivery;
-  /** The program's SQS queues, in process (local/sqs.ts): the presence mapping's failure records. */
-  queues: LocalQueues;
   gateway: Gateway;
   /** Stops everything (see shutdown); calling it again returns the same stop. */
   stop(): Promise<void>;
@@ -506,8 +505,8 @@ function routeTargets(of: Declared, api: RecordedResource, stage: string, lambda
 
 /**
  * The program's event source mappings, checked before anything starts: a setting not emulated
- * stops the start, and so does, with IAM on, a function role that may not read its stream or send
- * to its on-failure queue (as CreateEventSourceMapping refuses it on AWS).
+ * stops the start, and so does, with IAM on, a function role that may not read its stream (as
+ * CreateEventSourceMapping refuses it on AWS).
  */
 function eventSourceMappings(resources: RecordedResource[], iam: IamConfig | undefined) {
   let mappings: ReturnType<typeof mappingSpecs>;
@@ -517,7 +516,7 @@ function eventSourceMappings(resources: RecordedResource[], iam: IamConfig | und
     throw new StartupError((err as Error).message, { cause: err });
   }
   for (const mapping of iam ? mappings : []) {
-    const refused = streamAccessRefusal(mapping, iam!.principals) ?? destinationAccessRefusal(mapping, iam!.principals);
+    const refused = streamAccessRefusal(mapping, iam!.principals);
     if (refused) throw new StartupError(`event source mapping ${mapping.name} (function ${mapping.functionName}): ${refused}`);
   }
   return mappings;
@@ -651,6 +650,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     const lambdas = (parts.lambdas = createLambdaRuntime({
       functions: specs,
       maxInstances: options.maxInstances,
+      instanceIdleMs: options.instanceIdleMs,
       // Each instance its own temporary credentials, as Lambda gives them (the operator's without IAM).
       credentials: iam ? (functionName) => issueCredentials(iam, functionName) : undefined,
       baseEnv: {
@@ -664,14 +664,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       write: log,
     }));
 
-    const queues = createLocalQueues(queueSpecs(program.resources));
-    parts.streams = startStreamDelivery({
-      mappings,
-      invoke: (name, event) => lambdas.invoke(name, event),
-      subscribe: (listener) => dynamodb.onStream(listener),
-      log,
-      sendFailureRecord: (queueArn, record) => (queues.send(queueArn, JSON.stringify(record)), queues.find(queueArn)!.name),
-    });
+    parts.streams = startStreamDelivery({ mappings, invoke: (name, event) => lambdas.invoke(name, event), subscribe: (listener) => dynamodb.onStream(listener), log });
     const routes = routeTargets(of, api, stage, lambdas);
     parts.door.handUpgradesOver();
     const gateway = (parts.gateway = createGateway(server, {
@@ -718,7 +711,6 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       dynamodb,
       lambdas,
       streams: parts.streams,
-      queues,
       gateway,
       stop: () => (stopping ??= shutdown(parts, log, true)),
     };

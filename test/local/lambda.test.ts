@@ -107,6 +107,56 @@ describe("local Lambda runtime", function () {
     assert.equal(runtime.instanceCount("chat-fn"), 1);
   });
 
+  describe("idle instances", () => {
+    /** A runtime whose instances are ended after `idleMs` idle; `ended(pid)` resolves when the runtime says it ended that one. */
+    function startIdle(idleMs: number) {
+      const waiters = new Map<number, () => void>();
+      runtime = createLambdaRuntime({
+        functions: [spec()],
+        maxInstances: 3,
+        instanceIdleMs: idleMs,
+        baseEnv: {},
+        write: (line) => {
+          lines.push(line);
+          const pid = Number(/^\[chat-fn\] instance (\d+) ended after/.exec(line)?.[1]);
+          waiters.get(pid)?.();
+        },
+      });
+      return (pid: number) => new Promise<void>((resolve) => waiters.set(pid, resolve));
+    }
+    const gone = (pid: number) => assert.throws(() => process.kill(pid, 0), { code: "ESRCH" });
+
+    it("ends an instance idle for instanceIdleMs (its process exits), and the next invocation cold-starts one that answers", async () => {
+      const ended = startIdle(50);
+      const first = await runtime.invoke("chat-fn", {});
+      const pid = (first.result as Result).pid;
+      await ended(pid);
+      assert.equal(runtime.instanceCount("chat-fn"), 0);
+      gone(pid);
+      const next = await runtime.invoke("chat-fn", {});
+      const r = next.result as Result;
+      assert.equal(next.coldStart, true);
+      assert.notEqual(r.pid, pid);
+      assert.notEqual(r.instance, (first.result as Result).instance);
+      assert.equal(r.invocations, 1);
+      assert.equal(r.name, "chat-fn");
+      assert.equal(runtime.instanceCount("chat-fn"), 1);
+    });
+
+    it("never ends a busy instance: a run far longer than the idle time completes, and the idle time counts from its end", async () => {
+      const ended = startIdle(20);
+      const long = await runtime.invoke("chat-fn", { sleepMs: 400 });
+      assert.equal(long.error, undefined);
+      const pid = (long.result as Result).pid;
+      assert.ok(!lines.some((l) => l.includes(`instance ${pid} ended`)), "ended while it ran");
+      const warm = await runtime.invoke("chat-fn", {}); // taken before its idle timer can fire
+      assert.equal(warm.coldStart, false);
+      assert.equal((warm.result as Result).pid, pid);
+      await ended(pid);
+      gone(pid);
+    });
+  });
+
   it("enforces the timeout by ending the instance, and replaces it on the next invocation", async () => {
     start(spec({ timeoutSeconds: 1 }));
     const before = (await runtime.invoke("chat-fn", {})).result as Result;
