@@ -24,7 +24,8 @@ import { handleManagementRequest, leanManagementRoute, ManagementFaults, Managem
 import { LeanRouter, routeLeanConnections } from "./lean-http";
 import type { CapacityMeter } from "./transactions";
 import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, readProjectFile, RecordedResource } from "./program";
-import { mappingSpecs, startStreamDelivery, streamAccessRefusal, StreamDelivery, streamReaders } from "./streams";
+import { createLocalQueues, LocalQueues, queueSpecs } from "./sqs";
+import { destinationAccessRefusal, mappingSpecs, startStreamDelivery, streamAccessRefusal, StreamDelivery, streamReaders } from "./streams";
 import { servePage } from "./web";
 
 export interface LocalStackOptions {
@@ -96,6 +97,8 @@ export interface LocalStack {
   lambdas: LambdaRuntime;
   /** The event source mappings' delivery of DynamoDB stream records (local/streams.ts). */
   streams: StreamDelivery;
+  /** The program's SQS queues, in process (local/sqs.ts): the presence mapping's failure records. */
+  queues: LocalQueues;
   gateway: Gateway;
   /** Stops everything (see shutdown); calling it again returns the same stop. */
   stop(): Promise<void>;
@@ -505,8 +508,8 @@ function routeTargets(of: Declared, api: RecordedResource, stage: string, lambda
 
 /**
  * The program's event source mappings, checked before anything starts: a setting not emulated
- * stops the start, and so does, with IAM on, a function role that may not read its stream (as
- * CreateEventSourceMapping refuses it on AWS).
+ * stops the start, and so does, with IAM on, a function role that may not read its stream or send
+ * to its on-failure queue (as CreateEventSourceMapping refuses it on AWS).
  */
 function eventSourceMappings(resources: RecordedResource[], iam: IamConfig | undefined) {
   let mappings: ReturnType<typeof mappingSpecs>;
@@ -516,7 +519,7 @@ function eventSourceMappings(resources: RecordedResource[], iam: IamConfig | und
     throw new StartupError((err as Error).message, { cause: err });
   }
   for (const mapping of iam ? mappings : []) {
-    const refused = streamAccessRefusal(mapping, iam!.principals);
+    const refused = streamAccessRefusal(mapping, iam!.principals) ?? destinationAccessRefusal(mapping, iam!.principals);
     if (refused) throw new StartupError(`event source mapping ${mapping.name} (function ${mapping.functionName}): ${refused}`);
   }
   return mappings;
@@ -664,7 +667,14 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       write: log,
     }));
 
-    parts.streams = startStreamDelivery({ mappings, invoke: (name, event) => lambdas.invoke(name, event), subscribe: (listener) => dynamodb.onStream(listener), log });
+    const queues = createLocalQueues(queueSpecs(program.resources));
+    parts.streams = startStreamDelivery({
+      mappings,
+      invoke: (name, event) => lambdas.invoke(name, event),
+      subscribe: (listener) => dynamodb.onStream(listener),
+      log,
+      sendFailureRecord: (queueArn, record) => (queues.send(queueArn, JSON.stringify(record)), queues.find(queueArn)!.name),
+    });
     const routes = routeTargets(of, api, stage, lambdas);
     parts.door.handUpgradesOver();
     const gateway = (parts.gateway = createGateway(server, {
@@ -711,6 +721,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       dynamodb,
       lambdas,
       streams: parts.streams,
+      queues,
       gateway,
       stop: () => (stopping ??= shutdown(parts, log, true)),
     };
