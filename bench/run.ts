@@ -11,6 +11,8 @@
  *   --rates 10,25,50,100,200,400   room: the offered rates, messages a second in one room
  *   --rooms 10,100            room: the room sizes (members)
  *   --step-seconds 10         room: how long each rate is offered
+ *   --no-iam                  room and latency: run the stack without IAM and SigV4, for comparison
+ *                             (by default they run the stack as `npm start` does, with both on)
  *   --quick                   small sizes and short runs, to check the benchmark itself
  * Sections not run keep their figures from the last bench/results.json: `--only` merges into it.
  */
@@ -91,7 +93,7 @@ function readResults(): Record<string, unknown> {
 }
 
 /** Runs the room steps: for each room size, ours and the floor at every rate, fresh rooms each step. */
-async function runRooms(opts: { rates: number[]; rooms: number[]; seconds: number; warmupSeconds: number }): Promise<RoomStep[]> {
+async function runRooms(opts: { rates: number[]; rooms: number[]; seconds: number; warmupSeconds: number; stackArgs: string[] }): Promise<RoomStep[]> {
   const steps: RoomStep[] = [];
   const report = (s: RoomStep) =>
     log(
@@ -112,8 +114,7 @@ async function runRooms(opts: { rates: number[]; rooms: number[]; seconds: numbe
   } finally {
     floor.stop();
   }
-  // Senders may send 1,000 a second each: the room is what is measured, not the per-connection limit.
-  const stack = await localStack(["--no-iam", "--config", "rateLimitMessages=10000"]);
+  const stack = await localStack(opts.stackArgs);
   const settle = presenceSettler(() => stack.logs());
   try {
     for (const members of opts.rooms) {
@@ -145,6 +146,7 @@ async function main() {
       rooms: { type: "string", default: "10,100" },
       "step-seconds": { type: "string", default: "10" },
       quick: { type: "boolean", default: false },
+      "no-iam": { type: "boolean", default: false },
     },
     strict: true,
   });
@@ -174,6 +176,10 @@ async function main() {
 
   // Sections this run does not measure keep their last figures; each section records when and how it ran.
   const runInfo = { date: new Date().toISOString(), command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(), speedProbeMs: speedProbeMs() };
+  // The room and latency sections run the stack as `npm start` does (IAM and SigV4 on) unless --no-iam.
+  // Senders may send 1,000 a second each: the room is what is measured, not the per-connection limit.
+  const iam = !values["no-iam"];
+  const stackArgs = [...(iam ? [] : ["--no-iam"]), "--config", "rateLimitMessages=10000"];
   log(`Machine speed probe: ${runInfo.speedProbeMs} ms (a fixed CPU-bound workload; lower is faster; compare runs at similar speeds)`);
   // Written after every phase, so a phase that fails keeps the figures of those before it.
   const save = () => fs.writeFileSync(RESULTS, JSON.stringify(results, null, 2) + "\n");
@@ -214,7 +220,7 @@ async function main() {
     const floor = await startFloor();
     latency.push(await measureLatency("floor", floor.url, opts));
     floor.stop();
-    const stack = await localStack(["--no-iam", "--config", "rateLimitMessages=10000"]);
+    const stack = await localStack(stackArgs);
     try {
       log(`  [2/3] ours at ${opts.rate} msg/s for ${opts.seconds} s…`);
       latency.push(await measureLatency("ours", `${stack.outputs.url}?room=latency`, opts));
@@ -226,7 +232,7 @@ async function main() {
     }
     for (const l of latency) log(`  ${l.implementation} at ${l.rate} msg/s: p50 ${l.p50Ms} ms, p99 ${l.p99Ms} ms (${l.deliveries}/${l.expected} deliveries)`);
     results.latency = latency;
-    results.latencyRun = runInfo;
+    results.latencyRun = { ...runInfo, iam };
     save();
   }
 
@@ -236,12 +242,12 @@ async function main() {
     const rooms = (quick ? "10" : values.rooms!).split(",").map(Number);
     const seconds = quick ? 3 : Number(values["step-seconds"]);
     for (const n of [...rates, ...rooms, seconds]) if (!Number.isFinite(n) || n <= 0) throw new Error(`--rates, --rooms and --step-seconds take positive numbers; got ${n}`);
-    log(`\n== Room capacity: rooms of ${rooms.join(", ")} at ${rates.join(", ")} msg/s, ${seconds} s a step`);
-    room = await runRooms({ rates, rooms, seconds, warmupSeconds: quick ? 1 : 3 });
+    log(`\n== Room capacity: rooms of ${rooms.join(", ")} at ${rates.join(", ")} msg/s, ${seconds} s a step; the stack ${iam ? "with IAM and SigV4 on, as npm start runs it" : "with --no-iam"}`);
+    room = await runRooms({ rates, rooms, seconds, warmupSeconds: quick ? 1 : 3, stackArgs });
     const capacities = rooms.flatMap((members) =>
       (["floor", "ours"] as const).map((implementation) => ({ implementation, members, capacity: capacity(room.filter((s) => s.members === members && s.implementation === implementation), ROOM_P99_LIMIT_MS) })),
     );
-    results.room = { ...runInfo, p99LimitMs: ROOM_P99_LIMIT_MS, steps: room, capacities };
+    results.room = { ...runInfo, iam, p99LimitMs: ROOM_P99_LIMIT_MS, steps: room, capacities };
     save();
     fs.writeFileSync(path.join(__dirname, "room.svg"), roomChart(room, roomTitle(os.cpus().length), ROOM_P99_LIMIT_MS));
   }
