@@ -184,13 +184,13 @@ export interface Scripted {
 
 /**
  * A WebSocket server on port 0 that serves the page and plays the chat protocol from a script:
- * `answer` gets each sendmessage (and edit and delete) and how many times its id has been sent,
- * and returns the frames to send back. `history` answers history requests (an empty room by
+ * `answer` gets each sendmessage (and edit and delete), how many times its id has been sent and
+ * its socket (to close it as API Gateway would), and returns the frames to send back. `history` answers history requests (an empty room by
  * default); `other` answers any other action (nothing by default). It records the URL of every
  * WebSocket connection (`connections`) and every Referer header it was sent (`referers`).
  */
 export async function scriptedServer(
-  answer: (send: Send & Record<string, unknown>, nth: number) => object[],
+  answer: (send: Send & Record<string, unknown>, nth: number, ws: WebSocket) => object[],
   history: (request: { since?: string }, nth: number) => object[] = () => [{ type: "history-end", cursor: null, more: false, epoch: null }],
   other: (frame: Record<string, unknown>, ws: WebSocket) => object[] = () => [],
 ): Promise<Scripted> {
@@ -216,7 +216,7 @@ export async function scriptedServer(
         replies = history(frame as { since?: string }, histories.length);
       } else if (frame.action === "sendmessage" || frame.action === "edit" || frame.action === "delete") {
         sends.push({ id: frame.id, message: frame.message });
-        replies = answer(frame, sends.filter((x) => x.id === frame.id).length);
+        replies = answer(frame, sends.filter((x) => x.id === frame.id).length, ws);
       } else {
         replies = other(frame, ws);
       }
