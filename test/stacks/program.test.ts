@@ -11,6 +11,7 @@ import { FAKE_ACCOUNT_ID, loadProgram, LoadedProgram, PROJECT_DIR, RecordedResou
 import settingsModule = require("@pulumi/pulumi/runtime/settings");
 import { plannedReservations, RESERVATION_SETTINGS } from "../../stacks/preflight";
 import { parseSettings } from "../../stacks/settings";
+import { PROD as PROD_COST_ASSUMPTIONS } from "../../scripts/monthly-cost";
 
 const CANARY = "canary-secret-9f8e7d6c";
 const TOKEN_KEY = "token-key-for-tests-0123456789abcdefghijklmnop";
@@ -741,6 +742,10 @@ describe("the program under mocks: alarms that mean failure, and no presence bat
       [depth.inputs.metricName, depth.inputs.dimensions, depth.inputs.statistic, depth.inputs.comparisonOperator, depth.inputs.threshold],
       ["ApproximateNumberOfMessagesVisible", { QueueName: queue().state.name }, "Maximum", "GreaterThanOrEqualToThreshold", 1],
     );
+  });
+
+  it("has as many alarms as the monthly cost model charges for (npm run cost, docs/deploy.md)", () => {
+    assert.equal(alarms().length, PROD_COST_ASSUMPTIONS.alarms);
   });
 
   it("keeps a given-up batch's record 14 days (SQS's maximum), encrypted, in a queue the presence mapping names as its on-failure destination", () => {
