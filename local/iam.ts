@@ -194,8 +194,17 @@ function payloadHash(body: Buffer): string {
   return lastBody.hash;
 }
 
-/** The signable-header sets by SignedHeaders value (a handful of distinct ones). */
-const signables = new BoundedCache<Set<string>>(256);
+/**
+ * Per SignedHeaders value (a handful of distinct ones): the names, and the canonical request's
+ * header names in order, which are those names without the generated ones sign() drops
+ * (authorization, date) and with the two it sets (x-amz-date, x-amz-security-token).
+ */
+const signables = new BoundedCache<{ names: Set<string>; sorted: string[]; list: string }>(256);
+function signableOf(signedHeaders: string) {
+  const names = new Set(signedHeaders.split(";"));
+  const sorted = [...new Set([...names, "x-amz-date", "x-amz-security-token"])].filter((n) => n !== "authorization" && n !== "date").sort();
+  return signables.remember(signedHeaders, { names, sorted, list: sorted.join(";") });
+}
 /** X-Amz-Date read as a time, and that time as SignatureV4.sign formats it (formatDate): the last second's, kept. */
 const clock = { amzDate: "", signedAt: NaN, longDate: "" };
 function readDate(amzDate: string): { signedAt: number; longDate: string } {
@@ -217,8 +226,8 @@ const DOT_SEGMENT = /\/(?:\.|%2e)/i;
  * x-amz-date, date) are dropped and x-amz-date and the session token set; the payload hash is
  * x-amz-content-sha256 when signed, else the body's.
  */
-function expectedSignature(request: SignedRequest, signedHeaders: string, longDate: string, region: string, secret: string, sessionToken: string): string {
-  const names = signables.get(signedHeaders) ?? signables.remember(signedHeaders, new Set(signedHeaders.split(";")));
+function expectedSignature(request: SignedRequest, signedHeaders: string, longDate: string, region: string, secret: string, sessionToken: string): Buffer {
+  const { names, sorted, list: headerList } = signables.get(signedHeaders) ?? signableOf(signedHeaders);
   const headers: Record<string, string> = {};
   for (const name of names) if (name !== "authorization" && name !== "x-amz-date" && name !== "date") headers[name] = String(request.headers[name] ?? "");
   headers["x-amz-date"] = longDate;
@@ -229,19 +238,23 @@ function expectedSignature(request: SignedRequest, signedHeaders: string, longDa
   if (url?.search) for (const [key, value] of url.searchParams) query[key] = key in query ? list(query[key] as string | string[]).concat(value) : value;
   const bodyHash = headers["x-amz-content-sha256"] ?? payloadHash(request.body);
   const canonicalHeaders = getCanonicalHeaders({ headers } as unknown as HttpRequest, undefined, names);
-  const sorted = Object.keys(canonicalHeaders).sort();
   let headerLines = "";
   for (const name of sorted) headerLines += `${name}:${canonicalHeaders[name]}\n`;
   // As SignatureV4Base.createCanonicalRequest lays it out (AWS's CanonicalRequest).
   const canonicalQuery = url?.search ? getCanonicalQuery({ query } as unknown as HttpRequest) : "";
-  const canonical = `${request.method}\n${canonicalPaths.of(url?.pathname ?? request.url)}\n${canonicalQuery}\n${headerLines}\n${sorted.join(";")}\n${bodyHash}`;
+  const canonical = `${request.method}\n${canonicalPaths.of(url?.pathname ?? request.url)}\n${canonicalQuery}\n${headerLines}\n${headerList}\n${bodyHash}`;
   const scope = `${longDate.slice(0, 8)}/${region}/${request.service}/aws4_request`;
   const toSign = `AWS4-HMAC-SHA256\n${longDate}\n${scope}\n${hash("sha256", canonical, "hex")}`;
-  return createHmac("sha256", signingKey(secret, longDate.slice(0, 8), region, request.service)).update(toSign).digest("hex");
+  return createHmac("sha256", signingKey(secret, longDate.slice(0, 8), region, request.service)).update(toSign).digest();
 }
 
 /** Verifies a request's SigV4 signature, recomputed with the credentials its access key was issued with. */
 export async function authenticate(config: IamConfig, request: SignedRequest, now = Date.now()): Promise<Authentication> {
+  return authenticateNow(config, request, now);
+}
+
+/** authenticate, synchronously: nothing in it waits. */
+function authenticateNow(config: IamConfig, request: SignedRequest, now = Date.now()): Authentication {
   const header = String(request.headers.authorization ?? "");
   if (!header) return { ok: false, failure: "MissingAuthenticationToken", message: "Missing Authentication Token" };
   const parts = AUTH_HEADER.exec(header);
@@ -261,7 +274,7 @@ export async function authenticate(config: IamConfig, request: SignedRequest, no
   }
   if (region !== config.region || service !== request.service) return { ok: false, failure: "InvalidSignature", message: SIGNATURE_MISMATCH };
   const expected = expectedSignature(request, signedHeaders, longDate, region, secrets.secret, secrets.sessionToken);
-  const matches = expected.length === signature.length && timingSafeEqual(Buffer.from(expected), Buffer.from(signature));
+  const matches = timingSafeEqual(expected, Buffer.from(signature, "hex")); // both 32 bytes: the header's is 64 hex digits
   return matches ? { ok: true, principal } : { ok: false, failure: "InvalidSignature", message: SIGNATURE_MISMATCH };
 }
 
@@ -274,12 +287,13 @@ export function callerArn(config: IamConfig, principal: Principal): string {
  * A role's decisions per (action, resource), kept by its statements array: principalsOf freezes
  * it, so a policy changes only by a new array, which starts with no decisions.
  */
-const decisions = new WeakMap<readonly PolicyStatement[], BoundedCache<boolean>>();
+const decisions = new WeakMap<readonly PolicyStatement[], Map<string, BoundedCache<boolean>>>();
 function allowed(principal: Principal, action: string, resource: string): boolean {
-  let cache = decisions.get(principal.statements);
-  if (!cache) decisions.set(principal.statements, (cache = new BoundedCache(4096)));
-  const key = `${action}\n${resource}`;
-  return cache.get(key) ?? cache.remember(key, policyAllows({ Statement: principal.statements }, action, resource));
+  let byAction = decisions.get(principal.statements);
+  if (!byAction) decisions.set(principal.statements, (byAction = new Map()));
+  let cache = byAction.get(action);
+  if (!cache) byAction.set(action, (cache = new BoundedCache(4096)));
+  return cache.get(resource) ?? cache.remember(resource, policyAllows({ Statement: principal.statements }, action, resource));
 }
 
 /** The first of these (action, resource) pairs the principal may not perform, as AWS words the denial; undefined when all are allowed. */
@@ -351,7 +365,7 @@ export function refusal(service: SignedRequest["service"], type: AuthFailure | "
 
 /** Authenticates, then authorizes every (action, resource): the refusal to send, or undefined to go on. */
 export async function guard(config: IamConfig, request: SignedRequest, actions: (principal: Principal | "operator") => [string, string][]): Promise<Refusal | undefined> {
-  const auth = await authenticate(config, request);
+  const auth = authenticateNow(config, request);
   if (!auth.ok) return refusal(request.service, auth.failure, auth.message);
   const denied = denial(config, auth.principal, actions(auth.principal));
   return denied ? refusal(request.service, "AccessDenied", denied) : undefined;
