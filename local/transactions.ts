@@ -9,6 +9,7 @@
  * A ClientRequestToken makes a transaction idempotent, as on DynamoDB (`requestTokens`).
  */
 import type { AttributeValue, TransactWriteItem } from "@aws-sdk/client-dynamodb";
+import { createHash } from "crypto";
 import { createServer, IncomingMessage, Server, ServerResponse } from "http";
 import type { Refusal } from "./iam";
 import type { AddressInfo } from "net";
@@ -165,27 +166,38 @@ type TokenVerdict = { run: true; done(applied: boolean): void } | { run: false; 
  * documented: here it is evaluated again (nothing was applied, so nothing can apply twice).
  */
 export function requestTokens(now: () => number = Date.now) {
-  const tokens = new Map<string, { request: string; running: boolean; until: number }>();
+  // Each token keeps the SHA-256 of its request, not the request (up to 4 MB on DynamoDB; a chat
+  // transaction is one message of up to 32 KB). Applied ones sit in `applied` in the order they
+  // completed, so the expired ones are at the front: dropping them reads only those (and one more).
+  const running = new Map<string, string>();
+  const applied = new Map<string, { request: string; until: number }>();
   const refuse = (type: string, message: string): TokenVerdict => ({ run: false, status: 400, body: { __type: `com.amazonaws.dynamodb.v20120810#${type}`, message } });
+  const expired = (entry: { until: number }, at: number) => entry.until <= at;
   return (input: Record<string, unknown>): TokenVerdict => {
     const { ClientRequestToken: token, ...rest } = input;
     if (token === undefined) return { run: true, done: () => undefined };
     if (typeof token !== "string" || token.length < 1 || token.length > 36) {
       return { run: false, status: 400, body: { __type: "com.amazon.coral.validate#ValidationException", message: "1 validation error detected: Value at 'clientRequestToken' failed to satisfy constraint: Member must have length less than or equal to 36" } };
     }
-    for (const [key, entry] of tokens) if (!entry.running && entry.until <= now()) tokens.delete(key);
-    const request = JSON.stringify(rest);
-    const known = tokens.get(token);
-    if (known && known.request !== request) return refuse("IdempotentParameterMismatchException", "The request uses the same client token as a previous, but non-identical request.");
-    if (known?.running) return refuse("TransactionInProgressException", "The transaction with the given request token is already in progress.");
-    if (known) return { run: false, status: 200, body: {} };
-    const entry = { request, running: true, until: Infinity };
-    tokens.set(token, entry);
+    const at = now();
+    for (const [key, entry] of applied) {
+      if (!expired(entry, at)) break;
+      applied.delete(key);
+    }
+    const request = createHash("sha256").update(JSON.stringify(rest)).digest("base64");
+    // A clock set back can leave an expired entry behind a live one: the lookup checks its own.
+    const held = applied.get(token);
+    if (held && expired(held, at)) applied.delete(token);
+    const known = running.get(token) ?? applied.get(token)?.request;
+    if (known !== undefined && known !== request) return refuse("IdempotentParameterMismatchException", "The request uses the same client token as a previous, but non-identical request.");
+    if (running.has(token)) return refuse("TransactionInProgressException", "The transaction with the given request token is already in progress.");
+    if (known !== undefined) return { run: false, status: 200, body: {} };
+    running.set(token, request);
     return {
       run: true,
-      done(applied) {
-        if (applied) Object.assign(entry, { running: false, until: now() + TOKEN_WINDOW_MS });
-        else tokens.delete(token);
+      done(ok) {
+        running.delete(token);
+        if (ok) applied.set(token, { request, until: now() + TOKEN_WINDOW_MS });
       },
     };
   };
