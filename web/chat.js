@@ -90,7 +90,7 @@
     config: null, socket: null, name: "", room: "", joined: false, leaving: false, opened: false, everOpened: false,
     attempts: 0, reconnectTimer: 0, replaying: false,
     /** The largest frame a message or edit may go out in (frameBytes, room-stream.js): config.json's maxMessageBytes. */
-    maxBytes: DEFAULT_MAX_MESSAGE_BYTES,
+    maxFrameBytes: DEFAULT_MAX_MESSAGE_BYTES,
     /** The room's sequence as this page follows it (room-stream.js). */
     stream: null,
     /** Messages, edits and deletes not yet acknowledged, one on the wire at a time (item.kind, item.li). */
@@ -736,8 +736,11 @@
 
   // ---------------------------------------------------------------- the connection
 
+  /** Puts a frame on the socket; false when it is not open (OrderedSender then knows it was not sent). */
   function send(frame) {
-    if (state.socket && state.socket.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(frame));
+    if (!state.socket || state.socket.readyState !== WebSocket.OPEN) return false;
+    state.socket.send(JSON.stringify(frame));
+    return true;
   }
 
   /** A fresh follower of the room's sequence, and a fresh sender, for a newly joined room. */
@@ -788,7 +791,7 @@
           showError(ERRORS.unavailable, "busy");
         },
       },
-      { resendBaseMs: RESEND_BASE_MS, maxMessageBytes: state.maxBytes },
+      { resendBaseMs: RESEND_BASE_MS, maxMessageBytes: state.maxFrameBytes },
     );
   }
 
@@ -796,7 +799,7 @@
     if (error.code === "message_too_large") {
       // The server's limit, or the lower one a 1009 close taught the sender.
       const limit = /limit is (\d+)/.exec(error.message || "");
-      if (limit) state.maxBytes = state.sender.options.maxMessageBytes = Number(limit[1]);
+      if (limit) state.maxFrameBytes = state.sender.options.maxMessageBytes = Number(limit[1]);
       updateCounter();
     }
     if (item.kind === "edit") {
@@ -1017,7 +1020,7 @@
    */
   function measure(text, id, extra) {
     const envelope = frameBytes(sendFrame(id, "", extra));
-    return { bytes: frameBytes(sendFrame(id, text, extra)) - envelope, limit: state.maxBytes - envelope };
+    return { bytes: frameBytes(sendFrame(id, text, extra)) - envelope, limit: state.maxFrameBytes - envelope };
   }
 
   function updateCounter() {
@@ -1270,7 +1273,7 @@
     }
     if (!state.config.url) return showError("No chat URL: open this page with ?url=wss://… or next to a config.json.");
     if (!/^wss?:\/\//i.test(state.config.url)) return showError("The chat URL must start with ws:// or wss://.");
-    state.maxBytes = Number(state.config.maxMessageBytes) > 0 ? Number(state.config.maxMessageBytes) : DEFAULT_MAX_MESSAGE_BYTES;
+    state.maxFrameBytes = Number(state.config.maxMessageBytes) > 0 ? Number(state.config.maxMessageBytes) : DEFAULT_MAX_MESSAGE_BYTES;
     const token = savedToken(state.config.url);
     if (token) {
       $("token").value = token;

@@ -40,7 +40,7 @@ export interface SendItem {
   message: string;
   extra: Record<string, unknown>;
   resends: number;
-  /** The size of its frame (frameBytes), once it was put on the wire. */
+  /** The size of its frame (frameBytes) while it is on the wire of the open connection; cleared when that closes. */
   bytes?: number;
 }
 
@@ -55,7 +55,8 @@ export interface SenderOptions {
 export class OrderedSender {
   constructor(
     hooks: {
-      send(frame: Record<string, unknown>): void;
+      /** false: the socket is not open and the frame was not sent. */
+      send(frame: Record<string, unknown>): boolean | void;
       acked?(item: SendItem, ack: StreamFrame): void;
       failed?(item: SendItem, error: StreamFrame): void;
       retrying?(item: SendItem, delayMs: number): void;
@@ -67,7 +68,7 @@ export class OrderedSender {
   send(id: string, message: string, extra?: Record<string, unknown>): SendItem;
   resume(): void;
   frame(frame: StreamFrame): boolean;
-  /** The connection closed: after a 1009, the message in flight is failed and returned, never resent. */
+  /** The connection closed: after a 1009, the message in flight, if sent on that connection, is failed and returned, never resent. */
   closed(code: number): SendItem | null;
   unacknowledged(): SendItem[];
   stop(): void;

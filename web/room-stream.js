@@ -233,7 +233,7 @@
 
   class OrderedSender {
     /**
-     * hooks.send(frame): put a sendmessage frame on the socket (false when it is not open);
+     * hooks.send(frame): put a sendmessage frame on the socket; false when it is not open (not sent);
      * hooks.acked(item, ack), hooks.failed(item, errorFrame), hooks.retrying(item, delayMs): optional.
      */
     constructor(hooks, options) {
@@ -268,8 +268,8 @@
       const bytes = frameBytes(frame);
       const limit = this.options.maxMessageBytes;
       if (bytes > limit) return this.giveUp(item, `the frame is ${bytes} bytes (the message in its JSON envelope); the limit is ${limit}; it was not sent`);
-      item.bytes = bytes;
-      this.hooks.send(frame);
+      // item.bytes: the frame is on the wire of the open connection (closed() clears it).
+      item.bytes = this.hooks.send(frame) === false ? undefined : bytes;
       clearTimeout(this.timer);
       this.timer = setTimeout(() => this.retry(item, 0), this.options.ackTimeoutMs);
     }
@@ -313,13 +313,17 @@
      * The connection closed with `code`. 1009 is API Gateway's "message too big": the frame in
      * flight (every other frame a client sends is a few hundred bytes) was over its frame quota.
      * That message is failed, never resent, and the limit drops below its frame, so no later
-     * frame of that size closes the connection again. Returns the failed item, or null.
+     * frame of that size closes the connection again. Only a frame sent on the connection that
+     * closed counts: one sent on an earlier connection and not yet resent (resume) did not close
+     * it. Returns the failed item, or null.
      */
     closed(code) {
       const item = this.inFlight;
-      if (code !== 1009 || !item || item.bytes === undefined) return null;
-      this.options.maxMessageBytes = Math.min(this.options.maxMessageBytes, item.bytes - 1);
-      this.giveUp(item, `the connection was closed (1009, message too big) by its ${item.bytes}-byte frame; it was not sent again; the limit is ${this.options.maxMessageBytes}`);
+      const bytes = item ? item.bytes : undefined;
+      if (item) item.bytes = undefined;
+      if (code !== 1009 || bytes === undefined) return null;
+      this.options.maxMessageBytes = Math.min(this.options.maxMessageBytes, bytes - 1);
+      this.giveUp(item, `the connection was closed (1009, message too big) by its ${bytes}-byte frame; it was not sent again; the limit is ${this.options.maxMessageBytes}`);
       return item;
     }
 

@@ -335,6 +335,34 @@ describe("the ordered sender (web/room-stream.js)", () => {
       t.s.stop();
     });
 
+    it("fails on a 1009 only the frame sent on the connection that closed: not one sent before a reconnect and not yet resent", () => {
+      const t = sender({ maxMessageBytes: 30_000 });
+      t.s.send("big", sized(20_000, "big"));
+      assert.equal(t.s.closed(1006), null, "the first connection drops");
+      // The next connection closes 1009 before resume() sent anything on it.
+      assert.equal(t.s.closed(1009), null);
+      assert.deepEqual([t.failed, t.s.options.maxMessageBytes], [[], 30_000], "nothing failed, the limit unchanged");
+      t.s.resume();
+      assert.deepEqual(t.ids(), ["big", "big"], "sent again on the next connection");
+      assert.equal(t.s.closed(1009)?.id, "big", "a 1009 after that resend is its own");
+      t.s.stop();
+    });
+
+    it("fails nothing on a 1009 when the frame's resend found the socket closed (send answered false)", async () => {
+      let open = true;
+      let resent: (() => void) | undefined;
+      const failed: string[] = [];
+      const hooks = { send: () => (resent?.(), open), failed: (item: { id: string }) => failed.push(item.id) };
+      const s = new OrderedSender(hooks, { maxMessageBytes: 30_000, ackTimeoutMs: 1, resendBaseMs: 1 });
+      s.send("big", sized(20_000, "big"));
+      open = false;
+      s.closed(1006);
+      await new Promise<void>((resolve) => (resent = resolve)); // the ack timeout's resend, while disconnected
+      assert.equal(s.closed(1009), null);
+      assert.deepEqual([failed, s.options.maxMessageBytes], [[], 30_000]);
+      s.stop();
+    });
+
     it("resends after any other close (1001, 1006), and does nothing on a 1009 with nothing on the wire", () => {
       const t = sender();
       assert.equal(t.s.closed(1009), null);
