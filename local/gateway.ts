@@ -11,11 +11,6 @@ import { ApiFacts, awsId, ConnectionFacts, connectEvent, disconnectEvent, messag
 import { policyAllows } from "./iam";
 import type { InvokeOutcome } from "./lambda";
 
-/** API Gateway's message payload quota (handlers/shared/protocol.ts says how KB is read). */
-export const MAX_MESSAGE_BYTES = API_MESSAGE_BYTES;
-/** API Gateway's frame quota: a client frame over it closes the connection with 1009. */
-export const MAX_FRAME_BYTES = API_FRAME_BYTES;
-
 export interface RouteAuthorizer {
   functionName: string;
   /** `route.request.querystring.X` or `route.request.header.X`. */
@@ -163,7 +158,7 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
   const routes = new Map(options.routes.map((r) => [r.routeKey, r]));
   const connections = new Map<string, Connection>();
   const timers = new Map<string, { idle?: NodeJS.Timeout; max?: NodeJS.Timeout }>();
-  const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_MESSAGE_BYTES });
+  const wss = new WebSocketServer({ noServer: true, maxPayload: API_MESSAGE_BYTES });
   const idleMs = options.idleTimeoutMs ?? DEFAULT_IDLE_MS;
   const stagePath = `/${options.api.stage}`;
   /** Handshakes under way, sockets closing and `$disconnect`s running: what close() waits for. */
@@ -259,7 +254,7 @@ export function createGateway(server: Server, options: GatewayOptions): Gateway 
     let closeAfter = Infinity;
     const tooBig = () => disconnect(conn.connectionId, 1009, "Message too big");
     if (conn.raw) {
-      watchFrameSizes(conn.raw, MAX_FRAME_BYTES, (_bytes, messagesBefore) => {
+      watchFrameSizes(conn.raw, API_FRAME_BYTES, (_bytes, messagesBefore) => {
         closeAfter = messagesBefore;
         if (received >= closeAfter) tooBig();
       });

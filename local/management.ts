@@ -9,7 +9,8 @@
  */
 import { isUtf8 } from "buffer";
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from "http";
-import { Gateway, MAX_MESSAGE_BYTES } from "./gateway";
+import { API_MESSAGE_BYTES } from "../handlers/shared/protocol";
+import { Gateway } from "./gateway";
 import { guard, IamConfig } from "./iam";
 import type { LeanAnswer, LeanRoute } from "./lean-http";
 
@@ -53,7 +54,7 @@ const CONNECTION_ID = /^[A-Za-z0-9_=-]{1,128}$/;
 const PLAIN_PATH = /^\/(?:[A-Za-z0-9_=@.\/-]|%[0-9A-Fa-f]{2})*$/;
 const DOT_OR_EMPTY_SEGMENT = /\/(?:\.|%2e)|\/\//i;
 /** Bodies up to this size are read whole, to check their signature; larger ones are only answered 413. */
-const MAX_SIGNED_BODY_BYTES = 8 * MAX_MESSAGE_BYTES;
+const MAX_SIGNED_BODY_BYTES = 8 * API_MESSAGE_BYTES;
 
 /** An answer of the management API: status, headers and body. */
 export type ManagementAnswer = LeanAnswer;
@@ -149,7 +150,7 @@ function respond(options: ManagementOptions, method: string, connectionId: strin
   if (!conn || conn.state !== "open") return error(410, "GoneException", "");
   switch (method) {
     case "POST":
-      if (size > MAX_MESSAGE_BYTES) return error(413, "PayloadTooLargeException", "Message too long");
+      if (size > API_MESSAGE_BYTES) return error(413, "PayloadTooLargeException", "Message too long");
       // Sent as the bytes posted when they are UTF-8 (no decoding and encoding again per post);
       // anything else as its decoding, with U+FFFD for each bad sequence, as before.
       if (!options.gateway.send(connectionId, isUtf8(body) ? body : body.toString("utf8"))) return error(410, "GoneException", "");
