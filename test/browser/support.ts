@@ -26,6 +26,8 @@ export const FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 const DEBIAN_CHROMIUM = "/usr/bin/chromium";
 /** The npm package that ships a Chromium inside its registry tarball (a devDependency). */
 const NPM_CHROMIUM = path.join(PROJECT_DIR, "node_modules", "@sparticuz", "chromium");
+/** Where unpackNpmChromium puts it unless told otherwise. */
+const NPM_CHROMIUM_CACHE = path.join(PROJECT_DIR, "node_modules", ".cache");
 
 /** A Chromium to launch: its binary, what to add to its environment, and where it came from. */
 export interface FoundChromium {
@@ -53,13 +55,13 @@ export async function findChromium(): Promise<FoundChromium> {
     return { executablePath: given, env: {}, source: "CHROMIUM_PATH" };
   }
   if (fs.existsSync(DEBIAN_CHROMIUM)) return { executablePath: DEBIAN_CHROMIUM, env: {}, source: "Debian's chromium" };
-  return (npmChromium ??= unpackNpmChromium());
+  return (unpacked ??= unpackNpmChromium());
 }
-let npmChromium: Promise<FoundChromium> | undefined;
+let unpacked: Promise<FoundChromium> | undefined;
 
 /**
- * Unpacks `@sparticuz/chromium` once per version into node_modules/.cache/ (so `npm ci`, which
- * empties node_modules, also clears it), about 3 s and 210 MB: the brotli-packed
+ * Unpacks `@sparticuz/chromium` once per version into `cache`, by default node_modules/.cache/ (so
+ * `npm ci`, which empties node_modules, also clears it), about 3 s and 210 MB: the brotli-packed
  * chrome-headless-shell for Linux x64, its software GL libraries, the NSS libraries it links
  * (built for Amazon Linux 2023, used here too, so the binary needs only glibc from the machine)
  * and Open Sans. The package unpacks into `os.tmpdir()` and reuses any /tmp/chromium it finds there,
@@ -70,12 +72,11 @@ let npmChromium: Promise<FoundChromium> | undefined;
  * has a fontconfig setup, and the package's Open Sans always, so text renders on a machine with no
  * fonts at all (Latin only: arrows such as ↓ need a machine font such as Debian's DejaVu).
  */
-async function unpackNpmChromium(): Promise<FoundChromium> {
+export async function unpackNpmChromium(cache = NPM_CHROMIUM_CACHE): Promise<FoundChromium> {
   if (process.platform !== "linux" || process.arch !== "x64" || !fs.existsSync(NPM_CHROMIUM)) {
     throw new Error(`no Chromium: ${DEBIAN_CHROMIUM} is missing and @sparticuz/chromium (Linux x64 only) is not installed here (run npm ci), so set CHROMIUM_PATH to a Chromium or Chrome binary`);
   }
   const version = (JSON.parse(fs.readFileSync(path.join(NPM_CHROMIUM, "package.json"), "utf8")) as { version: string }).version;
-  const cache = path.join(PROJECT_DIR, "node_modules", ".cache");
   const dir = path.join(cache, `ws-chat-chromium-${version}`);
   const found = { executablePath: path.join(dir, "chromium"), env: { LD_LIBRARY_PATH: [path.join(dir, "al2023", "lib"), process.env.LD_LIBRARY_PATH].filter(Boolean).join(":"), FONTCONFIG_FILE: path.join(dir, "fonts.conf") }, source: `@sparticuz/chromium ${version}` };
   if (fs.existsSync(dir)) return found;
@@ -114,9 +115,9 @@ function fontsConf(dir: string): string {
 /** The page's globals as the tests read them (tsconfig has no DOM library). */
 export type Browserish = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any -- browser globals, untyped here
 
-/** Launches the Chromium findChromium finds, headless, and says once which one it is. */
-export async function launch(): Promise<Browser> {
-  const found = await findChromium();
+/** Launches a Chromium (by default the one findChromium finds), headless, and says once which one it is. */
+export async function launch(chosen?: FoundChromium): Promise<Browser> {
+  const found = chosen ?? (await findChromium());
   const browser = await chromium.launch({ executablePath: found.executablePath, args: FLAGS, headless: true, env: { ...process.env, ...found.env } });
   if (!announced) console.log(`      (Chromium ${browser.version()}, ${found.source}: ${found.executablePath})`);
   announced = true;
