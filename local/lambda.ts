@@ -329,7 +329,9 @@ export function createLambdaRuntime(options: LambdaRuntimeOptions): LambdaRuntim
   function reclaim(spec: FunctionSpec, instance: Instance) {
     if (instance.busy || instance.exited || closing) return;
     const pool = pools.get(spec.name)!;
-    pool.splice(pool.indexOf(instance), 1); // its exit marks it exited (retire)
+    const at = pool.indexOf(instance);
+    if (at < 0) return; // already retired
+    pool.splice(at, 1); // its exit marks it exited (retire)
     const pid = instance.child.pid;
     void end(instance).then(() => write(`[${spec.name}] instance ${pid} ended after ${instanceIdleMs / 1000} s idle`));
   }
