@@ -125,13 +125,14 @@ const connect = chatFunction(`${project}-connect`, {
   ],
 });
 
-// DeleteItem removes the record and, for one that held a place among its name's, that place.
+// GetItem reads the record (its place) before DeleteItem removes it and, for one that held a place
+// among its name's, that place (handlers/shared/connections.ts, remove).
 const disconnect = chatFunction(`${project}-disconnect`, {
   factory: disconnectHandlerFactory,
   settings,
   reservedConcurrency: settings.reservedConcurrencyDisconnect,
   environment: connectionsEnv,
-  statements: [{ Sid: "ForgetConnection", Effect: "Allow", Action: ["dynamodb:DeleteItem"], Resource: [connections.arn] }],
+  statements: [{ Sid: "ForgetConnection", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [connections.arn] }],
 });
 
 // Fan-out of a large room's message, one chunk of recipients per run; sendmessage invokes it
@@ -143,8 +144,9 @@ const fanout = chatFunction(`${project}-fanout`, {
   environment: { ...connectionsEnv, [ENV.managementEndpoint]: managementEndpoint, [ENV.fanoutConcurrency]: String(settings.fanoutConcurrency) },
   statements: [
     { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
-    // Removes recipients that answered 410, and the name's place one of them held.
-    { Sid: "RemoveStale", Effect: "Allow", Action: ["dynamodb:DeleteItem"], Resource: [connections.arn] },
+    // Removes recipients that answered 410 (GetItem reads the record first, DeleteItem removes it),
+    // and the name's place one of them held.
+    { Sid: "RemoveStale", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
   ],
 });
 
@@ -185,8 +187,9 @@ const sendMessage = settings.benchSeedFanout
         ...budgetEnv,
       },
       statements: [
-        // UpdateItem spends the sender's budget and returns its record (GetItem when refused);
-        // DeleteItem removes recipients that answered 410 (and the name's place one of them held).
+        // UpdateItem spends the sender's budget and returns its record (GetItem when refused, or when
+        // the spend's answer was lost); GetItem reads a recipient that answered 410, DeleteItem removes
+        // it (and the name's place it held).
         { Sid: "AdmitSenderRemoveStale", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
         { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [roomIndexArn] },
         // Appending: UpdateItem takes the room's next number (ADD on the head); PutItem stores the
@@ -268,8 +271,8 @@ const presence = chatFunction(`${project}-presence`, {
     { Sid: "ListStreams", Effect: "Allow", Action: ["dynamodb:ListStreams"], Resource: ["*"] },
     // Query counts the room (the presence limit) and lists it for the fan-out.
     { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [roomIndexArn] },
-    // DeleteItem removes recipients that answered 410 (and the name's place one of them held).
-    { Sid: "RemoveStale", Effect: "Allow", Action: ["dynamodb:DeleteItem"], Resource: [connections.arn] },
+    // GetItem reads a recipient that answered 410, DeleteItem removes it (and the name's place it held).
+    { Sid: "RemoveStale", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
     // Appending a join or leave, as sendmessage appends a message (UpdateItem, PutItem, GetItem).
     { Sid: "AppendHistory", Effect: "Allow", Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [messages.arn] },
     { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
@@ -311,8 +314,9 @@ const typing = chatFunction(`${project}-typing`, {
   reservedConcurrency: settings.reservedConcurrencyTyping,
   environment: { ...connectionsEnv, ...presenceEnv, [ENV.managementEndpoint]: managementEndpoint, [ENV.typingIntervalMs]: String(settings.typingIntervalSeconds * 1000) },
   statements: [
-    // UpdateItem records the signal (conditional: one per interval); DeleteItem removes recipients that answered 410.
-    { Sid: "LimitCallerRemoveStale", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
+    // UpdateItem records the signal (conditional: one per interval); GetItem reads a recipient that
+    // answered 410, DeleteItem removes it (and the name's place it held).
+    { Sid: "LimitCallerRemoveStale", Effect: "Allow", Action: ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [connections.arn] },
     { Sid: "QueryRoom", Effect: "Allow", Action: ["dynamodb:Query"], Resource: [roomIndexArn] },
     { Sid: "PostToMembers", Effect: "Allow", Action: ["execute-api:ManageConnections"], Resource: [connectionsArn("POST")] },
   ],

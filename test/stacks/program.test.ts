@@ -413,8 +413,8 @@ for (const stack of ["dev", "prod"] as const) {
       it(`connect may only PutItem on the connections table${prod ? " (and DeleteItem a name's place it took, with auth on)" : ""}`, () => {
         assert.deepEqual(statements("connect"), [{ Action: ["dynamodb:PutItem", ...(prod ? ["dynamodb:DeleteItem"] : [])], Resource: [tableArn()] }]);
       });
-      it("disconnect may only DeleteItem on the connections table", () => {
-        assert.deepEqual(statements("disconnect"), [{ Action: ["dynamodb:DeleteItem"], Resource: [tableArn()] }]);
+      it("disconnect may only read (GetItem) and DeleteItem on the connections table", () => {
+        assert.deepEqual(statements("disconnect"), [{ Action: ["dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [tableArn()] }]);
       });
       it("sendmessage may admit the sender, Query the room index, append to history, POST to this stage's @connections and invoke fanout", () => {
         assert.deepEqual(statements("sendmessage"), [
@@ -425,20 +425,20 @@ for (const stack of ["dev", "prod"] as const) {
           { Action: ["lambda:InvokeFunction"], Resource: [fn("fanout").state.arn] },
         ]);
       });
-      it("presence may read the connections stream (Lambda's four stream actions, on that stream only), Query the room index, DeleteItem stale records, append to history, POST to this stage's @connections, invoke fanout and send to its failure queue", () => {
+      it("presence may read the connections stream (Lambda's four stream actions, on that stream only), Query the room index, read and DeleteItem stale records, append to history, POST to this stage's @connections, invoke fanout and send to its failure queue", () => {
         assert.deepEqual(statements("presence"), [
           ...STREAM_READ(),
           { Action: ["dynamodb:Query"], Resource: [`${tableArn()}/index/byRoom`] },
-          { Action: ["dynamodb:DeleteItem"], Resource: [tableArn()] },
+          { Action: ["dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [tableArn()] },
           { Action: ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"], Resource: [tableArn("messages")] },
           { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
           { Action: ["lambda:InvokeFunction"], Resource: [fn("fanout").state.arn] },
           { Action: ["sqs:SendMessage"], Resource: [one(program, "aws:sqs/queue:Queue", "presence-failures").state.arn] },
         ]);
       });
-      it("typing may only UpdateItem its caller's record and DeleteItem stale ones, Query the room index and POST to this stage's @connections", () => {
+      it("typing may only UpdateItem its caller's record, read and DeleteItem stale ones, Query the room index and POST to this stage's @connections", () => {
         assert.deepEqual(statements("typing"), [
-          { Action: ["dynamodb:UpdateItem", "dynamodb:DeleteItem"], Resource: [tableArn()] },
+          { Action: ["dynamodb:UpdateItem", "dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [tableArn()] },
           { Action: ["dynamodb:Query"], Resource: [`${tableArn()}/index/byRoom`] },
           { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
         ]);
@@ -463,10 +463,10 @@ for (const stack of ["dev", "prod"] as const) {
           assert.deepEqual(reading, name === "presence" ? STREAM_READ() : [], name);
         }
       });
-      it("fanout may only POST to this stage's @connections and DeleteItem stale records", () => {
+      it("fanout may only POST to this stage's @connections, read and DeleteItem stale records", () => {
         assert.deepEqual(statements("fanout"), [
           { Action: ["execute-api:ManageConnections"], Resource: [stageArn("POST")] },
-          { Action: ["dynamodb:DeleteItem"], Resource: [tableArn()] },
+          { Action: ["dynamodb:GetItem", "dynamodb:DeleteItem"], Resource: [tableArn()] },
         ]);
       });
       it("fanout is retried by Lambda's event queue at most twice, for at most two minutes", () => {
