@@ -38,8 +38,11 @@ export interface SignInput {
 
 export type AwsResponse = Http1Response;
 
-/** `body`: the answer's text, for callers that read more of an error than its type (DynamoDB's `__type`). */
-export type AwsHttpError = Error & { $metadata: { httpStatusCode?: number }; body?: string };
+/**
+ * `body`: the answer's text, for callers that read more of an error than its type (DynamoDB's
+ * `__type`); `notSent`: no answer, and the request never left whole (http1.ts), so it cannot have been acted on.
+ */
+export type AwsHttpError = Error & { $metadata: { httpStatusCode?: number }; body?: string; notSent?: boolean };
 
 export type Signer = (input: SignInput) => Record<string, string>;
 
@@ -206,8 +209,10 @@ export function createAwsClient(options: AwsClientOptions): AwsRequest {
     try {
       answer = await client.request(url, method, headers, body);
     } catch (err) {
-      const code = (err as Http1Error).code;
-      throw failed(undefined, code ?? "NetworkError", (err as Error).message);
+      const { code, notSent } = err as Http1Error;
+      const unanswered = failed(undefined, code ?? "NetworkError", (err as Error).message);
+      if (notSent) unanswered.notSent = true;
+      throw unanswered;
     }
     if (answer.status >= 200 && answer.status < 300) return answer;
     throw failed(answer.status, answer.headers["x-amzn-errortype"], "", answer.body);

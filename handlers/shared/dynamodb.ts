@@ -15,7 +15,9 @@
  *   `CancellationReasons` (items unmarshalled) on TransactionCanceledException;
  * - retries as the SDK's standard strategy: 3 attempts in all, for throttling, 5xx and answers
  *   that never came, exponential backoff with full jitter from 100 ms; except that a write marked
- *   `atMostOnce` is not sent again after a failure that may have applied it (docs/retries.md);
+ *   `atMostOnce` is not sent again after a failure that may have applied it (docs/retries.md): it
+ *   is resent only after throttling, or when the request never left whole (`notSent`, http1.ts: a
+ *   refused connection, one that failed before the request was written);
  * - a ClientRequestToken on every TransactWriteItems that has none, made once per call and sent
  *   with each of its attempts, as the SDK fills the member it models as an idempotency token
  *   (@aws-sdk/core's JSON codec, `isIdempotencyToken`): DynamoDB then applies a retried
@@ -146,32 +148,35 @@ function translate(err: AwsHttpError): Error {
   return translated;
 }
 
-type Failure = Error & { $metadata?: { httpStatusCode?: number }; $fault?: "client" | "server" };
+type Failure = Error & { $metadata?: { httpStatusCode?: number }; $fault?: "client" | "server"; notSent?: boolean };
 
 /**
  * A failure after which the write may have been applied: no answer came (a timeout or a reset
- * connection, after the request may have reached DynamoDB), or a 5xx ("the request may or may not
- * have succeeded": InternalServerError in
+ * connection, after the request was written), or a 5xx ("the request may or may not have
+ * succeeded": InternalServerError in
  * https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Programming.Errors.html).
- * Throttling is answered before anything is applied.
+ * Throttling is answered before anything is applied; a request that never left whole
+ * (`notSent`, http1.ts) cannot have been.
  */
 export const isAmbiguous = (err: unknown) => {
   const failure = err as Failure | undefined;
   const status = failure?.$metadata?.httpStatusCode;
   // An error DynamoDB answered carries its status (the SDK's exceptions built without one say `$fault: "client"`).
-  const unanswered = status === undefined && failure?.$fault !== "client";
+  const unanswered = status === undefined && failure?.$fault !== "client" && failure?.notSent !== true;
   return (unanswered || (status !== undefined && status >= 500)) && !THROTTLING.includes(failure?.name ?? "");
 };
 
+/** Nothing was applied (throttled, or never sent whole), so any write may go again; an ambiguous failure only if the write may apply twice. */
 const retryable = (err: Failure, once: boolean) => {
-  if (THROTTLING.includes(err.name) || err.name === "TransactionInProgressException") return true;
+  if (THROTTLING.includes(err.name) || err.name === "TransactionInProgressException" || err.notSent === true) return true;
   return isAmbiguous(err) && !once;
 };
 
 /**
  * Marks a write that must reach DynamoDB at most once: after a failure that may have applied it
  * (isAmbiguous) it is not sent again, and the caller decides (a budget spend reads back whether
- * it landed: connections.ts). Throttled attempts are still retried: nothing was applied.
+ * it landed: connections.ts). Throttled attempts, and attempts that never left whole (a refused
+ * connection), are still retried: nothing was applied.
  */
 export function atMostOnce<C extends object>(command: C): C {
   return Object.assign(command, { atMostOnce: true });

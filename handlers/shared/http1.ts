@@ -21,8 +21,21 @@
  *   before the server's own `Keep-Alive: timeout`, whichever is sooner; a connection past that
  *   time is not taken even if its timer has not run (Lambda freezes the process between
  *   invocations). A request can still meet a connection the server has just closed: it then fails
- *   as a network error (no status), which the callers retry. Idle connections do not keep the
- *   process alive. TLS sessions are resumed, as the https Agent does.
+ *   as a network error (no status). Idle connections do not keep the process alive. TLS sessions
+ *   are resumed, as the https Agent does.
+ * - A failure is marked `notSent` when the request never left whole: the connection could not be
+ *   made (refused, unreachable, a TLS or connect timeout), or it failed before the socket reported
+ *   the whole request written (its write callback; a request on a reused connection that the
+ *   kernel refuses, or that the server cut off part-way). The server then cannot hold the whole
+ *   request, so cannot have acted on it, and sending it again is safe even for a write that must
+ *   apply at most once (dynamodb.ts resends those only then). A request written whole and not
+ *   answered is not marked, even when the server had closed the connection just before it arrived:
+ *   the client cannot tell that from a server that acted and then failed. Go's net/http draws the
+ *   same line: it resends a non-idempotent request only when nothing was written
+ *   (`nothingWrittenError` in https://github.com/golang/go/blob/master/src/net/http/transport.go).
+ *   What callers do with other failures: a post is retried (broadcaster.ts; a repeat is dropped by
+ *   its message id), a DynamoDB call is retried unless it must apply at most once (dynamodb.ts,
+ *   docs/retries.md), a failed fan-out Invoke is delivered by its caller instead (fanout.ts).
  *   (?) 30 s is our choice: AWS does not document the idle timeout of these endpoints, and the
  *   SDK's Agent keeps idle sockets until the server closes them.
  * - `Connection: close` or an HTTP/1.0 answer ends the connection after the answer.
@@ -61,8 +74,11 @@ export interface Http1Client {
   close(): void;
 }
 
-/** A request that failed without an answer: `code` is the socket error's (ECONNRESET …) or TimeoutError. */
-export type Http1Error = Error & { code?: string };
+/**
+ * A request that failed without an answer: `code` is the socket error's (ECONNRESET …) or
+ * TimeoutError; `notSent` when the request never left whole (see the module comment).
+ */
+export type Http1Error = Error & { code?: string; notSent?: boolean };
 
 const MAX_HEAD_BYTES = 64 * 1024;
 
@@ -75,6 +91,8 @@ interface Job {
   /** Epoch ms after which the request has failed (`timeoutMs` from its start). */
   deadline: number;
   settled: boolean;
+  /** The socket reported the whole request written (its write callback, without an error). */
+  written: boolean;
 }
 
 interface Answer {
@@ -257,8 +275,10 @@ export function createHttp1Client(options: Http1Options): Http1Client {
     if (!job || job.settled) return;
     job.settled = true;
     clearTimeout(job.timer);
-    if (err) job.reject(err);
-    else job.resolve(response!);
+    if (err) {
+      if (!job.written) err.notSent = true;
+      job.reject(err);
+    } else job.resolve(response!);
   };
 
   // Assigned below: `drop` and `next` call each other (through `connect`). Declared first because
@@ -282,7 +302,11 @@ export function createHttp1Client(options: Http1Options): Http1Client {
     clearTimeout(c.idleTimer);
     c.socket.ref();
     Object.assign(c, { job, answer: undefined, parts: [] });
-    c.socket.write(job.head + job.body);
+    // The callback runs once the kernel has taken every byte (net), or every encrypted byte (tls),
+    // before any later event of the socket; a connection not made yet holds the bytes until it is.
+    c.socket.write(job.head + job.body, (err) => {
+      if (!err) job.written = true;
+    });
   };
 
   const queueTimeout = (pool: Pool) => networkError(`no free connection to ${pool.origin.host} in ${options.timeoutMs} ms`, "TimeoutError");
@@ -398,7 +422,7 @@ export function createHttp1Client(options: Http1Options): Http1Client {
     const key = `${url.protocol}//${url.host}`;
     const pool = (pools[key] ??= { origin: new URL(key), open: [], idle: [], queue: [] });
     return new Promise<Http1Response>((resolve, reject) => {
-      const job: Job = { head, body, resolve, reject, deadline: Date.now() + options.timeoutMs, settled: false };
+      const job: Job = { head, body, resolve, reject, deadline: Date.now() + options.timeoutMs, settled: false, written: false };
       job.timer = setTimeout(() => {
         const holder = pool.open.find((c) => c.job === job);
         if (holder) return drop(pool, holder, networkError(`no answer from ${url.host} in ${options.timeoutMs} ms`, "TimeoutError"));

@@ -234,6 +234,69 @@ describe("http1: the lean keep-alive HTTP/1.1 client", () => {
     assert.deepEqual([err.name, err.code], ["NetworkError", "ECONNREFUSED"]);
   });
 
+  it("marks a request that never left as not sent: a refused connection, a TLS handshake that never ends, a queued request past its time", async () => {
+    const { port, server } = await echo();
+    server.close();
+    await once(server, "close");
+    assert.equal((await rejection(client().request(url(port), "POST", {}, "{}"))).notSent, true, "refused");
+    // A TCP server that takes the TLS ClientHello and never answers: the request's bytes wait on the handshake.
+    const { port: silent, connections } = await listen(net.createServer(() => undefined));
+    const received: Buffer[] = [];
+    const handshake = rejection(client({ timeoutMs: 200 }).request(new URL(`https://localhost:${silent}/`), "POST", {}, "{}"));
+    await once(opened[opened.length - 1], "connection");
+    connections[0].on("data", (b: Buffer) => received.push(b));
+    const stalled = await handshake;
+    assert.deepEqual([stalled.code, stalled.notSent], ["TimeoutError", true]);
+    assert.ok(!Buffer.concat(received).includes("POST"), "no byte of the request reached the server");
+    const { port: busy } = await listen(http.createServer(() => undefined));
+    const c = client({ maxSockets: 1, timeoutMs: 100 });
+    const [running, , queued] = await Promise.all(["/a", "/b", "/c"].map((p) => rejection(c.request(url(busy, p), "POST", {}, "{}"))));
+    assert.match(queued.message, /no free connection/);
+    assert.deepEqual([running.notSent, queued.notSent], [undefined, true], "written and unanswered: ambiguous; never started: not sent");
+  });
+
+  it("marks a request on a reused connection that fails before it is written whole as not sent", async () => {
+    // The first request is answered on a keep-alive connection; the server resets that connection
+    // as the second request starts to arrive, long before its 32 MB could all be written.
+    let requests = 0;
+    const { port, connections } = await listen(
+      net.createServer((socket) =>
+        socket.on("data", () => {
+          if (++requests === 1) socket.write("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+          else if (requests === 2) socket.resetAndDestroy();
+        }),
+      ),
+    );
+    const c = client();
+    assert.equal((await c.request(url(port), "GET", {}, "")).body, "ok");
+    const err = await rejection(c.request(url(port), "POST", {}, "x".repeat(32 * 1024 * 1024)));
+    assert.equal(connections.length, 1, "the same connection, reused");
+    assert.deepEqual([err.name, err.notSent], ["NetworkError", true]);
+  });
+
+  it("must not mark a request written whole as not sent when the connection is then reset, fresh or reused", async () => {
+    const head = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    // Answers a request whose body is "answer", resets the connection after reading any other whole.
+    const { port, connections } = await listen(
+      net.createServer((socket) => {
+        let text = "";
+        socket.on("data", (b: Buffer) => {
+          text += b.toString("latin1");
+          if (!text.endsWith("answer") && !text.endsWith("reset")) return;
+          if (text.endsWith("answer")) socket.write(head);
+          else socket.resetAndDestroy();
+          text = "";
+        });
+      }),
+    );
+    const fresh = await rejection(client().request(url(port), "POST", {}, "reset"));
+    const c = client();
+    assert.equal((await c.request(url(port), "POST", {}, "answer")).body, "ok");
+    const reused = await rejection(c.request(url(port), "POST", {}, "reset"));
+    assert.equal(connections.length, 2, "one fresh connection, one reused");
+    assert.deepEqual([fresh.code, fresh.notSent, reused.code, reused.notSent], ["ECONNRESET", undefined, "ECONNRESET", undefined]);
+  });
+
   it("fails when the server closes the connection part-way through an answer", async () => {
     const { port } = await raw((socket) => void socket.end("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b"));
     const err = await rejection(client().request(url(port), "GET", {}, ""));
