@@ -13,7 +13,12 @@ import { MembersFrame, validateMembersRequest } from "./shared/protocol";
 
 /** Names per members frame: 100 names of at most 32 characters stay far below one frame. */
 export const MEMBERS_PAGE = 100;
-/** A big room is counted up to this many connections: a bounded read (about 100 read units: 10,000 index entries of about 85 bytes, keys and expiresAt, at 0.5 RCU per 4 KB). */
+/**
+ * A big room is counted up to this many connections, reading at most READ_PER_LIVE times as many
+ * index entries (connections.ts; expired records are read before they are filtered out): about 100
+ * read units when none has expired (10,000 entries of about 85 bytes, keys and expiresAt, at 0.5
+ * RCU per 4 KB), 200 at most.
+ */
 export const MEMBERS_COUNT_CAP = 10_000;
 
 export function membersHandlerFactory(): WebSocketHandler<WebSocketEvent> {

@@ -92,9 +92,17 @@ export interface ConnectionsStore {
   takePlace(name: string, connectionId: string, expiresAt: number, nowMs: number, cap: number): Promise<string | undefined>;
   /** Frees a place if `connectionId` still holds it (idempotent). */
   freePlace(place: string, connectionId: string): Promise<void>;
-  /** The connection ids in a room, by pages of `pageSize` (the last may hold fewer), or DynamoDB's own pages without one (a Query, never a Scan). */
+  /**
+   * The connection ids in a room (a Query, never a Scan): DynamoDB's own pages, or with `pageSize`
+   * pages of `pageSize` ids, each from at most READ_PER_LIVE × `pageSize` records read (a page may
+   * then hold fewer, where expired records took the rest).
+   */
   roomMembers(room: string, pageSize?: number): AsyncGenerator<string[], void, undefined>;
-  /** How many connections the room has, counting no further than `upTo` when given. */
+  /**
+   * How many connections the room has. With `upTo`, counting no further than `upTo`, and reading at
+   * most READ_PER_LIVE × `upTo` records: where expired records are more than half of those read, the
+   * count is short of the room's (a lower bound), and the read stays bounded.
+   */
   roomCount(room: string, upTo?: number): Promise<number>;
   /**
    * Up to `maxNames` of the room's names after `after` (sorted), with how many connections each
@@ -125,6 +133,18 @@ function windowOf(nowMs: number, limit: RateLimit): { window: number; retryAfter
   const window = Math.floor(nowMs / windowMs);
   return { window, retryAfterMs: (window + 1) * windowMs - nowMs };
 }
+
+/**
+ * Records a capped room read may read per live record it wants. DynamoDB applies a Query's Limit,
+ * and charges read units, for the records it reads before the FilterExpression drops expired ones
+ * (ScannedCount; Count is what is left): "a Query consumes the same amount of read capacity,
+ * regardless of whether a filter expression is present"
+ * (https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Query.FilterExpression.html;
+ * Limit: "DynamoDB reads up to six items, and then returns only those that match", Query.Other.html).
+ * So caps count records read, not records kept: twice the cap leaves room for expired records
+ * (missed `$disconnect`s TTL has not deleted yet) without reading on through a room of them.
+ */
+export const READ_PER_LIVE = 2;
 
 export function expiresAtFor(connectedAtMs: number): number {
   return Math.floor(connectedAtMs / 1000) + MAX_CONNECTION_SECONDS + EXPIRY_MARGIN_SECONDS;
@@ -321,9 +341,13 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
 
     async roomCount(room, upTo) {
       let count = 0;
-      for await (const page of roomPages(room, { select: "COUNT", limit: () => (upTo === undefined ? undefined : upTo - count) })) {
+      let read = 0;
+      const readCap = READ_PER_LIVE * (upTo ?? 0);
+      const limit = () => (upTo === undefined ? undefined : Math.min(upTo - count, readCap - read));
+      for await (const page of roomPages(room, { select: "COUNT", limit })) {
         count += page.Count ?? 0;
-        if (upTo !== undefined && count >= upTo) break;
+        read += page.ScannedCount ?? 0;
+        if (upTo !== undefined && (count >= upTo || read >= readCap)) break;
       }
       return count;
     },
@@ -370,14 +394,19 @@ export function createConnectionsStore(doc: DocumentClient, config: StoreConfig)
 
     async *roomMembers(room, pageSize) {
       // Expired records are filtered out of a page after it is read: refill to `pageSize` across
-      // pages, so a caller that reads one page (typing) still sees up to `pageSize` members.
+      // pages, so a caller that reads one page (typing) still sees up to `pageSize` members, reading
+      // at most READ_PER_LIVE × `pageSize` records for it.
+      const readCap = READ_PER_LIVE * (pageSize ?? 0);
       let ids: string[] = [];
+      let read = 0;
       let yielded = false;
-      for await (const page of roomPages(room, { projection: "connectionId", limit: () => (pageSize === undefined ? undefined : pageSize - ids.length) })) {
+      const limit = () => (pageSize === undefined ? undefined : Math.min(pageSize - ids.length, readCap - read));
+      for await (const page of roomPages(room, { projection: "connectionId", limit })) {
         ids.push(...(page.Items ?? []).map((item) => String(item.connectionId)));
-        if (pageSize === undefined || ids.length >= pageSize) {
+        read += page.ScannedCount ?? 0;
+        if (pageSize === undefined || ids.length >= pageSize || read >= readCap) {
           yield ids;
-          [ids, yielded] = [[], true];
+          [ids, read, yielded] = [[], 0, true];
         }
       }
       if (ids.length > 0 || !yielded) yield ids;

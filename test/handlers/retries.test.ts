@@ -3,13 +3,14 @@
  * skip expired records, against the embedded DynamoDB with the program's own tables. The
  * handlers' client (handlers/shared/dynamodb.ts) reaches it through a proxy that forwards a
  * chosen request, waits until DynamoDB has answered (the write is applied), and then resets the
- * client's connection instead of answering: the client sees a network error and retries.
+ * client's connection instead of answering: the client sees a network error and retries. A write
+ * whose connection is refused never left, and is sent again even when it must apply at most once.
  */
-import { GetCommand, TransactWriteCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
+import { GetCommand, QueryCommand, TransactWriteCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import { createServer, request as httpRequest, Server } from "http";
-import type { AddressInfo } from "net";
+import { createServer as createTcpServer, type AddressInfo } from "net";
 import assert from "node:assert/strict";
-import { createConnectionsStore, placeKey } from "../../handlers/shared/connections";
+import { createConnectionsStore, placeKey, READ_PER_LIVE } from "../../handlers/shared/connections";
 import { DocumentClient, LeanDocumentClient } from "../../handlers/shared/dynamodb";
 import { createMessageStore, cursorOf, isTombstone, StoredMessage } from "../../handlers/shared/messages";
 import { LocalDynamoDB, startDynamoDB, tableSpec } from "../../local/dynamodb";
@@ -22,8 +23,8 @@ interface Seen {
   lost: boolean;
 }
 
-/** A proxy to `upstream` that loses the answers of the next `count` requests `matches` picks. */
-async function lossyProxy(upstream: string) {
+/** A proxy to `upstream` (on `port`, or any free one) that loses the answers of the next `count` requests `matches` picks. */
+async function lossyProxy(upstream: string, port = 0) {
   const seen: Seen[] = [];
   const rule = { matches: (_: Seen) => false, count: 0 };
   const server: Server = createServer((req, res) => {
@@ -51,7 +52,7 @@ async function lossyProxy(upstream: string) {
       forward.end(raw);
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", () => resolve()));
   return {
     endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
     seen,
@@ -59,8 +60,21 @@ async function lossyProxy(upstream: string) {
       Object.assign(rule, { count, matches });
       seen.length = 0;
     },
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
+}
+
+/** A port nothing listens on (one the system just gave and took back). */
+async function closedPort(): Promise<number> {
+  const probe = createTcpServer().listen(0, "127.0.0.1");
+  await new Promise((resolve) => probe.once("listening", resolve));
+  const { port } = probe.address() as AddressInfo;
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
 }
 
 const tableOf = (s: Seen) => String(s.body.TableName ?? "");
@@ -115,6 +129,54 @@ describe("retries that cannot change the outcome (a write's answer lost after it
     proxy.loseNext(1, (s) => s.operation === "UpdateItem");
     await assert.rejects(connections().charge(id, t0, limit, 3), /store_unavailable|UpdateItem/);
     assert.equal((await item(tables.connections, { connectionId: id }))?.rlCount, 4, "1 admitted + 3 charged, once");
+  });
+
+  /**
+   * A client whose first connection is refused: nothing listens on its port until that refusal has
+   * come back (seen where the client hands requests to its transport), and then a proxy to DynamoDB
+   * opens there for the retry.
+   */
+  async function refusedOnce() {
+    const port = await closedPort();
+    const client = new LeanDocumentClient({ AWS_REGION: "us-east-1", AWS_ENDPOINT_URL_DYNAMODB: `http://127.0.0.1:${port}` });
+    const failures: string[] = [];
+    const state: { proxy?: Awaited<ReturnType<typeof lossyProxy>> } = {};
+    const transport = client["request"];
+    Object.assign(client, {
+      request: async (...args: Parameters<typeof transport>) => {
+        try {
+          return await transport(...args);
+        } catch (err) {
+          failures.push((err as Error).name);
+          state.proxy ??= await lossyProxy(db.endpoint, port);
+          throw err;
+        }
+      },
+    });
+    const store = createConnectionsStore(client as unknown as DocumentClient, { tableName: tables.connections, roomIndexName: "byRoom" });
+    return { store, failures, seen: () => state.proxy?.seen.map((s) => s.operation), close: () => state.proxy?.close() };
+  }
+
+  it("sends a spend and a charge again when the connection was refused (nothing left), and charges each once", async () => {
+    const id = unique("refused");
+    await register(id);
+    const t0 = 1_700_000_000_000;
+    await connections().admit(id, t0, limit); // the window starts: 1 unit
+    const spend = await refusedOnce();
+    try {
+      assert.equal((await spend.store.admit(id, t0, limit, 2)).allowed, true, "admitted, not unavailable");
+      assert.deepEqual([spend.failures, spend.seen()], [["ECONNREFUSED"], ["UpdateItem"]], "refused once, then sent once: no read-back needed");
+    } finally {
+      await spend.close();
+    }
+    const charge = await refusedOnce();
+    try {
+      await charge.store.charge(id, t0, limit, 3);
+      assert.deepEqual([charge.failures, charge.seen()], [["ECONNREFUSED"], ["UpdateItem"]]);
+    } finally {
+      await charge.close();
+    }
+    assert.equal((await item(tables.connections, { connectionId: id }))?.rlCount, 6, "1 + 2 admitted + 3 charged, each once");
   });
 
   it("applies a transaction once: its retry carries the same ClientRequestToken and DynamoDB answers it as done", async () => {
@@ -215,5 +277,34 @@ describe("room queries skip expired records (TTL deletes them only within days)"
     // A page of a given size is refilled past the expired record (typing reads one page of limit + 1).
     const first = await store.roomMembers(room, 2).next();
     assert.deepEqual(first.done ? [] : first.value.sort(), ["live-1", "live-2"]);
+  });
+
+  it("reads a bounded number of records in a room full of expired ones: caps count records read (ScannedCount), not records kept", async () => {
+    const reads: { limit?: number; scanned: number }[] = [];
+    // The embedded DynamoDB's own answers, each Query's Limit and ScannedCount noted.
+    const counting: DocumentClient = {
+      send: (async (command: { input: { Limit?: number } }) => {
+        const out = (await db.client.send(command as never)) as { ScannedCount?: number };
+        if (command instanceof QueryCommand) reads.push({ limit: command.input.Limit, scanned: out.ScannedCount ?? 0 });
+        return out;
+      }) as DocumentClient["send"],
+    };
+    const store = createConnectionsStore(counting, { tableName: tables.connections, roomIndexName: "byRoom" });
+    const room = `graveyard-${Date.now()}`;
+    const now = Math.floor(Date.now() / 1000);
+    // 300 records whose $disconnect never came, then (by name) 30 live ones.
+    for (let i = 0; i < 300; i++) await store.put({ connectionId: `gone-${i}`, room, name: `a-${String(i).padStart(3, "0")}`, connectedAt: 0, expiresAt: now - 60 });
+    for (let i = 0; i < 30; i++) await store.put({ connectionId: `live-${i}`, room, name: `z-${String(i).padStart(3, "0")}`, connectedAt: 0, expiresAt: now + 3_600 });
+    const scanned = () => reads.splice(0).reduce((sum, r) => sum + r.scanned, 0);
+
+    assert.equal(await store.roomCount(room), 30, "uncapped: every live record");
+    assert.equal(scanned(), 330);
+    assert.equal(await store.roomCount(room, 11), 0, "capped: the first records read were all expired");
+    assert.equal(scanned(), READ_PER_LIVE * 11, "at most READ_PER_LIVE x the cap read, not the whole room");
+    const first = await store.roomMembers(room, 11).next();
+    assert.deepEqual([first.done ? [] : first.value, scanned()], [[], READ_PER_LIVE * 11], "one page of 11: at most 22 records read for it");
+    // A cap beyond the room reads it whole, and counts every live record.
+    assert.equal(await store.roomCount(room, 400), 30);
+    assert.equal(scanned(), 330);
   });
 });
