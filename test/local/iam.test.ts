@@ -5,7 +5,8 @@
 import { SignatureV4 } from "@smithy/signature-v4";
 import assert from "node:assert/strict";
 import { getSigningKey } from "@smithy/signature-v4";
-import { authenticate, denial, Sha256, dynamodbActions, IamConfig, issueCredentials, newIamConfig, policyAllows, refusal, SIGNATURE_MISMATCH, signingKey } from "../../local/iam";
+import { createHmac, randomBytes, randomInt } from "node:crypto";
+import { authenticate, denial, HmacKey, Sha256, dynamodbActions, IamConfig, issueCredentials, newIamConfig, policyAllows, refusal, SIGNATURE_MISMATCH, signingKey } from "../../local/iam";
 import { principalsOf } from "../../local/principals";
 import type { RecordedResource } from "../../local/program";
 
@@ -117,6 +118,22 @@ describe("local IAM", () => {
     // The same credentials for another service, after one was accepted.
     assert.ok((await authenticate(config, await signedFor("execute-api", credentials, "/dev/@connections/a", {}, "x"))).ok);
     assert.ok((await authenticate(config, await signedFor("lambda", credentials, "/2015-03-31/functions/f/invocations", {}, "{}"))).ok);
+  });
+
+  it("computes HMAC-SHA256 from a key's pad blocks exactly as crypto.createHmac does, for any key and message, one key after another", () => {
+    const text = (length: number) => String.fromCodePoint(...Array.from({ length }, () => [randomInt(0x20, 0x7f), randomInt(0x80, 0x800), randomInt(0x800, 0x10000), randomInt(0x10000, 0x110000)][randomInt(4)]));
+    // Keys shorter than, as long as and longer than SHA-256's 64-byte block (hashed first); messages from empty to past the kept buffer.
+    for (const keyLength of [0, 1, 32, 63, 64, 65, 200]) {
+      const key = randomBytes(keyLength);
+      const hmac = new HmacKey(key);
+      for (const length of [0, 1, 150, 3, 700, 2000, 10]) {
+        const message = text(length);
+        assert.equal(hmac.hex(message), createHmac("sha256", key).update(message).digest("hex"), `key ${keyLength} bytes, message ${length} code points`);
+      }
+    }
+    // A lone surrogate is hashed as Hmac.update hashes it (U+FFFD).
+    const key = randomBytes(32);
+    assert.equal(new HmacKey(key).hex("a\ud800b"), createHmac("sha256", key).update("a\ud800b").digest("hex"));
   });
 
   it("keeps each role's decisions apart, and a changed policy (new statements) takes effect at once", () => {
