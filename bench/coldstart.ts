@@ -94,8 +94,8 @@ function timeInFreshProcess(code: string, env: Record<string, string>, runs: num
  * the first REPORT of each of `functions` (physical names; the mocks make them the same in every
  * load of the program), which is its fresh instance's cold invocation.
  */
-async function firstInvocations(functions: string[]): Promise<Report[]> {
-  const stack = await localStack(["--no-iam", "--config", "fanoutChunkSize=2"], "prod");
+async function firstInvocations(functions: string[], stackFlags: string[]): Promise<Report[]> {
+  const stack = await localStack([...stackFlags, "--config", "fanoutChunkSize=2"], "prod");
   const clients: Client[] = [];
   try {
     const room = "cold";
@@ -126,7 +126,7 @@ async function firstInvocations(functions: string[]): Promise<Report[]> {
   }
 }
 
-export async function runColdStart(runs: number, log: (line: string) => void): Promise<ColdStartRow[]> {
+export async function runColdStart(runs: number, log: (line: string) => void, stackFlags: string[] = []): Promise<ColdStartRow[]> {
   const program = await loadProgram({ stack: "prod", apiEndpoint: () => "wss://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com", secrets: { "ws-chat:tokenKey": "k".repeat(48) } });
   const packaging = await defaultPackaging();
   const functions = program.resources.filter((r) => r.type === "aws:lambda/function:Function");
@@ -134,7 +134,7 @@ export async function runColdStart(runs: number, log: (line: string) => void): P
   const firsts: Report[][] = [];
   for (let run = 1; run <= runs; run++) {
     log(`  first invocations: fresh local prod stack ${run}/${runs}`);
-    firsts.push(await firstInvocations(functions.map((fn) => fn.state.name as string)));
+    firsts.push(await firstInvocations(functions.map((fn) => fn.state.name as string), stackFlags));
   }
   const dir = fs.mkdtempSync(path.join(PROJECT_DIR, ".local", "bench-cold-"));
   const rows: ColdStartRow[] = [];

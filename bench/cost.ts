@@ -28,8 +28,8 @@ interface Metrics {
 
 const total = (record: Record<string, number>) => Object.values(record).reduce((n, v) => n + v, 0);
 
-export async function measureCost(implementation: "ours" | "seed", options: { connections: number; rooms: number; processes: number; log: (line: string) => void }): Promise<CostSample> {
-  const stack = await localStack(["--no-iam", "--idle-timeout", "7200", ...(implementation === "seed" ? ["--config", "benchSeedFanout=true"] : [])]);
+export async function measureCost(implementation: "ours" | "seed", options: { connections: number; rooms: number; processes: number; stackFlags: string[]; log: (line: string) => void }): Promise<CostSample> {
+  const stack = await localStack([...options.stackFlags, "--idle-timeout", "7200", ...(implementation === "seed" ? ["--config", "benchSeedFanout=true"] : [])]);
   const swarm = new Swarm(options.processes);
   try {
     const perRoom = options.connections / options.rooms;

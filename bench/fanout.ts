@@ -37,6 +37,8 @@ export interface FanoutOptions {
   sizes: number[];
   runs: number;
   latencyMs: number;
+  /** Extra `npm start` flags: [] runs the stack as users do, ["--no-iam"] for comparison. */
+  stackFlags: string[];
   /** Swarm processes. */
   processes: number;
   log: (line: string) => void;
@@ -60,11 +62,11 @@ interface Target {
   stop(): Promise<void>;
 }
 
-async function stackTarget(implementation: "ours" | "seed", latencyMs: number): Promise<Target> {
+async function stackTarget(implementation: "ours" | "seed", latencyMs: number, stackFlags: string[]): Promise<Target> {
   // Both get the longest timeout API Gateway allows an integration (29 s), so the seed's fan-out
   // is timed to its end rather than cut at the dev stack's 10 s.
   const stack = await localStack([
-    "--no-iam",
+    ...stackFlags,
     "--management-latency", String(latencyMs),
     "--idle-timeout", "7200",
     "--config", "rateLimitMessages=10000",
@@ -148,7 +150,7 @@ async function waitForDeliveries(swarm: Swarm, target: Target, mark: unknown, ma
 }
 
 export async function runFanout(implementation: Implementation, options: FanoutOptions): Promise<FanoutSample[]> {
-  const target = implementation === "floor" ? await floorTarget() : await stackTarget(implementation, options.latencyMs);
+  const target = implementation === "floor" ? await floorTarget() : await stackTarget(implementation, options.latencyMs, options.stackFlags);
   const swarm = new Swarm(options.processes);
   const samples: FanoutSample[] = [];
   try {

@@ -11,8 +11,8 @@
  *   --rates 10,25,50,100,200,400   room: the offered rates, messages a second in one room
  *   --rooms 10,100            room: the room sizes (members)
  *   --step-seconds 10         room: how long each rate is offered
- *   --no-iam                  room and latency: run the stack without IAM and SigV4, for comparison
- *                             (by default they run the stack as `npm start` does, with both on)
+ *   --no-iam                  run the stack without IAM and SigV4, for comparison (by default every
+ *                             section runs the stack as `npm start` does, with both on)
  *   --quick                   small sizes and short runs, to check the benchmark itself
  * Sections not run keep their figures from the last bench/results.json: `--only` merges into it.
  */
@@ -176,10 +176,11 @@ async function main() {
 
   // Sections this run does not measure keep their last figures; each section records when and how it ran.
   const runInfo = { date: new Date().toISOString(), command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(), speedProbeMs: speedProbeMs() };
-  // The room and latency sections run the stack as `npm start` does (IAM and SigV4 on) unless --no-iam.
+  // Every section runs the stack as `npm start` does (IAM and SigV4 on) unless --no-iam.
   // Senders may send 1,000 a second each: the room is what is measured, not the per-connection limit.
   const iam = !values["no-iam"];
-  const stackArgs = [...(iam ? [] : ["--no-iam"]), "--config", "rateLimitMessages=10000"];
+  const stackFlags = iam ? [] : ["--no-iam"];
+  const stackArgs = [...stackFlags, "--config", "rateLimitMessages=10000"];
   log(`Machine speed probe: ${runInfo.speedProbeMs} ms (a fixed CPU-bound workload; lower is faster; compare runs at similar speeds)`);
   // Written after every phase, so a phase that fails keeps the figures of those before it.
   const save = () => fs.writeFileSync(RESULTS, JSON.stringify(results, null, 2) + "\n");
@@ -194,11 +195,11 @@ async function main() {
   if (only.has("fanout")) {
     log(`\n== Fan-out: N = ${sizes.join(", ")}; ${warmup} warm-up + ${runs} measured runs each; @connections latency ${latencyMs} ms`);
     for (const impl of ["floor", "ours", "seed"] as Implementation[]) {
-      const all = await runFanout(impl, { sizes, runs: runs + warmup, latencyMs, processes: 4, log });
+      const all = await runFanout(impl, { sizes, runs: runs + warmup, latencyMs, stackFlags, processes: 4, log });
       // The first `warmup` runs of each size are dropped.
       fanout.push(...sizes.flatMap((n) => all.filter((s) => s.members === n).slice(warmup)));
     }
-    results.fanout = { ...runInfo, samples: fanout, summary: fanoutSummary(fanout) };
+    results.fanout = { ...runInfo, iam, samples: fanout, summary: fanoutSummary(fanout) };
     save();
     fs.writeFileSync(path.join(__dirname, "fanout.svg"), fanoutChart(fanout, chartTitle(os.cpus().length, latencyMs)));
   }
@@ -206,9 +207,9 @@ async function main() {
   let cold: ColdStartRow[] = [];
   if (only.has("coldstart")) {
     log("\n== Cold start and package size (prod stack, every function)");
-    cold = await runColdStart(quick ? 3 : 9, log);
+    cold = await runColdStart(quick ? 3 : 9, log, stackFlags);
     results.coldStart = cold;
-    results.coldStartRun = runInfo;
+    results.coldStartRun = { ...runInfo, iam };
     save();
   }
 
@@ -256,17 +257,17 @@ async function main() {
   const stages: StageCosts[] = [];
   if (only.has("stages")) {
     for (const [members, rate] of quick ? [[10, 50]] : [[10, 50], [100, 25]]) {
-      const opts = { members, rate, seconds: quick ? 5 : 15, log };
+      const opts = { members, rate, seconds: quick ? 5 : 15, stackFlags, log };
       log(`\n== Cost per message of each stage: a room of ${opts.members} at ${opts.rate} msg/s for ${opts.seconds} s`);
       stages.push(await measureStages(opts));
     }
-    results.stages = { ...runInfo, rooms: stages };
+    results.stages = { ...runInfo, iam, rooms: stages };
     save();
   }
 
   const cost: CostSample[] = [];
   if (only.has("cost")) {
-    const opts = { connections: quick ? 1_000 : 10_000, rooms: quick ? 10 : 100, processes: 4, log };
+    const opts = { connections: quick ? 1_000 : 10_000, rooms: quick ? 10 : 100, processes: 4, stackFlags, log };
     log(`\n== Cost per message: a room of ${opts.connections / opts.rooms} in a table of ${opts.connections} connections`);
     for (const impl of ["ours", "seed"] as const) {
       const c = await measureCost(impl, opts);
@@ -274,7 +275,7 @@ async function main() {
       log(`  ${impl}: ${c.readUnits} RCU, ${c.writeUnits} WCU, ${c.managementCalls} @connections calls, ${c.invocations} invocation(s); requests ${JSON.stringify(c.dynamodbRequests)}`);
     }
     results.cost = cost;
-    results.costRun = runInfo;
+    results.costRun = { ...runInfo, iam };
     save();
   }
 

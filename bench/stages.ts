@@ -54,8 +54,8 @@ function dynamodbPid(stackPid: number): number {
 const diff = (after: Record<string, number>, before: Record<string, number>) =>
   Object.fromEntries(Object.entries(after).map(([k, v]) => [k, v - (before[k] ?? 0)]).filter(([, v]) => Number(v) > 0)) as Record<string, number>;
 
-export async function measureStages(options: { members: number; rate: number; seconds: number; log: (line: string) => void }): Promise<StageCosts> {
-  const stack = await localStack(["--no-iam", "--config", "rateLimitMessages=10000"]);
+export async function measureStages(options: { members: number; rate: number; seconds: number; stackFlags: string[]; log: (line: string) => void }): Promise<StageCosts> {
+  const stack = await localStack([...options.stackFlags, "--config", "rateLimitMessages=10000"]);
   try {
     const stackPid = Number(/Ready \(pid (\d+)\)/.exec(stack.logs())![1]);
     const dbPid = dynamodbPid(stackPid);
