@@ -45,8 +45,8 @@ const USAGE = `usage: npm start -- [options]
                             invocation cold-starts one)
   --lose-abnormal-disconnects
                             skip $disconnect when a client vanishes without a close frame
-  --no-iam                  do not verify signatures or enforce the roles (benchmarks: on AWS that
-                            work is not done on your machine; here it costs 10–15 µs a request)
+  --no-iam                  do not verify signatures or enforce the roles (for comparison: on AWS
+                            that work is not done on your machine; here it costs about 5 µs a request)
   --outputs <file>          where to write the outputs JSON (default .local/<stack>/outputs.json)
   --config <key>=<value>    override one of the stack's settings (repeatable), e.g. --config lambdaTimeoutSeconds=2
   -h, --help                this text`;
