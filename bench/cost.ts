@@ -6,6 +6,7 @@
 import WebSocket from "ws";
 import { METRICS_PATH } from "../local/stack";
 import { localStack } from "../test/e2e/stack";
+import { presenceSettler } from "./room";
 import { sleep } from "./stats";
 import { Swarm } from "./swarm";
 
@@ -41,6 +42,9 @@ export async function measureCost(implementation: "ours" | "seed", options: { co
     const metrics = async () => (await (await fetch(metricsUrl)).json()) as Metrics;
     const sender = new WebSocket(`${base}?room=cost-0`);
     await new Promise((resolve, reject) => (sender.once("open", resolve), sender.once("error", reject)));
+    // Every connection's join is appended and fanned out by presence: measured after they all are,
+    // or the joins' queries and posts would be counted as the message's.
+    await presenceSettler(stack.logs)("joins", options.connections);
     await sleep(1_000);
     const before = await metrics();
     await swarm.expect("cost-probe");
